@@ -1,0 +1,31 @@
+"""Typed errors: every failure a user can fix has its own class and says what to change.
+
+The CLI maps them to exit codes: :class:`InputError` -> 2, :class:`ModelLoadError` -> 3,
+:class:`RemoteError` -> 4, anything else -> 1.
+"""
+
+from __future__ import annotations
+
+
+class IhsSightError(Exception):
+    """Base class of every error ihs-sight raises on purpose."""
+
+
+class InputError(IhsSightError, ValueError):
+    """Bad arguments or bad input data (prompts, files, labels, layers, vectors)."""
+
+
+class ModelLoadError(IhsSightError):
+    """A model could not be found or loaded."""
+
+
+class DefaultModelNotInstalledError(ModelLoadError):
+    """The bundled default model's package is not installed."""
+
+
+class UnsupportedArchitectureError(ModelLoadError):
+    """The model's architecture is not in the table and no ``arch=`` description was given."""
+
+
+class RemoteError(IhsSightError):
+    """A remote (NDIF) run failed: no key, network, timeout, version or server error."""

