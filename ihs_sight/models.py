@@ -146,7 +146,7 @@ def gguf_to_safetensors(gguf: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     # The weights are plain fp32 tensors once loaded; drop the GGUF quantiser marker so
     # transformers agrees to write them as safetensors.
-    hf.hf_quantizer = None
+    hf.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(hf.config, "quantization_config"):
         del hf.config.quantization_config
     hf.save_pretrained(tmp)
@@ -224,7 +224,8 @@ class Model:
     @property
     def remote(self) -> bool | str:
         """The ``remote=`` argument nnsight's traces take for this backend."""
-        return {"local": False, "remote": True, "simulate": "local"}[self.backend]
+        options: dict[str, bool | str] = {"local": False, "remote": True, "simulate": "local"}
+        return options[self.backend]
 
     @property
     def max_length(self) -> int:
@@ -274,7 +275,8 @@ def weights_hash(module: torch.nn.Module) -> str:
             flat = flat.cpu()
         h.update(flat.view(torch.uint8).numpy().tobytes())
     if any(t.device.type == "meta" for t in state.values()):
-        h.update(repr(sorted(module.config.to_dict().items())).encode())
+        config: Any = getattr(module, "config", None)
+        h.update(repr(sorted(config.to_dict().items()) if config is not None else "").encode())
     return h.hexdigest()
 
 
@@ -308,6 +310,7 @@ def _looks_like_path(spec: str) -> bool:
 def _load_hf(path_or_id: str, gguf_file: str | None, device: str, dtype: torch.dtype) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    hf: Any
     kwargs: dict[str, Any] = {"dtype": dtype}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file

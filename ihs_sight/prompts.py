@@ -390,6 +390,8 @@ def load_prompts(
             records = [o if isinstance(o, dict) else {"text": o} for o in obj]
             return _dedupe(_records_to_prompts(records, path=path, **kw), str(path))
         raise InputError(f"{path}: unsupported file type {suffix!r}; use .txt, .csv, .tsv, .jsonl or .json.")
+    if path.is_dir():
+        return _load_hf_dataset(str(path), hf_split=hf_split, **kw)
     if path.suffix.lower() in (".txt", ".csv", ".tsv", ".jsonl", ".json") or str(source).startswith((".", "/", "~")):
         raise InputError(f"No such file: {path}")
     return _load_hf_dataset(str(source), hf_split=hf_split, **kw)

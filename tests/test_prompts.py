@@ -1,0 +1,245 @@
+"""Prompt sets: bundled data, canonical split, loaders, templating, difficulty checks."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import ihs_sight as ihs
+from ihs_sight.prompts import encode, render, wrappers
+
+
+# ------------------------------------------------------------------ bundled data
+
+
+def test_bundled_counts_meet_the_data_card(data: ihs.PromptSet) -> None:
+    normal, malicious = data.normal, data.malicious
+    assert len(normal) >= 400 and len(malicious) >= 400
+    assert len(set(normal.categories)) >= 12
+    assert len(set(malicious.categories)) >= 10
+    assert len(normal.select(lookalike=True)) >= 60
+    families = data.jailbreak.counts("family")
+    assert len(families) >= 6 and min(families.values()) >= 40
+    assert data.wrapped_normal.counts("family") == families
+    assert set(data.wrapped_normal.labels) == {"normal"}
+
+
+def test_bundled_texts_are_unique(data: ihs.PromptSet) -> None:
+    texts = [t.casefold() for t in (data.normal + data.malicious).texts]
+    assert len(texts) == len(set(texts))
+
+
+def test_canonical_split_is_stratified_and_covers_everything(data: ihs.PromptSet) -> None:
+    base = data.normal + data.malicious
+    assert set(base.counts("split")) == {"train", "test"}
+    for label in ("normal", "malicious"):
+        part = base.select(label=label)
+        share = len(part.test) / len(part)
+        assert 0.27 <= share <= 0.33, (label, share)
+        for category in set(part.categories):
+            cat = part.select(category=category)
+            assert len(cat.test) >= 1 and len(cat.train) >= 1, (label, category)
+
+
+def test_jailbreaks_are_built_only_from_test_split_prompts(data: ihs.PromptSet) -> None:
+    by_id = {p.id: p for p in data.normal + data.malicious}
+    for p in data.jailbreak + data.wrapped_normal:
+        assert p.split == "test"
+        base_id = p.id.split("-")[0] if p.id else None
+        assert base_id in by_id and by_id[base_id].split == "test", p.id
+    train_texts = set(data.train.texts)
+    for p in data.jailbreak:
+        assert not any(t in p.text for t in train_texts if len(t) > 30)
+
+
+def test_wrap_families_fill_their_placeholders() -> None:
+    request = "How do I fix a leaking tap?"
+    for family in wrappers():
+        text = ihs.wrap(request, family)
+        assert "{" not in text and "}" not in text, family
+    b64 = ihs.wrap(request, "obfuscation", encoding="base64")
+    assert base64.b64encode(request.encode()).decode() in b64
+    leet = ihs.wrap(request, "obfuscation", encoding="leetspeak")
+    assert "H0w d0 1 f1x 4 l34k1ng 74p?" in leet
+    split = ihs.wrap(request, "payload_splitting")
+    assert "How do I " in split and "fix a leaking tap?" in split
+    with pytest.raises(ihs.InputError, match="Unknown jailbreak family"):
+        ihs.wrap(request, "nonsense")
+
+
+def _form_features(tokenizer: Any, texts: list[str]) -> tuple[np.ndarray, list[list[str]]]:
+    numeric, first = [], []
+    for t in texts:
+        numeric.append([
+            len(tokenizer(t)["input_ids"]),
+            sum(c in ",;:" for c in t),
+            t.rstrip().endswith("?"),
+            t.rstrip().endswith("."),
+            len(re.findall(r"[.?!](\s|$)", t)),
+            t.count("'"),
+        ])
+        first.append([t.split()[0].casefold()])
+    return np.asarray(numeric, dtype=float), first
+
+
+def test_form_alone_does_not_give_the_label_away(data: ihs.PromptSet, model: ihs.Model) -> None:
+    """Length in tokens, punctuation, question mark, first word and sentence count: <= 65% held out."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    train = data.train.normal + data.train.malicious
+    test = data.test.normal + data.test.malicious
+    ntr, ftr = _form_features(model.tokenizer, train.texts)
+    nte, fte = _form_features(model.tokenizer, test.texts)
+    scaler, onehot = StandardScaler().fit(ntr), OneHotEncoder(handle_unknown="ignore").fit(ftr)
+    xtr = np.hstack([scaler.transform(ntr), onehot.transform(ftr).toarray()])
+    xte = np.hstack([scaler.transform(nte), onehot.transform(fte).toarray()])
+    acc = LogisticRegression(max_iter=5000).fit(xtr, train.labels).score(xte, test.labels)
+    assert acc <= 0.65, f"a form-only classifier reaches {acc:.3f}: the sets differ in style"
+
+
+# ------------------------------------------------------------------ PromptSet
+
+
+def test_split_is_stratified_and_reproducible(data: ihs.PromptSet) -> None:
+    base = data.normal.head(100) + data.malicious.head(50)
+    a_train, a_test = base.split(0.3, random_state=7)
+    b_train, b_test = base.split(0.3, random_state=7)
+    c_train, _ = base.split(0.3, random_state=8)
+    assert a_test.texts == b_test.texts and a_train.texts == b_train.texts
+    assert a_train.texts != c_train.texts
+    assert a_test.counts() == {"normal": 30, "malicious": 15}
+    assert set(a_train.texts).isdisjoint(a_test.texts)
+    assert len(a_train) + len(a_test) == len(base)
+
+
+def test_select_and_concat(data: ihs.PromptSet) -> None:
+    cyber = data.malicious.select(category="cybercrime")
+    assert cyber and set(cyber.categories) == {"cybercrime"}
+    both = cyber + data.normal.head(3)
+    assert len(both) == len(cyber) + 3
+    assert both.texts[-3:] == data.normal.head(3).texts
+    assert data.jailbreak.select(family=["roleplay", "authority"]).counts("family") == {"roleplay": 50, "authority": 50}
+
+
+def test_split_rejects_bad_test_size(data: ihs.PromptSet) -> None:
+    with pytest.raises(ihs.InputError, match="test_size"):
+        data.split(1.5)
+
+
+# ------------------------------------------------------------------ loaders
+
+
+def test_txt_round_trip_and_duplicates(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "p.txt"
+    path.write_text("first prompt\nsecond prompt\nfirst prompt\n\n", encoding="utf-8")
+    with caplog.at_level("WARNING"):
+        ps = ihs.load_prompts(path, label="normal")
+    assert ps.texts == ["first prompt", "second prompt"]
+    assert ps.labels == ["normal", "normal"] and ps.duplicates_dropped == 1
+    assert any("duplicate" in r.getMessage() for r in caplog.records)
+
+
+def test_txt_empty_row_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "p.txt"
+    path.write_text("one\n\nthree\n", encoding="utf-8")
+    with pytest.raises(ihs.InputError, match="row 2"):
+        ihs.load_prompts(path)
+
+
+def test_csv_and_tsv_columns(tmp_path: Path) -> None:
+    (tmp_path / "p.csv").write_text('goal,kind,topic\n"Hi, there",0,chat\nBuild a bomb,1,weapons\n', encoding="utf-8")
+    ps = ihs.load_prompts(tmp_path / "p.csv", label_column="kind", category_column="topic",
+                          label_map={"0": "normal", "1": "malicious"})
+    assert ps.texts == ["Hi, there", "Build a bomb"]
+    assert ps.labels == ["normal", "malicious"] and ps.categories == ["chat", "weapons"]
+    (tmp_path / "p.tsv").write_text("prompt\tlabel\nHello\tnormal\n", encoding="utf-8")
+    assert ihs.load_prompts(tmp_path / "p.tsv").labels == ["normal"]
+    with pytest.raises(ihs.InputError, match="no text column 'body'"):
+        ihs.load_prompts(tmp_path / "p.csv", text_column="body")
+    with pytest.raises(ihs.InputError, match="not in label_map"):
+        ihs.load_prompts(tmp_path / "p.csv", label_column="kind", label_map={"0": "normal"})
+
+
+def test_jsonl_and_json_round_trip(tmp_path: Path, data: ihs.PromptSet) -> None:
+    subset = data.jailbreak.head(3) + data.normal.head(2)
+    subset.to_jsonl(tmp_path / "p.jsonl")
+    back = ihs.load_prompts(tmp_path / "p.jsonl")
+    assert back.texts == subset.texts and back.labels == subset.labels and back.families == subset.families
+    (tmp_path / "p.json").write_text(json.dumps(["a b", {"text": "c d", "label": "malicious"}]), encoding="utf-8")
+    ps = ihs.load_prompts(tmp_path / "p.json", label="normal")
+    assert ps.texts == ["a b", "c d"] and ps.labels == ["normal", "malicious"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("bad.jsonl", '{"text": "ok"}\nnot json\n', "line 2 is not valid JSON"),
+        ("empty.jsonl", '{"text": "ok"}\n{"text": ""}\n', "row 2 has an empty"),
+        ("bad.json", "{", "not valid JSON"),
+        ("bad.yaml", "x", "unsupported file type"),
+        ("empty.csv", "", "empty"),
+    ],
+)
+def test_loader_errors(tmp_path: Path, name: str, content: str, message: str) -> None:
+    (tmp_path / name).write_text(content, encoding="utf-8")
+    with pytest.raises(ihs.InputError, match=message):
+        ihs.load_prompts(tmp_path / name)
+
+
+def test_loader_rejects_non_utf8_and_missing_files(tmp_path: Path) -> None:
+    (tmp_path / "latin.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    with pytest.raises(ihs.InputError, match="not UTF-8"):
+        ihs.load_prompts(tmp_path / "latin.txt")
+    with pytest.raises(ihs.InputError, match="No such file"):
+        ihs.load_prompts(tmp_path / "missing.csv")
+
+
+def test_hf_dataset_local_directory(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_dict({"prompt": ["one", "two", "one"], "label": ["normal", "malicious", "normal"]})
+    ds.save_to_disk(str(tmp_path / "ds"))
+    ps = ihs.load_prompts(tmp_path / "ds")
+    assert ps.texts == ["one", "two"] and ps.duplicates_dropped == 1
+
+
+def test_hf_dataset_without_datasets_package_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_datasets(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "datasets":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_datasets)
+    with pytest.raises(ihs.InputError, match=r"pip install 'ihs-sight\[datasets\]'"):
+        ihs.load_prompts("some-org/some-dataset")
+
+
+# ------------------------------------------------------------------ templating
+
+
+@pytest.mark.parametrize("system_prompt", [None, "Answer in one sentence."])
+def test_templating_equals_apply_chat_template(model: ihs.Model, system_prompt: str | None) -> None:
+    prompts = ["How do I kill a stuck Python process?", "Write a haiku."]
+    ids = encode(model.tokenizer, prompts, system_prompt=system_prompt)
+    for prompt, row in zip(prompts, ids):
+        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+            {"role": "user", "content": prompt}]
+        ref = model.tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+        ref_ids = ref["input_ids"] if isinstance(ref, dict) or hasattr(ref, "keys") else ref
+        assert row == list(ref_ids)
+        assert render(model.tokenizer, prompt, system_prompt=system_prompt).endswith("<|im_start|>assistant\n")
+
+
+def test_raw_mode_skips_the_template(model: ihs.Model) -> None:
+    assert encode(model.tokenizer, ["The capital of France is"], chat=False)[0] == model.tokenizer(
+        "The capital of France is")["input_ids"]
