@@ -68,7 +68,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         embed="transformer.wte", blocks="transformer.h", final_norm="transformer.ln_f", unembed="lm_head"
     ),
     "GPTNeoXForCausalLM": ArchSpec(
-        embed="gpt_neox.embed_in", blocks="gpt_neox.layers", final_norm="gpt_neox.final_layer_norm", unembed="embed_out"
+        embed="gpt_neox.embed_in", blocks="gpt_neox.layers", final_norm="gpt_neox.final_layer_norm", unembed="lm_head"
     ),
     "FalconForCausalLM": ArchSpec(
         embed="transformer.word_embeddings",
