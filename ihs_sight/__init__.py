@@ -16,27 +16,51 @@ from .errors import (
     RemoteError,
     UnsupportedArchitectureError,
 )
+from .emotions import EmotionProfile, InducedLexicon, Lexicon, induce_lexicon, load_lexicon
 from .extract import ExtractMeta, HiddenStates, extract
+from .graft import GraftResult, SweepResult, graft, graft_sweep
+from .judge import PhraseJudge, RefusalJudge
+from .lens import Consistency, LensResult, compare_consistency, logit_lens
 from .models import ARCHITECTURES, ArchSpec, Model, load_model
+from .probe import LayerProbe, ProbeReport, probe, probe_transfer
 from .prompts import Prompt, PromptSet, load_prompts, wrap
 
 __all__ = [
     "ARCHITECTURES",
     "ArchSpec",
+    "Consistency",
     "DefaultModelNotInstalledError",
+    "EmotionProfile",
     "ExtractMeta",
+    "GraftResult",
     "HiddenStates",
     "IhsSightError",
+    "InducedLexicon",
     "InputError",
+    "LayerProbe",
+    "LensResult",
+    "Lexicon",
     "Model",
     "ModelLoadError",
+    "PhraseJudge",
+    "ProbeReport",
     "Prompt",
     "PromptSet",
+    "RefusalJudge",
     "RemoteError",
+    "SweepResult",
     "UnsupportedArchitectureError",
+    "compare_consistency",
     "extract",
+    "graft",
+    "graft_sweep",
+    "induce_lexicon",
+    "load_lexicon",
     "load_model",
     "load_prompts",
+    "logit_lens",
+    "probe",
+    "probe_transfer",
     "wrap",
 ]
 __version__ = "0.1.0"

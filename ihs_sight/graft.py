@@ -1,0 +1,929 @@
+"""Logit grafting: overwrite a prompt's last-token state at one layer and watch what follows.
+
+The paper approximates a jailbreak by grafting a "positive" state (e.g. the mean state of
+normal prompts) onto a malicious prompt's last token at a middle layer: if the refusal goes
+away, the middle-layer state carried it. Mental model:
+
+1. Targets are templated and tokenised once, length-bucketed and left-padded exactly as in
+   :func:`ihs_sight.extract`, so ``[:, -1]`` is every row's last real token.
+2. ``source`` gives one graft vector per target: donor prompts' last-token states at the same
+   layer (their mean, or donor ``i`` for target ``i``), or a tensor you pass.
+3. Per batch, a clean trace and a grafted trace read the last-token logits; only top-k ids,
+   probabilities and lexicon masses leave the trace (small on the NDIF path).
+4. With ``generate=n``, greedy generation runs with the graft written outside
+   ``tracer.iter``, so it binds to the prefill step only: later tokens see the graft through
+   the KV cache of the blocks after the graft layer, as a jailbreak's prompt would.
+
+Layer numbering is the package's (``l = 0`` is ``blocks[0].input``, ``l >= 1`` the output of
+block ``l``); ``graft(..., layer=l)`` overwrites the same state ``HiddenStates.layer(l)`` holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+from .errors import InputError
+from .extract import HiddenStates, _validate_prompts, _versions, extract, length_batches, pad_batch, prepare
+from .judge import PhraseJudge, RefusalJudge, judge_name
+from .models import Model
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from .emotions import Lexicon
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["replace", "add", "seed"]
+Pairing = Literal["mean", "paired"]
+MODES: tuple[str, ...] = ("replace", "add", "seed")
+PAIRINGS: tuple[str, ...] = ("mean", "paired")
+
+
+# ---------------------------------------------------------------------------- results
+
+
+class GraftMeta(BaseModel):
+    """How a graft was made: model, template, graft settings, lexicon and judge."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    model_name: str
+    """What was passed to ``load_model`` ("default", a path or a Hub id)."""
+    model_class: str
+    """The transformers class, e.g. ``LlamaForCausalLM``."""
+    weights_hash: str
+    """blake2b of every weight, adapters included."""
+    dtype: str
+    """The model's compute dtype."""
+    n_layers: int
+    """Number of blocks ``L``."""
+    chat: bool
+    """Whether the chat template was applied to targets (and donor prompts)."""
+    system_prompt: str | None
+    """The system prompt passed (``None``: the template's own default)."""
+    template: str
+    """The template rendered around the placeholder ``{prompt}``."""
+    mode: Mode
+    """``replace``, ``add`` or ``seed`` (see :func:`graft`)."""
+    pairing: Pairing
+    """``mean`` (one vector for all targets) or ``paired`` (source row ``i`` to target ``i``)."""
+    scale: float
+    """The graft vector is ``scale * source``."""
+    source_kind: Literal["prompts", "states", "tensor"]
+    """What ``source`` was: donor prompts, a ``HiddenStates``, or a tensor."""
+    n_source: int
+    """Number of donor prompts / source rows."""
+    top_k: int
+    """Number of top tokens recorded per target."""
+    lexicon: str
+    """The emotion lexicon whose negative/positive token sets give the masses."""
+    n_negative_ids: int
+    """Number of distinct token ids in the negative lexicon."""
+    n_positive_ids: int
+    """Number of distinct token ids in the positive lexicon."""
+    max_new_tokens: int | None
+    """Greedy tokens generated per target, or ``None`` when nothing was generated."""
+    judge: str | None
+    """The refusal judge used on generated text, or ``None``."""
+    versions: dict[str, str] = Field(default_factory=dict)
+    """Package versions (ihs-sight, nnsight, transformers, torch)."""
+
+
+class GraftedTarget(BaseModel):
+    """One target prompt's next token (and optional continuation), before and after the graft."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    prompt: str
+    """The target prompt, before templating."""
+    top1_before: int
+    """() the clean next-token id."""
+    top1_after: int
+    """() the grafted next-token id."""
+    topk_ids_before: list[int]
+    """(top_k,) clean top-k token ids, most probable first."""
+    topk_probs_before: list[float]
+    """(top_k,) their probabilities."""
+    topk_tokens_before: list[str]
+    """(top_k,) their decoded strings."""
+    topk_ids_after: list[int]
+    """(top_k,) grafted top-k token ids."""
+    topk_probs_after: list[float]
+    """(top_k,) their probabilities."""
+    topk_tokens_after: list[str]
+    """(top_k,) their decoded strings."""
+    neg_mass_before: float
+    """() clean probability mass on the negative (refusal) lexicon's tokens."""
+    neg_mass_after: float
+    """() grafted probability mass on the negative lexicon's tokens."""
+    pos_mass_before: float
+    """() clean probability mass on the positive (affirmative) lexicon's tokens."""
+    pos_mass_after: float
+    """() grafted probability mass on the positive lexicon's tokens."""
+    flipped: bool
+    """Whether the top-1 token changed."""
+    neg_before: bool
+    """Whether the clean top-1 token is in the negative lexicon."""
+    neg_after: bool
+    """Whether the grafted top-1 token is in the negative lexicon."""
+    neg_to_nonneg: bool
+    """Whether the top-1 moved from a negative-lexicon token to a non-negative one."""
+    tokens_before: list[int] | None = None
+    """(n_generated,) clean greedy continuation ids (up to and including the first EOS)."""
+    tokens_after: list[int] | None = None
+    """(n_generated,) grafted greedy continuation ids."""
+    text_before: str | None = None
+    """The clean continuation, special tokens removed."""
+    text_after: str | None = None
+    """The grafted continuation."""
+    refusal_before: bool | None = None
+    """The judge's verdict on ``text_before``."""
+    refusal_after: bool | None = None
+    """The judge's verdict on ``text_after``."""
+
+    @property
+    def top1_token_before(self) -> str:
+        return self.topk_tokens_before[0]
+
+    @property
+    def top1_token_after(self) -> str:
+        return self.topk_tokens_after[0]
+
+
+class GraftResult(BaseModel):
+    """The effect of grafting at one layer on every target: per-target records and rates.
+
+    Rates are shares of all targets. ``logits_before`` / ``logits_after`` are kept only
+    with ``keep_logits=True`` and are never serialised.
+    """
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", use_attribute_docstrings=True, arbitrary_types_allowed=True
+    )
+
+    layer: int
+    """The layer index grafted (package numbering; for ``seed``, the skipped block)."""
+    targets: list[GraftedTarget]
+    """(n_targets,) per-target effects, in input order."""
+    flip_rate: float
+    """Share of targets whose top-1 token changed."""
+    neg_to_nonneg_rate: float
+    """Share of targets whose top-1 moved from a negative-lexicon token to a non-negative one."""
+    neg_top1_rate_before: float
+    """Share of targets whose clean top-1 is a negative-lexicon token."""
+    neg_top1_rate_after: float
+    """Share of targets whose grafted top-1 is a negative-lexicon token."""
+    mean_neg_mass_before: float
+    """Mean clean probability mass on the negative lexicon."""
+    mean_neg_mass_after: float
+    """Mean grafted probability mass on the negative lexicon."""
+    mean_pos_mass_before: float
+    """Mean clean probability mass on the positive lexicon."""
+    mean_pos_mass_after: float
+    """Mean grafted probability mass on the positive lexicon."""
+    refusal_rate_before: float | None = None
+    """Share of clean continuations the judge calls refusals (``None`` without generation)."""
+    refusal_rate_after: float | None = None
+    """Share of grafted continuations the judge calls refusals."""
+    meta: GraftMeta
+    logits_before: torch.Tensor | None = Field(default=None, exclude=True, repr=False)
+    """(n_targets, vocab) float32 clean last-token logits (``keep_logits=True`` only; not serialised)."""
+    logits_after: torch.Tensor | None = Field(default=None, exclude=True, repr=False)
+    """(n_targets, vocab) float32 grafted last-token logits (``keep_logits=True`` only; not serialised)."""
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def plot(self) -> Figure:
+        """Lexicon masses before and after, per target and on average."""
+        from .plots.graft import plot_graft
+
+        return plot_graft(self)
+
+
+class SweepResult(BaseModel):
+    """Grafting at several layers: per-layer rates, the clean baseline, and each layer's result."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    layers: list[int]
+    """(n_layers_swept,) the layer indices grafted, in the order given."""
+    flip_rate: list[float]
+    """(n_layers_swept,) share of targets whose top-1 changed."""
+    neg_to_nonneg_rate: list[float]
+    """(n_layers_swept,) share of targets whose top-1 moved from negative to non-negative."""
+    mean_neg_mass: list[float]
+    """(n_layers_swept,) mean grafted probability mass on the negative lexicon."""
+    mean_pos_mass: list[float]
+    """(n_layers_swept,) mean grafted probability mass on the positive lexicon."""
+    refusal_rate: list[float] | None = None
+    """(n_layers_swept,) share of grafted continuations judged refusals (``None`` without generation)."""
+    mean_neg_mass_before: float
+    """Clean baseline: mean probability mass on the negative lexicon."""
+    mean_pos_mass_before: float
+    """Clean baseline: mean probability mass on the positive lexicon."""
+    refusal_rate_before: float | None = None
+    """Clean baseline: share of continuations judged refusals."""
+    results: list[GraftResult]
+    """(n_layers_swept,) the full result at each layer."""
+    meta: GraftMeta
+
+    def plot(self) -> Figure:
+        """Flip, negative-to-non-negative and refusal rates and lexicon masses against the layer."""
+        from .plots.graft import plot_sweep
+
+        return plot_sweep(self)
+
+
+# ---------------------------------------------------------------------------- preparation
+
+
+@dataclass(frozen=True)
+class _Targets:
+    texts: list[str]
+    ids: list[list[int]]
+    template: str
+    batches: list[list[int]]
+    pad_id: int
+
+
+@dataclass(frozen=True)
+class _Source:
+    kind: Literal["prompts", "states", "tensor"]
+    n: int
+    rows: torch.Tensor
+    """(n, L+1, D) donor states for prompts/states; (n, D) for a tensor (the same at every layer)."""
+
+    def vectors(self, layer: int, pairing: str, n_targets: int, scale: float) -> torch.Tensor:
+        """(n_targets, D) float32 graft vectors."""
+        rows = self.rows if self.kind == "tensor" else self.rows[:, layer]
+        rows = rows.float()
+        vecs = rows.mean(0, keepdim=True).expand(n_targets, -1) if pairing == "mean" else rows
+        vecs = scale * vecs
+        if not torch.isfinite(vecs).all():
+            raise InputError(
+                f"The graft vectors at layer {layer} contain NaN or inf (the source states overflowed); "
+                "use a float32 model or a smaller scale."
+            )
+        return vecs.contiguous()
+
+
+def _target_texts(targets: Any) -> list[str]:
+    if hasattr(targets, "texts") and hasattr(targets, "labels"):
+        targets = list(targets.texts)
+    if isinstance(targets, (list, tuple)) and not targets:
+        raise InputError("targets is empty; pass at least one target prompt.")
+    try:
+        return _validate_prompts(targets)
+    except InputError as e:
+        raise InputError(f"targets: {e}") from None
+
+
+def _prepare_targets(
+    model: Model, targets: Any, *, chat: bool, system_prompt: str | None, batch_size: int
+) -> _Targets:
+    texts = _target_texts(targets)
+    ids, template = prepare(model, texts, chat=chat, system_prompt=system_prompt)
+    pad_id = model.tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = model.tokenizer.eos_token_id or 0
+    batches = length_batches([len(r) for r in ids], batch_size)
+    return _Targets(texts=texts, ids=ids, template=template, batches=batches, pad_id=int(pad_id))
+
+
+def _check_layer(model: Model, layer: Any, mode: str) -> int:
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise InputError(f"layer must be an integer layer index, got {layer!r}.")
+    low = 1 if mode == "seed" else 0
+    if not low <= layer <= model.n_layers:
+        what = "a block number" if mode == "seed" else "0 (block 1's input) to L (the last block's output)"
+        raise InputError(
+            f"layer={layer} is out of range for mode={mode!r}: use {what}, here {low}..{model.n_layers}."
+        )
+    return layer
+
+
+def _check_options(
+    mode: Any, pairing: Any, scale: Any, generate: Any, top_k: Any, batch_size: Any, judge: Any
+) -> None:
+    if mode not in MODES:
+        raise InputError(f"mode={mode!r} is unknown; use one of {', '.join(MODES)}.")
+    if pairing not in PAIRINGS:
+        raise InputError(f"pairing={pairing!r} is unknown; use 'mean' or 'paired'.")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise InputError(f"scale must be a finite number, got {scale!r}.")
+    bad_generate = isinstance(generate, bool) or not isinstance(generate, int) or generate <= 0
+    if generate is not None and bad_generate:
+        raise InputError(
+            f"generate must be None (no generation) or a positive number of new tokens, got {generate!r}."
+        )
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
+        raise InputError(f"top_k must be a positive integer, got {top_k!r}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if judge is not None and not callable(judge):
+        raise InputError(
+            f"judge must be a callable text -> bool (e.g. PhraseJudge()), got {type(judge).__name__}."
+        )
+
+
+def _check_tensor(model: Model, source: torch.Tensor, pairing: str, n_targets: int) -> torch.Tensor:
+    d = model.d_model
+    if not (torch.is_floating_point(source)):
+        raise InputError(
+            f"source tensor has dtype {source.dtype}; graft vectors must be floating point (e.g. .float())."
+        )
+    if source.ndim not in (1, 2) or source.shape[-1] != d or source.numel() == 0:
+        raise InputError(
+            f"source tensor has shape {tuple(source.shape)}; "
+            f"expected [{d}] (one vector) or [N, {d}] (one per row)."
+        )
+    if not torch.isfinite(source).all():
+        raise InputError("source tensor contains NaN or inf; pass finite values.")
+    rows = source.detach().to("cpu", torch.float32)
+    if rows.ndim == 1:
+        if pairing == "paired":
+            raise InputError(
+                f"pairing='paired' needs one source row per target ([{n_targets}, {d}]); "
+                "a single [D] vector goes with pairing='mean'."
+            )
+        rows = rows[None]
+    if pairing == "paired" and rows.shape[0] != n_targets:
+        raise InputError(
+            f"pairing='paired' needs one source row per target: "
+            f"got {rows.shape[0]} rows for {n_targets} targets."
+        )
+    return rows
+
+
+def _resolve_source(
+    model: Model,
+    source: Any,
+    *,
+    pairing: str,
+    n_targets: int,
+    chat: bool,
+    system_prompt: str | None,
+    batch_size: int,
+    cache: bool | str | Any,
+    progress: bool,
+) -> _Source:
+    if isinstance(source, torch.Tensor):
+        rows = _check_tensor(model, source, pairing, n_targets)
+        return _Source(kind="tensor", n=rows.shape[0], rows=rows)
+    if isinstance(source, HiddenStates):
+        if source.meta.weights_hash != model.weights_hash:
+            raise InputError(
+                "source HiddenStates were extracted from different weights; extract them with this model."
+            )
+        if source.meta.chat != chat or source.meta.system_prompt != system_prompt:
+            log.warning(
+                "source states were extracted with chat=%s, system_prompt=%r; the targets use chat=%s, %r",
+                source.meta.chat, source.meta.system_prompt, chat, system_prompt,
+            )
+        states = source.states
+        kind: Literal["prompts", "states"] = "states"
+    else:
+        if isinstance(source, str):
+            raise InputError("source must be a list of prompts, not a single string; wrap it: [prompt].")
+        if not (hasattr(source, "texts") or isinstance(source, (list, tuple))):
+            raise InputError(
+                f"source must be a PromptSet, a list of prompts, a HiddenStates or a tensor [D] / [N, D]; "
+                f"got {type(source).__name__}."
+            )
+        if len(source) == 0:
+            raise InputError("source is empty; pass at least one donor prompt.")
+        try:
+            states = extract(
+                model, source, batch_size=batch_size, chat=chat, system_prompt=system_prompt,
+                cache=cache, progress=progress,
+            ).states
+        except InputError as e:
+            raise InputError(f"source: {e}") from None
+        kind = "prompts"
+    if pairing == "paired" and states.shape[0] != n_targets:
+        raise InputError(
+            f"pairing='paired' needs one donor per target: "
+            f"got {states.shape[0]} donors for {n_targets} targets."
+        )
+    return _Source(kind=kind, n=states.shape[0], rows=states)
+
+
+def _lexicon_ids(model: Model, lexicon: str | Lexicon) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """(name, negative ids, positive ids): distinct ids the logits can index."""
+    from .emotions import Lexicon, load_lexicon
+
+    if isinstance(lexicon, str):
+        lex = load_lexicon(lexicon)
+    elif isinstance(lexicon, Lexicon):
+        lex = lexicon
+    else:
+        raise InputError(
+            f"lexicon must be a version string such as 'v1' or a Lexicon, got {type(lexicon).__name__}."
+        )
+    ids = lex.token_ids(model.tokenizer)
+    vocab = int(getattr(model.config, "vocab_size", 0) or len(model.tokenizer))
+
+    def clean(values: Sequence[int]) -> torch.Tensor:
+        kept = sorted({int(i) for i in values if 0 <= int(i) < vocab})
+        return torch.tensor(kept, dtype=torch.long)
+
+    digest = getattr(lex, "digest", None)
+    name = f"{lex.version} ({digest})" if isinstance(digest, str) else lex.version
+    return name, clean(ids["negative"]), clean(ids["positive"])
+
+
+# ---------------------------------------------------------------------------- traces
+
+
+def _trace_batch(
+    model: Model,
+    batch: dict[str, torch.Tensor],
+    *,
+    mode: str | None,
+    layer: int,
+    vecs: torch.Tensor,
+    neg_ids: torch.Tensor,
+    pos_ids: torch.Tensor,
+    top_k: int,
+    keep_logits: bool,
+) -> dict[str, torch.Tensor]:
+    """Next-token top-k and lexicon masses of one left-padded batch, from one trace.
+
+    ``mode=None`` runs clean. The body uses only torch and nnsight operations (it is shipped
+    as is to NDIF, where ihs_sight is not installed, so it calls no helper of ours); vectors
+    and ids are cast to the model's device and dtype inside it.
+    """
+    import nnsight
+
+    blocks = model.blocks()
+    index = model.arch.output_index
+    with model.nn.trace(batch, remote=model.remote):
+        if mode == "seed":
+            # The original code's graft: block `layer` runs (so a KV cache would come from the
+            # un-grafted input) but its output is replaced by its input, last position overwritten.
+            block = blocks[layer - 1]
+            seeded = block.input.clone()
+            seeded[:, -1] = vecs.to(seeded.device, seeded.dtype)
+            out = block.output
+            hidden = out if index is None else out[index]
+            hidden[:] = seeded
+        elif mode is not None:
+            if layer == 0:
+                hidden = blocks[0].input
+            else:
+                out = blocks[layer - 1].output
+                hidden = out if index is None else out[index]
+            if mode == "replace":
+                hidden[:, -1] = vecs.to(hidden.device, hidden.dtype)
+            else:
+                hidden[:, -1] += vecs.to(hidden.device, hidden.dtype)
+        logits = model.nn.output.logits[:, -1].float()
+        probs = logits.softmax(-1)
+        top = probs.topk(top_k, dim=-1)
+        top_ids = nnsight.save(top.indices.detach().cpu())
+        top_probs = nnsight.save(top.values.detach().cpu())
+        neg_mass = nnsight.save(probs[:, neg_ids.to(probs.device)].sum(-1).detach().cpu())
+        pos_mass = nnsight.save(probs[:, pos_ids.to(probs.device)].sum(-1).detach().cpu())
+        if keep_logits:
+            full = nnsight.save(logits.detach().cpu())
+    found = {"top_ids": top_ids, "top_probs": top_probs, "neg_mass": neg_mass, "pos_mass": pos_mass}
+    if keep_logits:
+        found["logits"] = full
+    return found
+
+
+def _generate_batch(
+    model: Model,
+    batch: dict[str, torch.Tensor],
+    *,
+    mode: str | None,
+    layer: int,
+    vecs: torch.Tensor,
+    max_new_tokens: int,
+    pad_id: int,
+) -> torch.Tensor:
+    """(B, width + new) greedy token ids of one left-padded batch, grafted at the prefill only.
+
+    The graft is the same as in :func:`_trace_batch` (repeated: trace bodies call no helper).
+    It is written without ``tracer.iter``, so it binds to the first forward — the prefill that
+    predicts the first new token; later steps see the grafted state only through the KV cache
+    of the blocks after the graft, as a prompt-level jailbreak would act.
+    """
+    import nnsight
+
+    blocks = model.blocks()
+    index = model.arch.output_index
+    # generate derives position ids from the mask itself and extends them step by step.
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with model.nn.generate(
+        inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id, remote=model.remote
+    ) as tracer:
+        if mode == "seed":
+            block = blocks[layer - 1]
+            seeded = block.input.clone()
+            seeded[:, -1] = vecs.to(seeded.device, seeded.dtype)
+            out = block.output
+            hidden = out if index is None else out[index]
+            hidden[:] = seeded
+        elif mode is not None:
+            if layer == 0:
+                hidden = blocks[0].input
+            else:
+                out = blocks[layer - 1].output
+                hidden = out if index is None else out[index]
+            if mode == "replace":
+                hidden[:, -1] = vecs.to(hidden.device, hidden.dtype)
+            else:
+                hidden[:, -1] += vecs.to(hidden.device, hidden.dtype)
+        generated = nnsight.save(tracer.result.detach().cpu())
+    return generated  # type: ignore[no-any-return]
+
+
+def _run_all(
+    model: Model,
+    targets: _Targets,
+    *,
+    mode: str | None,
+    layer: int,
+    vecs: torch.Tensor | None,
+    neg_ids: torch.Tensor,
+    pos_ids: torch.Tensor,
+    top_k: int,
+    keep_logits: bool,
+    max_new_tokens: int | None,
+    bar: Any,
+) -> dict[str, Any]:
+    """Every batch of the targets; tensors come back in target order (generations as id lists)."""
+    n = len(targets.texts)
+    parts: dict[str, list[torch.Tensor]] = {}
+    order: list[int] = []
+    with torch.no_grad():
+        for rows in targets.batches:
+            batch = pad_batch([targets.ids[i] for i in rows], targets.pad_id)
+            vec_rows = vecs[rows] if vecs is not None else torch.zeros(0)
+            if max_new_tokens is None:
+                out = _trace_batch(model, batch, mode=mode, layer=layer, vecs=vec_rows, neg_ids=neg_ids,
+                                   pos_ids=pos_ids, top_k=top_k, keep_logits=keep_logits)
+            else:
+                ids = _generate_batch(model, batch, mode=mode, layer=layer, vecs=vec_rows,
+                                      max_new_tokens=max_new_tokens, pad_id=targets.pad_id)
+                out = {"generated": ids[:, batch["input_ids"].shape[1]:]}
+            for key, value in out.items():
+                parts.setdefault(key, []).append(value)
+            order += rows
+            bar.update(1)
+    inverse = torch.empty(n, dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(n)
+    if max_new_tokens is not None:
+        eos = _eos_ids(model)
+        rows_ids = [row for chunk in parts["generated"] for row in chunk.tolist()]
+        return {"generated": [_until_eos(rows_ids[int(j)], eos) for j in inverse]}
+    return {key: torch.cat(chunks, 0)[inverse] for key, chunks in parts.items()}
+
+
+def _eos_ids(model: Model) -> set[int]:
+    ids: set[int] = set()
+    cfg = getattr(model.hf, "generation_config", None)
+    for value in (getattr(cfg, "eos_token_id", None), model.tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return ids
+
+
+def _until_eos(row: list[int], eos: set[int]) -> list[int]:
+    for j, token in enumerate(row):
+        if token in eos:
+            return row[: j + 1]
+    return row
+
+
+# ---------------------------------------------------------------------------- assembly
+
+
+@dataclass(frozen=True)
+class _Clean:
+    effect: dict[str, Any]
+    generated: list[list[int]] | None
+
+
+def _assemble(
+    model: Model,
+    targets: _Targets,
+    *,
+    layer: int,
+    clean: _Clean,
+    effect: dict[str, Any],
+    generated: list[list[int]] | None,
+    neg_ids: torch.Tensor,
+    judge: RefusalJudge | None,
+    meta: GraftMeta,
+    keep_logits: bool,
+) -> GraftResult:
+    tok = model.tokenizer
+    names: dict[int, str] = {}
+
+    def decode(ids: list[int]) -> list[str]:
+        for i in ids:
+            if i not in names:
+                names[i] = tok.decode([i])
+        return [names[i] for i in ids]
+
+    negative = set(neg_ids.tolist())
+    records = []
+    for i, text in enumerate(targets.texts):
+        ids_b = [int(v) for v in clean.effect["top_ids"][i].tolist()]
+        ids_a = [int(v) for v in effect["top_ids"][i].tolist()]
+        neg_b, neg_a = ids_b[0] in negative, ids_a[0] in negative
+        extra: dict[str, Any] = {}
+        if generated is not None and clean.generated is not None:
+            text_b = tok.decode(clean.generated[i], skip_special_tokens=True)
+            text_a = tok.decode(generated[i], skip_special_tokens=True)
+            extra = {"tokens_before": clean.generated[i], "tokens_after": generated[i],
+                     "text_before": text_b, "text_after": text_a}
+            if judge is not None:
+                extra |= {"refusal_before": bool(judge(text_b)), "refusal_after": bool(judge(text_a))}
+        records.append(GraftedTarget(
+            prompt=text,
+            top1_before=ids_b[0],
+            top1_after=ids_a[0],
+            topk_ids_before=ids_b,
+            topk_probs_before=[float(p) for p in clean.effect["top_probs"][i].tolist()],
+            topk_tokens_before=decode(ids_b),
+            topk_ids_after=ids_a,
+            topk_probs_after=[float(p) for p in effect["top_probs"][i].tolist()],
+            topk_tokens_after=decode(ids_a),
+            neg_mass_before=float(clean.effect["neg_mass"][i]),
+            neg_mass_after=float(effect["neg_mass"][i]),
+            pos_mass_before=float(clean.effect["pos_mass"][i]),
+            pos_mass_after=float(effect["pos_mass"][i]),
+            flipped=ids_b[0] != ids_a[0],
+            neg_before=neg_b,
+            neg_after=neg_a,
+            neg_to_nonneg=neg_b and not neg_a,
+            **extra,
+        ))
+
+    def share(flags: list[bool]) -> float:
+        return sum(flags) / len(flags)
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values)
+
+    judged = generated is not None and judge is not None
+    return GraftResult(
+        layer=layer,
+        targets=records,
+        flip_rate=share([r.flipped for r in records]),
+        neg_to_nonneg_rate=share([r.neg_to_nonneg for r in records]),
+        neg_top1_rate_before=share([r.neg_before for r in records]),
+        neg_top1_rate_after=share([r.neg_after for r in records]),
+        mean_neg_mass_before=mean([r.neg_mass_before for r in records]),
+        mean_neg_mass_after=mean([r.neg_mass_after for r in records]),
+        mean_pos_mass_before=mean([r.pos_mass_before for r in records]),
+        mean_pos_mass_after=mean([r.pos_mass_after for r in records]),
+        refusal_rate_before=share([bool(r.refusal_before) for r in records]) if judged else None,
+        refusal_rate_after=share([bool(r.refusal_after) for r in records]) if judged else None,
+        meta=meta,
+        logits_before=clean.effect.get("logits") if keep_logits else None,
+        logits_after=effect.get("logits") if keep_logits else None,
+    )
+
+
+# ---------------------------------------------------------------------------- public API
+
+
+def _sweep_core(
+    model: Model,
+    targets: Any,
+    source: Any,
+    *,
+    layers: list[int],
+    pairing: str,
+    mode: str,
+    scale: float,
+    generate: int | None,
+    top_k: int,
+    judge: RefusalJudge | None,
+    lexicon: str | Lexicon,
+    batch_size: int,
+    chat: bool,
+    system_prompt: str | None,
+    cache: bool | str | Any,
+    keep_logits: bool,
+    progress: bool,
+) -> list[GraftResult]:
+    prepared = _prepare_targets(model, targets, chat=chat, system_prompt=system_prompt, batch_size=batch_size)
+    n = len(prepared.texts)
+    lex_name, neg_ids, pos_ids = _lexicon_ids(model, lexicon)
+    src = _resolve_source(
+        model, source, pairing=pairing, n_targets=n, chat=chat, system_prompt=system_prompt,
+        batch_size=batch_size, cache=cache, progress=progress,
+    )
+    vectors = {layer: src.vectors(layer, pairing, n, float(scale)) for layer in layers}
+    if judge is None and generate is not None:
+        judge = PhraseJudge()
+    top_k = min(top_k, int(getattr(model.config, "vocab_size", top_k) or top_k))
+    meta = GraftMeta(
+        model_name=model.name,
+        model_class=type(model.hf).__name__,
+        weights_hash=model.weights_hash,
+        dtype=str(model.dtype).removeprefix("torch."),
+        n_layers=model.n_layers,
+        chat=chat,
+        system_prompt=system_prompt,
+        template=prepared.template,
+        mode=mode,  # type: ignore[arg-type]
+        pairing=pairing,  # type: ignore[arg-type]
+        scale=float(scale),
+        source_kind=src.kind,
+        n_source=src.n,
+        top_k=top_k,
+        lexicon=lex_name,
+        n_negative_ids=len(neg_ids),
+        n_positive_ids=len(pos_ids),
+        max_new_tokens=generate,
+        judge=judge_name(judge) if judge is not None and generate is not None else None,
+        versions=_versions(),
+    )
+    runs = (1 + len(layers)) * (1 if generate is None else 2)
+    common: dict[str, Any] = {
+        "neg_ids": neg_ids, "pos_ids": pos_ids, "top_k": top_k, "keep_logits": keep_logits,
+    }
+    with tqdm(total=runs * len(prepared.batches), desc="graft", unit="batch", disable=not progress) as bar:
+        clean_effect = _run_all(model, prepared, mode=None, layer=0, vecs=None, max_new_tokens=None, bar=bar,
+                                **common)
+        clean_gen = None
+        if generate is not None:
+            clean_gen = _run_all(model, prepared, mode=None, layer=0, vecs=None, max_new_tokens=generate,
+                                 bar=bar, **common)["generated"]
+        clean = _Clean(effect=clean_effect, generated=clean_gen)
+        results = []
+        for layer in layers:
+            effect = _run_all(model, prepared, mode=mode, layer=layer, vecs=vectors[layer],
+                              max_new_tokens=None, bar=bar, **common)
+            generated = None
+            if generate is not None:
+                generated = _run_all(model, prepared, mode=mode, layer=layer, vecs=vectors[layer],
+                                     max_new_tokens=generate, bar=bar, **common)["generated"]
+            results.append(_assemble(
+                model, prepared, layer=layer, clean=clean, effect=effect, generated=generated,
+                neg_ids=neg_ids, judge=judge, meta=meta, keep_logits=keep_logits,
+            ))
+            log.info("graft layer %d: flip rate %.3f, neg->nonneg %.3f", layer, results[-1].flip_rate,
+                     results[-1].neg_to_nonneg_rate)
+    return results
+
+
+def graft(
+    model: Model,
+    targets: Any,
+    source: Any,
+    *,
+    layer: int,
+    pairing: Pairing = "mean",
+    mode: Mode = "replace",
+    scale: float = 1.0,
+    generate: int | None = None,
+    top_k: int = 10,
+    judge: RefusalJudge | None = None,
+    lexicon: str | Lexicon = "v1",
+    batch_size: int = 8,
+    chat: bool = True,
+    system_prompt: str | None = None,
+    cache: bool | str | Any = True,
+    keep_logits: bool = False,
+    progress: bool = True,
+) -> GraftResult:
+    """Graft a state onto each target's last token at one layer; compare next token and text.
+
+    Modes (``v`` is ``scale * source``, the source read at ``layer``):
+
+    - ``"replace"``: the last-token state at ``layer`` becomes ``v`` (``layer`` 0..L; 0
+      overwrites the input of block 1).
+    - ``"add"``: ``v`` is added to it (steering along a direction).
+    - ``"seed"``: the original paper code's graft. Block ``layer`` (1..L) still runs — its KV
+      cache comes from the un-grafted input — but its output is replaced by its *input* with
+      the last position overwritten by ``v``: the last token leaves block ``layer`` as ``v``
+      (as with ``"replace"``), while every other position skips the block. The original's
+      ``layer2graft=k`` (0-based) is ``layer=k + 1`` here.
+
+    Args:
+        model: from :func:`ihs_sight.load_model`.
+        targets: prompts to graft onto (a ``PromptSet`` or list of strings), e.g. malicious ones.
+        source: donor prompts (``PromptSet`` / list: their last-token states at ``layer``,
+            extracted with the same template), a ``HiddenStates``, or a tensor ``[D]`` or
+            ``[N, D]`` (used at any layer as given).
+        layer: the layer index, in the package numbering (see the module docstring).
+        pairing: ``"mean"``: the mean of the source rows for every target; ``"paired"``:
+            source row ``i`` for target ``i`` (needs as many rows as targets).
+        mode: ``"replace"``, ``"add"`` or ``"seed"`` (above).
+        scale: multiplies the source vector in every mode.
+        generate: ``None`` for next-token effects only, or a number of greedy new tokens; the
+            graft applies to the first generated step only (later steps see it through the cache).
+        top_k: tokens recorded per target.
+        judge: refusal judge for generated text (any ``str -> bool``); default :class:`PhraseJudge`.
+        lexicon: emotion lexicon version or object; its negative/positive token sets give the masses.
+        batch_size: prompts per forward pass.
+        chat: apply the chat template (``False``: raw text, for base models).
+        system_prompt: ``None`` keeps the template's default.
+        cache: states cache for donor prompts, as in :func:`ihs_sight.extract`.
+        keep_logits: also keep the full last-token logits (not serialised).
+        progress: show a progress bar.
+
+    Returns:
+        :class:`GraftResult` with per-target top-k, lexicon masses, flips and (optionally)
+        texts and refusal verdicts, plus rates over all targets.
+
+    Examples:
+        >>> data = ihs.load_prompts()
+        >>> result = ihs.graft(model, data.test.malicious.head(8), data.train.normal, layer=16)
+        >>> result.flip_rate, result.mean_neg_mass_before, result.mean_neg_mass_after
+    """
+    _check_options(mode, pairing, scale, generate, top_k, batch_size, judge)
+    _check_layer(model, layer, mode)
+    return _sweep_core(
+        model, targets, source, layers=[layer], pairing=pairing, mode=mode, scale=scale, generate=generate,
+        top_k=top_k, judge=judge, lexicon=lexicon, batch_size=batch_size, chat=chat,
+        system_prompt=system_prompt,
+        cache=cache, keep_logits=keep_logits, progress=progress,
+    )[0]
+
+
+def graft_sweep(
+    model: Model,
+    targets: Any,
+    source: Any,
+    *,
+    layers: Sequence[int] | None = None,
+    pairing: Pairing = "mean",
+    mode: Mode = "replace",
+    scale: float = 1.0,
+    generate: int | None = None,
+    top_k: int = 10,
+    judge: RefusalJudge | None = None,
+    lexicon: str | Lexicon = "v1",
+    batch_size: int = 8,
+    chat: bool = True,
+    system_prompt: str | None = None,
+    cache: bool | str | Any = True,
+    progress: bool = True,
+) -> SweepResult:
+    """:func:`graft` at several layers: per-layer flip, negative-to-non-negative and refusal rates.
+
+    The clean run (and clean generation) is done once; donor states are extracted once for
+    all layers. A tensor source is used as given at every layer.
+
+    Args:
+        layers: layer indices to graft at; ``None`` means every block output, 1..L.
+        Others: as in :func:`graft`.
+
+    Returns:
+        :class:`SweepResult`; ``.plot()`` draws the rates against the layer.
+
+    Examples:
+        >>> malicious = data.test.malicious.head(16)
+        >>> sweep = ihs.graft_sweep(model, malicious, data.train.normal, layers=[8, 16, 24])
+        >>> sweep.flip_rate
+    """
+    _check_options(mode, pairing, scale, generate, top_k, batch_size, judge)
+    if layers is None:
+        chosen = list(range(1, model.n_layers + 1))
+    else:
+        if isinstance(layers, (str, int)):
+            raise InputError(f"layers must be a list of layer indices, got {layers!r}.")
+        chosen = [_check_layer(model, layer, mode) for layer in layers]
+        if not chosen:
+            raise InputError("layers is empty; pass at least one layer index (or None for all).")
+    results = _sweep_core(
+        model, targets, source, layers=chosen, pairing=pairing, mode=mode, scale=scale, generate=generate,
+        top_k=top_k, judge=judge, lexicon=lexicon, batch_size=batch_size, chat=chat,
+        system_prompt=system_prompt,
+        cache=cache, keep_logits=False, progress=progress,
+    )
+    first = results[0]
+    refusals = [r.refusal_rate_after for r in results]
+    return SweepResult(
+        layers=chosen,
+        flip_rate=[r.flip_rate for r in results],
+        neg_to_nonneg_rate=[r.neg_to_nonneg_rate for r in results],
+        mean_neg_mass=[r.mean_neg_mass_after for r in results],
+        mean_pos_mass=[r.mean_pos_mass_after for r in results],
+        refusal_rate=[float(r) for r in refusals if r is not None] if generate is not None else None,
+        mean_neg_mass_before=first.mean_neg_mass_before,
+        mean_pos_mass_before=first.mean_pos_mass_before,
+        refusal_rate_before=first.refusal_rate_before,
+        results=results,
+        meta=first.meta,
+    )

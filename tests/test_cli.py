@@ -1,0 +1,140 @@
+"""The installed ``ihs-sight`` console script, run as a subprocess on the default model.
+
+Every command writes files that must validate against the library's pydantic models; bad
+arguments and bad files give the documented exit codes with one line on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import ihs_sight as ihs
+
+EXE = shutil.which("ihs-sight")
+pytestmark = pytest.mark.skipif(EXE is None, reason="the ihs-sight console script is not installed")
+
+
+def run(args: list[str], env_extra: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
+    assert EXE is not None
+    return subprocess.run([EXE, *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def cli_env(states_cache: Path) -> dict[str, str]:
+    return {"IHS_SIGHT_STATES_CACHE": str(states_cache)}
+
+
+def test_cli_help_documents_exit_codes() -> None:
+    result = run(["--help"])
+    assert result.returncode == 0
+    assert "Exit codes" in result.stdout and "4 remote/network failure" in result.stdout
+    for command in ("probe", "lens", "graft", "extract", "models", "data", "demo"):
+        assert command in result.stdout
+
+
+def test_cli_models_json() -> None:
+    result = run(["models", "--json"])
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["models"][0]["name"] == "default" and payload["models"][0]["installed"] is True
+    assert "LlamaForCausalLM" in payload["architectures"]
+
+
+def test_cli_data_lists_bundled_sets(data: ihs.PromptSet) -> None:
+    result = run(["data", "--json"])
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["total"] == len(data)
+    assert payload["by_label"] == data.counts("label")
+
+
+def test_cli_extract_writes_loadable_states(tmp_path: Path, cli_env: dict[str, str], model: ihs.Model) -> None:
+    result = run(["extract", "--limit", "4", "--split", "test", "--out", str(tmp_path), "--quiet"], cli_env)
+    assert result.returncode == 0, result.stderr
+    states = ihs.HiddenStates.load(tmp_path / "states")
+    assert states.states.shape == (4, model.n_layers + 1, model.d_model)
+    assert (tmp_path / "summary.md").read_text().startswith("# ihs-sight extract")
+    direct = ihs.extract(model, states.prompts, cache=False, progress=False)
+    assert (states.states - direct.states).abs().max() <= 1e-4 * direct.states.abs().max()
+
+
+def test_cli_probe_writes_report_and_plot(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    from ihs_sight.probe import ProbeReport
+
+    result = run(["probe", "--limit", "48", "--jailbreaks", "1", "--classifiers", "logreg", "--out", str(tmp_path),
+                  "--json"], cli_env)
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    report = ProbeReport.model_validate_json((tmp_path / "report.json").read_text())
+    transfer = ProbeReport.model_validate_json((tmp_path / "transfer.json").read_text())
+    assert payload["best_layer"] == report.best_layer
+    assert report.classifiers == ["logreg"] and len(report.layers) == 31
+    assert transfer.evaluation == "transfer" and transfer.n_test == 14  # 7 families x (1 jailbreak + 1 wrapped)
+    assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_lens_writes_results(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    from ihs_sight.emotions import EmotionProfile
+    from ihs_sight.lens import Consistency, LensResult
+
+    result = run(["lens", "--limit", "2", "--top-k", "3", "--out", str(tmp_path), "--quiet"], cli_env)
+    assert result.returncode == 0, result.stderr
+    for name in ("malicious", "normal"):
+        lens = LensResult.load(tmp_path / f"lens_{name}")
+        assert tuple(lens.token_ids.shape) == (2, 31, 3)
+        EmotionProfile.model_validate_json((tmp_path / f"emotions_{name}.json").read_text())
+        Consistency.model_validate_json((tmp_path / f"consistency_{name}.json").read_text())
+        assert (tmp_path / f"heatmap_{name}.png").stat().st_size > 1000
+
+
+def test_cli_graft_one_layer(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    from ihs_sight.graft import GraftResult
+
+    result = run(["graft", "--layer", "20", "--targets", "2", "--sources", "4", "--out", str(tmp_path), "--quiet"],
+                 cli_env)
+    assert result.returncode == 0, result.stderr
+    graft = GraftResult.model_validate_json((tmp_path / "graft.json").read_text())
+    assert graft.meta.layer == 20 and len(graft.targets) == 2
+    assert (tmp_path / "graft.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["extract", "--batch-size", "0"], 2, "batch-size"),
+        (["probe", "--classifiers", "forest", "--limit", "8"], 2, "forest"),
+        (["extract", "--prompts", "/nonexistent/prompts.csv"], 2, "No such file"),
+        (["extract", "--model", "/nonexistent/model-dir"], 3, "No such model path"),
+        (["graft", "--mode", "sideways"], 2, "mode"),
+        (["lens", "--band", "ten"], 2, "band"),
+        (["nosuchcommand"], 2, "No such command"),
+    ],
+)
+def test_cli_errors_have_documented_exit_codes(args: list[str], code: int, message: str, cli_env: dict[str, str]) -> None:
+    result = run(args, cli_env)
+    assert result.returncode == code, (result.returncode, result.stderr)
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_bad_prompt_file_is_one_line(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"text": ""}\n', encoding="utf-8")
+    out = tmp_path / "out"
+    result = run(["extract", "--prompts", str(bad), "--out", str(out)], cli_env)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "row 2" in lines[0]
+    assert not out.exists() or not any(out.iterdir())  # nothing half-written
+
+
+def test_cli_debug_shows_traceback(cli_env: dict[str, str]) -> None:
+    result = run(["extract", "--prompts", "/nonexistent/p.txt", "--debug"], cli_env)
+    assert result.returncode != 0 and "Traceback" in result.stderr
