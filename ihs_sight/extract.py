@@ -7,6 +7,8 @@ Mental model:
    mask-derived ``position_ids``, so padding shifts no position.
 3. One nnsight trace per batch reads ``blocks[0].input`` and every block's output and saves
    only the last-token slice: ``[B, L+1, D]`` leaves the trace, never ``[B, S, L+1, D]``.
+   The same trace can also run the logit lens on those slices (:func:`trace_batch`), so
+   ``extract(..., lens_top_k=k)`` gets states and lens from one forward pass.
 4. Each finished batch is written to the on-disk cache (:mod:`ihs_sight.cache`) at once, so an
    interrupted run resumes and a repeated call loads instead of running.
 
@@ -17,11 +19,12 @@ Autograd is on inside an nnsight trace by default; local runs are wrapped in
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,8 +33,11 @@ from tqdm.auto import tqdm
 
 from .cache import TensorCache
 from .errors import InputError
-from .models import Model, cache_dir
+from .models import Model, states_cache_dir
 from .prompts import encode, sha, template_fingerprint
+
+if TYPE_CHECKING:
+    from .lens import LensResult
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +96,8 @@ class HiddenStates(BaseModel):
     families: list[str | None] | None = None
     """(n_prompts,) jailbreak wrapper family, when known."""
     meta: ExtractMeta
+    lens: LensResult | None = None
+    """The logit lens of the same forward pass, when ``extract(..., lens_top_k=k)`` asked for it."""
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -104,11 +112,19 @@ class HiddenStates(BaseModel):
         return self.states[:, index]
 
     def save(self, path: str | Path) -> Path:
-        """Write ``path.safetensors`` (the tensor) and ``path.json`` (everything else)."""
+        """Write ``path.safetensors`` (the tensors) and ``path.json`` (everything else).
+
+        A lens, when present, is stored in the same two files (tensors named ``lens.*``).
+        """
         stem = Path(path).with_suffix("")
         stem.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"states": self.states.contiguous()}, str(stem.with_suffix(".safetensors")))
-        payload = self.model_dump(exclude={"states"}, mode="json")
+        tensors = {"states": self.states.contiguous()}
+        payload = self.model_dump(exclude={"states", "lens"}, mode="json")
+        if self.lens is not None:
+            lens_payload, lens_tensors = self.lens.to_parts()
+            tensors.update({f"lens.{k}": v for k, v in lens_tensors.items()})
+            payload["lens"] = lens_payload
+        save_file(tensors, str(stem.with_suffix(".safetensors")))
         stem.with_suffix(".json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
         return stem
 
@@ -121,9 +137,16 @@ class HiddenStates(BaseModel):
                 raise InputError(f"Missing {stem.with_suffix(suffix)}; save() writes a .json and a .safetensors file.")
         try:
             payload = json.loads(stem.with_suffix(".json").read_text(encoding="utf-8"))
-            states = load_file(str(stem.with_suffix(".safetensors")))["states"]
+            tensors = load_file(str(stem.with_suffix(".safetensors")))
+            states = tensors["states"]
         except (ValueError, KeyError, OSError) as e:
             raise InputError(f"Cannot read hidden states at {stem}: {e}") from e
+        lens_payload = payload.pop("lens", None)
+        if lens_payload is not None:
+            from .lens import LensResult
+
+            lens_tensors = {k.removeprefix("lens."): v for k, v in tensors.items() if k.startswith("lens.")}
+            payload["lens"] = LensResult.from_parts(lens_payload, lens_tensors)
         return cls(states=states, **payload)
 
 
@@ -189,8 +212,57 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def trace_last_token_states(model: Model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(B, L+1, D) last-token states of one left-padded batch, from one nnsight trace.
+LENS_ROWS = 256
+"""Rows per unembedding matrix product in the lens: several layers' slices are stacked until
+about this many rows, so the product is compute-bound rather than a re-read of the whole
+unembedding per layer, while memory stays bounded by ``LENS_ROWS x V`` floats."""
+
+
+def _forward_kwargs(model: Model) -> dict[str, Any]:
+    """Extra forward arguments: only the last position's logits, where the model supports it.
+
+    The traces here never read the model's own logits; computing them for every position is
+    ~20% of a small model's forward. Hidden states are unaffected.
+    """
+    try:
+        params = inspect.signature(model.hf.forward).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+
+
+def trace_batch(
+    model: Model,
+    batch: dict[str, torch.Tensor],
+    *,
+    states: bool = True,
+    lens_layers: Sequence[int] = (),
+    top_k: int = 5,
+    category_ids: Sequence[torch.Tensor] = (),
+    prob_sum_layers: Sequence[int] = (),
+) -> dict[str, torch.Tensor]:
+    """One nnsight trace over a left-padded batch; only what is asked for leaves it.
+
+    Walks layers ``0..L`` in forward order and takes each layer's last-token state ``h``
+    (``[B, D]``). For a layer in ``lens_layers`` or ``prob_sum_layers`` it computes the lens
+    ``softmax(unembed(final_norm(h)))`` in float32 — the final norm applied once, the config's
+    logit soft-capping ``tanh(x / cap) * cap`` applied where set — then reduces it in the trace.
+    Slices of consecutive layers are stacked into one product of about :data:`LENS_ROWS` rows.
+
+    Args:
+        model: the model.
+        batch: from :func:`pad_batch`.
+        states: return the states.
+        lens_layers: layers whose lens top-k (and category masses) to return.
+        top_k: k of the lens top-k.
+        category_ids: one id tensor per emotion category; their probability sums are returned.
+        prob_sum_layers: layers whose full-vocabulary lens probabilities are summed (over the
+            batch and these layers) into one vector.
+
+    Returns:
+        As requested: ``states`` (B, L+1, D) float32; ``lens_ids`` (B, n_lens, k) int64;
+        ``lens_logits`` and ``lens_probs`` (B, n_lens, k) float32; ``lens_mass``
+        (B, n_lens, n_categories) float32; ``prob_sum`` (V,) float32.
 
     The trace body uses only torch and nnsight operations, so it runs unchanged on NDIF.
     """
@@ -198,14 +270,96 @@ def trace_last_token_states(model: Model, batch: dict[str, torch.Tensor]) -> tor
 
     blocks = model.blocks()
     index = model.arch.output_index
-    with model.nn.trace(batch, remote=model.remote):
-        states = nnsight.save([])
-        states.append(blocks[0].input[:, -1].detach().cpu())
-        for block in blocks:
-            out = block.output
-            hidden = out if index is None else out[index]
-            states.append(hidden[:, -1].detach().cpu())
-    return torch.stack(list(states), 1).float()
+    norm = model.envoy(model.arch.final_norm)
+    unembed = model.envoy(model.arch.unembed)
+    cap = model.softcap
+    lens_set, sum_set = set(lens_layers), set(prob_sum_layers)
+    wanted = sorted(lens_set | sum_set)
+    cats = list(category_ids)
+    chunk = max(1, LENS_ROWS // int(batch["input_ids"].shape[0]))  # layers per unembedding product
+    with model.nn.trace(batch, remote=model.remote, **_forward_kwargs(model)):
+        saved_states = nnsight.save([])
+        lens_ids = nnsight.save([])
+        lens_logits = nnsight.save([])
+        lens_probs = nnsight.save([])
+        lens_mass = nnsight.save([])
+        prob_sum = nnsight.save([])
+        pending = []
+        total = None  # running sum of the prob_sum layers' distributions, [V]
+        for layer in range(len(blocks) + 1):
+            if layer == 0:
+                hidden = blocks[0].input[:, -1]
+            else:
+                out = blocks[layer - 1].output
+                hidden = (out if index is None else out[index])[:, -1]
+            if states:
+                saved_states.append(hidden.detach().cpu())
+            if layer in lens_set or layer in sum_set:
+                pending.append((layer, hidden))
+            if pending and (len(pending) == chunk or layer == wanted[-1]):
+                rows = torch.cat([h for _, h in pending], 0)  # [n * B, D], layer-major
+                # The modules are called as plain functions here: extra math on the slices,
+                # not the model's own (hooked) call of the norm and the unembedding.
+                logits = unembed(norm(rows)).float()
+                if cap is not None:
+                    logits = torch.tanh(logits / cap) * cap
+                logits = logits.view(len(pending), -1, logits.shape[-1])  # [n, B, V]
+                probs = logits.softmax(-1)
+                top = probs.topk(top_k, dim=-1)
+                for j, (at, _) in enumerate(pending):
+                    if at in lens_set:
+                        lens_ids.append(top.indices[j].detach().cpu())
+                        lens_probs.append(top.values[j].detach().cpu())
+                        lens_logits.append(logits[j].gather(-1, top.indices[j]).detach().cpu())
+                        if cats:
+                            masses = [probs[j][:, c.to(probs.device)].sum(-1) for c in cats]
+                            lens_mass.append(torch.stack(masses, -1).detach().cpu())
+                    if at in sum_set:
+                        total = probs[j].sum(0) if total is None else total + probs[j].sum(0)
+                pending = []
+        if total is not None:
+            prob_sum.append(total.detach().cpu())
+    result: dict[str, torch.Tensor] = {}
+    if states:
+        result["states"] = torch.stack(list(saved_states), 1).float()
+    if lens_set:
+        result["lens_ids"] = torch.stack(list(lens_ids), 1).long()
+        result["lens_probs"] = torch.stack(list(lens_probs), 1).float()
+        result["lens_logits"] = torch.stack(list(lens_logits), 1).float()
+        if cats:
+            result["lens_mass"] = torch.stack(list(lens_mass), 1).float()
+    if sum_set:
+        result["prob_sum"] = prob_sum[0].float()
+    return result
+
+
+def trace_last_token_states(model: Model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, L+1, D) last-token states of one left-padded batch, from one nnsight trace.
+
+    :func:`trace_batch` without the lens; ``extract()`` calls this when no lens is asked for.
+    """
+    return trace_batch(model, batch)["states"]
+
+
+def extract_meta(
+    model: Model, texts: list[str], *, chat: bool, system_prompt: str | None, template: str
+) -> ExtractMeta:
+    """The metadata (and cache identity) of a set of prompts run through ``model``."""
+    return ExtractMeta(
+        model_name=model.name,
+        model_source=model.source,
+        model_class=type(model.hf).__name__,
+        weights_hash=model.weights_hash,
+        n_layers=model.n_layers,
+        d_model=model.d_model,
+        dtype=str(model.dtype).removeprefix("torch."),
+        chat=chat,
+        system_prompt=system_prompt,
+        template=template,
+        layer_names=["embed"] + [f"block.{i}" for i in range(1, model.n_layers + 1)],
+        prompt_hashes=[sha(t) for t in texts],
+        versions=_versions(),
+    )
 
 
 def extract(
@@ -217,6 +371,7 @@ def extract(
     system_prompt: str | None = None,
     cache: bool | str | Path = True,
     progress: bool = True,
+    lens_top_k: int | None = None,
 ) -> HiddenStates:
     """Last-token hidden states of every prompt at every layer.
 
@@ -230,9 +385,13 @@ def extract(
         cache: ``True`` uses the user cache directory, a path uses that directory, ``False``
             computes everything and stores nothing.
         progress: show a progress bar.
+        lens_top_k: also run the logit lens in the same forward pass and return its top-k
+            tokens at every layer (with emotion masses for the v1 lexicon) as ``.lens``;
+            cached beside the states, keyed by k and the lexicon.
 
     Returns:
-        :class:`HiddenStates` with ``states`` of shape (n_prompts, L + 1, d_model).
+        :class:`HiddenStates` with ``states`` of shape (n_prompts, L + 1, d_model), and
+        ``lens`` (a :class:`ihs_sight.lens.LensResult`) when ``lens_top_k`` is set.
 
     Examples:
         >>> states = extract(load_model(), ["How do I bake bread?", "Write a haiku."])
@@ -246,51 +405,65 @@ def extract(
     texts = _validate_prompts(prompts)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    lens_spec = None
+    if lens_top_k is not None:
+        from .lens import lens_spec_for
+
+        lens_spec = lens_spec_for(model, lens_top_k)
     ids, template = prepare(model, texts, chat=chat, system_prompt=system_prompt)
-    hashes = [sha(t) for t in texts]
-    meta = ExtractMeta(
-        model_name=model.name,
-        model_source=model.source,
-        model_class=type(model.hf).__name__,
-        weights_hash=model.weights_hash,
-        n_layers=model.n_layers,
-        d_model=model.d_model,
-        dtype=str(model.dtype).removeprefix("torch."),
-        chat=chat,
-        system_prompt=system_prompt,
-        template=template,
-        layer_names=["embed"] + [f"block.{i}" for i in range(1, model.n_layers + 1)],
-        prompt_hashes=hashes,
-        versions=_versions(),
-    )
-    store = None
+    meta = extract_meta(model, texts, chat=chat, system_prompt=system_prompt, template=template)
+    hashes = meta.prompt_hashes
+    store = lens_store = None
     if cache is not False:
-        root = (cache_dir() / "states") if cache is True else Path(cache)
-        store = TensorCache(root, {"kind": "last_token_states", "weights": meta.weights_hash, "template": template,
-                                   "system_prompt": system_prompt, "chat": chat, "dtype": meta.dtype,
-                                   "n_layers": meta.n_layers, "d_model": meta.d_model})
+        root = states_cache_dir() if cache is True else Path(cache)
+        context = {"kind": "last_token_states", "weights": meta.weights_hash, "template": template,
+                   "system_prompt": system_prompt, "chat": chat, "dtype": meta.dtype,
+                   "n_layers": meta.n_layers, "d_model": meta.d_model}
+        store = TensorCache(root, context)
+        if lens_spec is not None:
+            # A context of its own: the lens rows depend on k and on the lexicon's token ids too.
+            lens_store = TensorCache(root, {**context, "kind": "logit_lens", **lens_spec.cache_key()})
     found = store.get(hashes) if store is not None else {}
-    todo = [i for i, h in enumerate(hashes) if h not in found]
+    found_lens = lens_store.get(hashes) if lens_store is not None else {}
+    want_lens = lens_spec is not None
+    todo = [i for i, h in enumerate(hashes) if h not in found or (want_lens and h not in found_lens)]
     # The same text twice is computed once.
     first: dict[str, int] = {}
     todo = [i for i in todo if first.setdefault(hashes[i], i) == i]
     if found:
         log.info("cache: %d of %d prompts loaded, %d to compute", len(texts) - len(todo), len(texts), len(todo))
-    computed: dict[str, torch.Tensor] = {}
+    computed: dict[str, dict[str, torch.Tensor]] = {}
     batches = [[todo[j] for j in b] for b in length_batches([len(ids[i]) for i in todo], batch_size)]
     pad_id = model.tokenizer.pad_token_id
     if pad_id is None:
         pad_id = model.tokenizer.eos_token_id or 0
     with torch.no_grad(), tqdm(total=len(todo), desc="extract", unit="prompt", disable=not progress or not todo) as bar:
         for batch in batches:
-            states = trace_last_token_states(model, pad_batch([ids[i] for i in batch], pad_id))
+            padded = pad_batch([ids[i] for i in batch], pad_id)
+            if lens_spec is None:
+                out = {"states": trace_last_token_states(model, padded)}
+            else:
+                out = trace_batch(model, padded, **lens_spec.trace_kwargs())
             batch_hashes = [hashes[i] for i in batch]
+            lens_rows = {k: v for k, v in out.items() if k.startswith("lens_")}
             if store is not None:
-                store.put(batch_hashes, {"states": states})
-            for h, row in zip(batch_hashes, states):
-                computed[h] = row
+                # Rows whose states were cached already (only their lens was missing) are not rewritten.
+                new = [j for j, h in enumerate(batch_hashes) if h not in found]
+                if new:
+                    store.put([batch_hashes[j] for j in new], {"states": out["states"][new]})
+            if lens_store is not None:
+                lens_store.put(batch_hashes, lens_rows)
+            for j, h in enumerate(batch_hashes):
+                computed[h] = {"states": out["states"][j], **{k: v[j] for k, v in lens_rows.items()}}
             bar.update(len(batch))
-    rows = [found[h]["states"] if h in found else computed[h] for h in hashes]
+    rows = [found[h]["states"] if h in found else computed[h]["states"] for h in hashes]
+    lens = None
+    if lens_spec is not None:
+        lens_rows_all = [computed[h] if h in computed else found_lens[h] for h in hashes]
+        lens = lens_spec.build(
+            {k: torch.stack([r[k] for r in lens_rows_all], 0) for k in lens_spec.row_keys},
+            prompts=texts, labels=labels, meta=meta,
+        )
     return HiddenStates(
         states=torch.stack(rows, 0),
         prompts=texts,
@@ -298,4 +471,11 @@ def extract(
         categories=categories,
         families=families,
         meta=meta,
+        lens=lens,
     )
+
+
+# HiddenStates.lens refers to LensResult, defined in .lens, which imports this module: importing
+# it here (after everything .lens needs is defined) lets .lens complete HiddenStates at import,
+# whichever of the two modules is imported first.
+from . import lens as _lens  # noqa: F401

@@ -1,0 +1,110 @@
+"""Write the self-distillation targets for the refusal-tuned variant (``default-aligned``).
+
+For every **train-split** normal prompt of the bundled data (look-alikes included) and every
+prompt of ``ihs_sight/data/extra_benign.jsonl`` (benign prompts written for this purpose, see
+the data README), the base model (SmolLM2-135M-Instruct, ``load_model("default")``) answers
+greedily through its chat template with its default system prompt. The answers are the
+training targets that keep the tuned model helpful: it learns to say what it already says.
+
+Generation is batched (prompts grouped by length, left padding) and greedy, so the file is
+reproducible on the same library versions. Only the first ``--max-new-tokens`` tokens are kept:
+the refusal judge reads the start of a reply, and that is what tuning can move.
+
+    python scripts/make_distill_data.py                      # writes ihs_sight/data/distill_normal.jsonl
+
+Test-split prompts are never read here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+import ihs_sight as ihs
+from ihs_sight.extract import length_batches, pad_batch
+from ihs_sight.judge import PhraseJudge
+from ihs_sight.prompts import encode
+
+DATA = Path(__file__).resolve().parents[1] / "ihs_sight" / "data"
+OUT = DATA / "distill_normal.jsonl"
+EXTRA = DATA / "extra_benign.jsonl"
+
+
+def benign_prompts() -> list[dict[str, object]]:
+    """Train-split normal prompts, then the extra benign prompts, as plain records."""
+    data = ihs.load_prompts()
+    rows: list[dict[str, object]] = [
+        {"id": p.id, "prompt": p.text, "category": p.category, "lookalike": p.lookalike, "source": "train_normal"}
+        for p in data.train.normal
+    ]
+    test_texts = {p.text.strip().casefold() for p in data.test}
+    if EXTRA.is_file():
+        for line in EXTRA.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            if rec["text"].strip().casefold() in test_texts:  # never let a test prompt into training
+                raise SystemExit(f"extra prompt {rec['id']} duplicates a test prompt: {rec['text']!r}")
+            rows.append({"id": rec["id"], "prompt": rec["text"], "category": rec.get("category"),
+                         "lookalike": bool(rec.get("lookalike", False)), "source": "extra_benign"})
+    return rows
+
+
+@torch.no_grad()
+def generate(model: ihs.Model, prompts: list[str], *, max_new_tokens: int, batch_size: int) -> list[tuple[str, bool, int]]:
+    """Greedy answers: (text, finished before the limit, number of new tokens)."""
+    tok = model.tokenizer
+    ids = encode(tok, prompts)
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    out: list[tuple[str, bool, int]] = [("", False, 0)] * len(prompts)
+    batches = length_batches([len(r) for r in ids], batch_size)
+    for b, idx in enumerate(batches):
+        t0 = time.perf_counter()
+        batch = pad_batch([ids[i] for i in idx], tok.pad_token_id)
+        gen = model.hf.generate(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=max_new_tokens,
+            do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=eos,
+        )
+        width = batch["input_ids"].shape[1]
+        for row, i in enumerate(idx):
+            new = gen[row, width:].tolist()
+            finished = eos in new
+            if finished:
+                new = new[: new.index(eos)]
+            new = [t for t in new if t != tok.pad_token_id]
+            out[i] = (tok.decode(new, skip_special_tokens=True), finished, len(new))
+        logging.info("batch %d/%d (%d prompts) in %.1f s", b + 1, len(batches), len(idx), time.perf_counter() - t0)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.manual_seed(0)
+    rows = benign_prompts()
+    model = ihs.load_model("default", device="cpu", dtype="float32")
+    t0 = time.perf_counter()
+    answers = generate(model, [str(r["prompt"]) for r in rows], max_new_tokens=args.max_new_tokens,
+                       batch_size=args.batch_size)
+    judge = PhraseJudge()
+    with args.out.open("w", encoding="utf-8") as f:
+        for r, (text, finished, n) in zip(rows, answers):
+            rec = {**r, "answer": text, "finished": finished, "n_tokens": n, "max_new_tokens": args.max_new_tokens,
+                   "base_refuses": judge(text)}
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    refusing = sum(judge(a[0]) for a in answers)
+    logging.info("wrote %d answers to %s in %.0f s (%d judged as refusals)", len(rows), args.out,
+                 time.perf_counter() - t0, refusing)
+
+
+if __name__ == "__main__":
+    main()

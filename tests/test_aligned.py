@@ -1,0 +1,95 @@
+"""The refusal-tuned variant ``default-aligned``: it loads offline, differs from the default
+model exactly by the shipped LoRA adapter, and refuses harmful requests but not benign ones.
+
+The merged weights are checked against the adapter file read directly with safetensors
+(``W + alpha/r * B @ A``, plain torch), not against peft's own merge.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import ihs_sight as ihs
+from ihs_sight.judge import PhraseJudge
+from ihs_sight.models import aligned_adapter_dir
+from ihs_sight.prompts import encode
+
+MAX_ADAPTER_BYTES = 10 * 1024 * 1024
+
+# Held-out test-split prompts (ids in ihs_sight/data): the aligned model refuses the first two
+# and answers the last two in docs/aligned_eval.json, with wide margins.
+TEST_MALICIOUS = ("m0005", "m0017")
+TEST_NORMAL = ("n0004", "n0010")
+
+
+@pytest.fixture(scope="module")
+def aligned() -> ihs.Model:
+    return ihs.load_model("default-aligned")
+
+
+def _greedy(model: ihs.Model, texts: list[str], max_new_tokens: int = 16) -> list[str]:
+    """Plain transformers greedy decoding, one prompt at a time (no padding involved)."""
+    tok = model.tokenizer
+    out = []
+    with torch.no_grad():
+        for ids in encode(tok, texts):
+            x = torch.tensor([ids])
+            gen = model.hf.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
+                                    do_sample=False, pad_token_id=tok.pad_token_id)
+            out.append(tok.decode(gen[0, len(ids):], skip_special_tokens=True))
+    return out
+
+
+def test_aligned_loads_offline_with_base_module_paths(aligned: ihs.Model, model: ihs.Model) -> None:
+    assert aligned.name == "default-aligned"
+    assert type(aligned.hf).__name__ == "LlamaForCausalLM"  # merged: no peft wrapper left
+    assert aligned.arch == model.arch
+    assert (aligned.n_layers, aligned.d_model) == (model.n_layers, model.d_model)
+    assert not any("lora" in name for name, _ in aligned.hf.named_parameters())
+
+
+def test_aligned_adapter_file_is_small() -> None:
+    path = aligned_adapter_dir() / "adapter_model.safetensors"
+    assert path.is_file()
+    assert path.stat().st_size <= MAX_ADAPTER_BYTES
+
+
+def test_aligned_weights_equal_base_plus_lora_delta(aligned: ihs.Model, model: ihs.Model) -> None:
+    config = json.loads((aligned_adapter_dir() / "adapter_config.json").read_text(encoding="utf-8"))
+    scale = config["lora_alpha"] / config["r"]
+    lora = load_file(str(aligned_adapter_dir() / "adapter_model.safetensors"))
+    base = model.hf.state_dict()
+    tuned = aligned.hf.state_dict()
+    assert base.keys() == tuned.keys()
+    changed = set()
+    for key in [k for k in lora if "lora_A" in k]:
+        # "base_model.model.model.layers.12.self_attn.q_proj.lora_A.weight" -> "model.layers.12.self_attn.q_proj.weight"
+        target = key.removeprefix("base_model.model.").replace(".lora_A", "")
+        a, b = lora[key].float(), lora[key.replace("lora_A", "lora_B")].float()
+        expected = base[target] + scale * (b @ a)
+        torch.testing.assert_close(tuned[target], expected, rtol=1e-5, atol=1e-6)
+        changed.add(target)
+    assert changed, "the adapter holds no LoRA matrices"
+    for key in base.keys() - changed:
+        assert torch.equal(base[key], tuned[key]), f"{key} changed but the adapter does not touch it"
+    assert any(not torch.equal(base[k], tuned[k]) for k in changed)
+
+
+def test_aligned_weights_hash_differs(aligned: ihs.Model, model: ihs.Model) -> None:
+    assert aligned.weights_hash != model.weights_hash
+
+
+def test_aligned_refuses_held_out_malicious_but_not_normal(aligned: ihs.Model, data: ihs.PromptSet) -> None:
+    by_id = {p.id: p for p in data.test}
+    malicious = [by_id[i] for i in TEST_MALICIOUS]
+    normal = [by_id[i] for i in TEST_NORMAL]
+    assert all(p.label == "malicious" and p.split == "test" for p in malicious)
+    assert all(p.label == "normal" and p.split == "test" for p in normal)
+    replies = _greedy(aligned, [p.text for p in malicious + normal])
+    judge = PhraseJudge()
+    verdicts = [judge(r) for r in replies]
+    assert verdicts == [True, True, False, False], list(zip([p.text for p in malicious + normal], replies))

@@ -1,0 +1,312 @@
+"""Probes: seed parity with sklearn run directly, fast probes vs sklearn, evaluation modes, errors, saving.
+
+Every number is checked against sklearn called here on the same features (or against plain
+numpy over the probe's predictions), never against the probe's own report.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import confusion_matrix
+from sklearn.model_selection import (
+    LeaveOneGroupOut,
+    StratifiedKFold,
+    cross_val_predict,
+    cross_val_score,
+    train_test_split,
+)
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+from threadpoolctl import threadpool_limits
+
+import ihs_sight as ihs
+from ihs_sight.errors import InputError
+from ihs_sight.probe import LayerProbe, ProbeReport, probe
+
+SPREAD = [0, 1, 2, 5, 10, 15, 20, 25, 30]
+"""Layers checked where checking all 31 would only repeat the same comparison more slowly."""
+FAST_VS_SKLEARN_TOL = 0.1
+"""Largest per-layer accuracy gap (4 of 40 test prompts) between the torch logreg and sklearn's."""
+FAST_VS_SKLEARN_MEAN_TOL = 0.03
+"""Largest gap of the mean accuracy over layers."""
+
+
+def _seed_features(states: ihs.HiddenStates, layer: int) -> np.ndarray:
+    # Built the way the seed code did: one flattened vector per prompt, stacked by np.array.
+    return np.array([row[layer].numpy().flatten() for row in states.states])
+
+
+def _seed_labels(states: ihs.HiddenStates) -> np.ndarray:
+    # The seed labelled its datasets by list position: normal = 0, malicious = 1.
+    assert states.labels is not None
+    return np.array([1 if label == "malicious" else 0 for label in states.labels])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One torch and BLAS thread: on the shared 2-core CPU, two threads make small fits many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def train_states(small_states: tuple[ihs.HiddenStates, ihs.HiddenStates]) -> ihs.HiddenStates:
+    return small_states[0]
+
+
+@pytest.fixture(scope="module")
+def test_states(small_states: tuple[ihs.HiddenStates, ihs.HiddenStates]) -> ihs.HiddenStates:
+    return small_states[1]
+
+
+@pytest.fixture(scope="module")
+def held_out(train_states: ihs.HiddenStates, test_states: ihs.HiddenStates) -> ProbeReport:
+    return probe(train_states, test=test_states, classifiers=("svm", "mlp", "logreg"), progress=False)
+
+
+@pytest.fixture(scope="module")
+def transfer_states(model: ihs.Model, data: ihs.PromptSet, states_cache: Path) -> ihs.HiddenStates:
+    """One jailbreak variant and one wrapped normal prompt per wrapper family."""
+    picked = []
+    for part in (data.jailbreak, data.wrapped_normal):
+        seen: set[str | None] = set()
+        for p in part:
+            if p.family not in seen:
+                seen.add(p.family)
+                picked.append(p)
+    return ihs.extract(model, ihs.PromptSet(items=picked), cache=states_cache, progress=False)
+
+
+# ---------------------------------------------------------------------------- seed parity
+
+
+def test_probe_seed_preset_matches_sklearn_run_directly(train_states: ihs.HiddenStates) -> None:
+    svm = probe(train_states, classifiers=("svm",), preset="seed", progress=False)
+    mlp = probe(train_states, classifiers=("mlp",), preset="seed", layers=SPREAD, progress=False)
+    y = _seed_labels(train_states)
+    svm_ref, mlp_ref = [], []
+    for layer in range(train_states.states.shape[1]):
+        x = _seed_features(train_states, layer)
+        x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.3, random_state=42)
+        svc = SVC(kernel="linear").fit(x_train, y_train)
+        svm_ref.append(float((svc.predict(x_test) == y_test).mean()))
+        if layer in SPREAD:
+            scaler = StandardScaler()
+            net = MLPClassifier(hidden_layer_sizes=(100,), max_iter=300, alpha=0.01, solver="adam", verbose=0,
+                                random_state=42, learning_rate_init=0.01)
+            net.fit(scaler.fit_transform(x_train), y_train)
+            mlp_ref.append(float((net.predict(scaler.transform(x_test)) == y_test).mean()))
+    assert svm.scores["svm"].accuracy == svm_ref, "seed SVM accuracies drifted from sklearn run directly"
+    assert mlp.scores["mlp"].accuracy == mlp_ref, "seed MLP accuracies drifted from sklearn run directly"
+    assert svm.preset == "seed" and svm.random_state == 42 and svm.n_test == len(x_test)
+
+
+# ---------------------------------------------------------------------------- fast engine
+
+
+def test_layer_probe_fast_logreg_agrees_with_sklearn(train_states: ihs.HiddenStates,
+                                                     test_states: ihs.HiddenStates) -> None:
+    fast = LayerProbe("logreg", layers=SPREAD).fit(train_states).layer_scores(test_states)
+    ref = []
+    for layer in SPREAD:
+        est = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+        est.fit(train_states.layer(layer).numpy(), train_states.labels)
+        ref.append(est.score(test_states.layer(layer).numpy(), test_states.labels))
+    gaps = np.abs(np.array(fast) - np.array(ref))
+    assert gaps.max() <= FAST_VS_SKLEARN_TOL, f"layer {SPREAD[int(gaps.argmax())]}: torch {fast} vs sklearn {ref}"
+    assert abs(np.mean(fast) - np.mean(ref)) <= FAST_VS_SKLEARN_MEAN_TOL
+
+
+def test_layer_probe_fit_is_deterministic_and_clonable(train_states: ihs.HiddenStates) -> None:
+    a = LayerProbe("mlp", layers=[3, 9], random_state=7).fit(train_states)
+    b = clone(a).fit(train_states)
+    assert b.get_params() == a.get_params() and b.layers_ == [3, 9]
+    assert all(torch.equal(u, v) for u, v in zip(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_))
+    proba = a.predict_proba(train_states)
+    assert proba.shape == (len(train_states), 2, 2)
+    np.testing.assert_allclose(proba.sum(-1), 1.0, rtol=1e-12)
+    assert list(a.classes_) == ["normal", "malicious"] and a.positive_ == "malicious"
+
+
+def test_probe_multiclass_and_held_out_report(held_out: ProbeReport, train_states: ihs.HiddenStates,
+                                              transfer_states: ihs.HiddenStates) -> None:
+    assert held_out.evaluation == "transfer" and held_out.positive == "malicious"
+    assert held_out.layers == list(range(train_states.n_layers + 1))
+    for s in held_out.scores.values():
+        assert s.roc_auc is not None and s.fpr is not None and s.fnr is not None
+        assert s.first_layer is None or s.accuracy[s.first_layer] >= held_out.threshold
+    x = torch.cat([train_states.states, transfer_states.states])
+    labels = list(train_states.labels or []) + list(transfer_states.labels or [])
+    report = probe(x, labels, classifiers=("logreg",), layers=[0, 5, 10], progress=False)
+    assert report.classes == ["normal", "malicious", "jailbreak"] and report.positive is None
+    assert report.scores["logreg"].roc_auc is None and set(report.scores["logreg"].per_class) == set(report.classes)
+
+
+# ---------------------------------------------------------------------------- evaluation modes
+
+
+def test_probe_cv_matches_sklearn_cross_val_score(train_states: ihs.HiddenStates) -> None:
+    report = probe(train_states, classifiers=("logreg",), engine="sklearn", cv=3, layers=[0, 4, 12, 24],
+                   progress=False)
+    y = _seed_labels(train_states)
+    s = report.scores["logreg"]
+    assert report.evaluation == "cv" and report.folds == 3 and s.accuracy_std is not None
+    for j, layer in enumerate(report.layers):
+        est = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=0))
+        folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=0)
+        ref = cross_val_score(est, train_states.layer(layer).numpy(), y, cv=folds)
+        assert s.accuracy[j] == pytest.approx(ref.mean(), abs=1e-12)
+        assert s.accuracy_std[j] == pytest.approx(ref.std(), abs=1e-12)
+
+
+def test_probe_leave_one_category_out_matches_sklearn(train_states: ihs.HiddenStates) -> None:
+    report = probe(train_states, classifiers=("logreg",), engine="sklearn", cv="category", layers=[2, 16],
+                   progress=False)
+    y = _seed_labels(train_states)
+    cats = np.array(train_states.categories)
+    s = report.scores["logreg"]
+    assert report.evaluation == "category" and report.folds == len(set(cats)) and report.n_test == len(y)
+    for j, layer in enumerate(report.layers):
+        est = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=0))
+        pred = cross_val_predict(est, train_states.layer(layer).numpy(), y, groups=cats, cv=LeaveOneGroupOut())
+        tn, fp, fn, tp = confusion_matrix(y, pred).ravel()
+        assert s.accuracy[j] == pytest.approx((pred == y).mean(), abs=1e-12)
+        assert s.fpr is not None and s.fpr[j] == pytest.approx(fp / (fp + tn), abs=1e-12)
+        assert s.fnr is not None and s.fnr[j] == pytest.approx(fn / (fn + tp), abs=1e-12)
+        for cat in set(cats):
+            group = report.groups[f"category:{cat}"]
+            assert group.accuracy["logreg"][j] == pytest.approx((pred == y)[cats == cat].mean(), abs=1e-12)
+
+
+def test_probe_transfer_reports_jailbreak_families_and_wrapped_fpr(held_out: ProbeReport,
+                                                                    transfer_states: ihs.HiddenStates) -> None:
+    report = held_out.transfer(transfer_states, progress=False)
+    assert report.evaluation == "transfer" and report.label_map == {"jailbreak": "malicious"}
+    families = {p for p in (transfer_states.families or [])}
+    assert {k for k in report.groups if k.startswith("family:jailbreak/")} == {f"family:jailbreak/{f}" for f in families}
+    assert {k for k in report.groups if k.startswith("family:normal/")} == {f"family:normal/{f}" for f in families}
+    labels = np.array(transfer_states.labels)
+    for name, fitted in held_out.probes.items():
+        flagged = fitted.predict(transfer_states) == "malicious"  # (n_prompts, n_layers)
+        rate = report.groups["label:jailbreak"].positive_rate
+        fpr_group = report.groups["label:normal"].positive_rate
+        assert rate is not None and fpr_group is not None
+        np.testing.assert_allclose(rate[name], flagged[labels == "jailbreak"].mean(0), atol=1e-12)
+        np.testing.assert_allclose(fpr_group[name], flagged[labels == "normal"].mean(0), atol=1e-12)
+        np.testing.assert_allclose(report.scores[name].fpr or [], flagged[labels == "normal"].mean(0), atol=1e-12)
+        np.testing.assert_allclose(report.scores[name].fnr or [], 1 - flagged[labels == "jailbreak"].mean(0),
+                                   atol=1e-12)
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def _toy(n: int = 12, layers: int = 3, d: int = 4) -> tuple[np.ndarray, list[str]]:
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(n, layers, d)).astype(np.float32), ["normal", "malicious"] * (n // 2)
+
+
+def test_probe_rejects_single_class() -> None:
+    x, _ = _toy()
+    with pytest.raises(InputError, match="single class"):
+        probe(x, ["normal"] * len(x), progress=False)
+
+
+def test_probe_rejects_mismatched_lengths() -> None:
+    x, labels = _toy()
+    with pytest.raises(InputError, match="11 labels for 12 prompts"):
+        probe(x, labels[:-1], progress=False)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_probe_rejects_non_finite_features(bad: float) -> None:
+    x, labels = _toy()
+    x[5, 2, 1] = bad
+    with pytest.raises(InputError, match="prompt 5, layer 2"):
+        probe(x, labels, progress=False)
+
+
+def test_probe_rejects_too_few_samples_for_folds() -> None:
+    x, labels = _toy(n=8)
+    with pytest.raises(InputError, match="cv=5 needs at least 5 prompts of each class"):
+        probe(x, labels, cv=5, progress=False)
+    with pytest.raises(InputError, match="Too few prompts"):
+        probe(x[:3], ["normal", "malicious", "normal"], progress=False)
+
+
+def test_probe_rejects_bad_arguments() -> None:
+    x, labels = _toy()
+    with pytest.raises(InputError, match="out of range"):
+        probe(x, labels, layers=[3], progress=False)
+    with pytest.raises(InputError, match="Unknown classifier"):
+        probe(x, labels, classifiers=("forest",), progress=False)
+    with pytest.raises(InputError, match="either cv= or test="):
+        probe(x, labels, cv=2, test=x, progress=False)
+    with pytest.raises(InputError, match="drop cv="):
+        probe(x, labels, cv=2, preset="seed", progress=False)
+    with pytest.raises(InputError, match="carry no labels"):
+        probe(x, progress=False)
+
+
+# ---------------------------------------------------------------------------- saving and results
+
+
+def test_layer_probe_save_load_round_trip(train_states: ihs.HiddenStates, test_states: ihs.HiddenStates,
+                                          tmp_path: Path) -> None:
+    for name in ("svm", "mlp"):
+        fitted = LayerProbe(name, layers=SPREAD).fit(train_states)
+        loaded = LayerProbe.load(fitted.save(tmp_path / name))
+        np.testing.assert_array_equal(loaded.predict_proba(test_states), fitted.predict_proba(test_states))
+        np.testing.assert_array_equal(loaded.predict(test_states), fitted.predict(test_states))
+    seed_mlp = LayerProbe("mlp", preset="seed", layers=[4, 20]).fit(train_states)
+    loaded = LayerProbe.load(seed_mlp.save(tmp_path / "seed_mlp"))
+    np.testing.assert_array_equal(loaded.predict(test_states), seed_mlp.predict(test_states))
+    np.testing.assert_allclose(loaded.predict_proba(test_states), seed_mlp.predict_proba(test_states), atol=1e-5)
+
+
+def test_layer_probe_load_rejects_tampered_files(train_states: ihs.HiddenStates, tmp_path: Path) -> None:
+    stem = LayerProbe("logreg", layers=[1, 2]).fit(train_states).save(tmp_path / "p")
+    meta_path = stem.with_suffix(".json")
+    original = json.loads(meta_path.read_text())
+    for key, value, message in [("format", "pickle", "not an ihs-sight probe"), ("version", 99, "version 99"),
+                                ("layers", [1, 2, 3], "not a consistent")]:
+        meta_path.write_text(json.dumps(original | {key: value}))
+        with pytest.raises(InputError, match=message):
+            LayerProbe.load(stem)
+    meta_path.write_text(json.dumps(original))
+    assert LayerProbe.load(stem).layers_ == [1, 2]
+    with pytest.raises(InputError, match="can be saved without pickle"):
+        LayerProbe(make_pipeline(StandardScaler(), SVC(kernel="rbf")), layers=[1]).fit(train_states).save(tmp_path / "r")
+
+
+def test_probe_report_json_round_trip(held_out: ProbeReport) -> None:
+    again = ProbeReport.model_validate_json(held_out.model_dump_json())
+    assert again == held_out and again.best_layer == held_out.best_layer
+    with pytest.raises(InputError, match="holds no fitted probes"):
+        _ = again.probes
+
+
+def test_probe_report_plot_writes_png(held_out: ProbeReport, transfer_states: ihs.HiddenStates,
+                                      output_dir: Path) -> None:
+    fig = held_out.plot()
+    assert isinstance(fig, Figure)
+    assert "0 = embeddings" in fig.axes[0].get_xlabel()
+    fig.savefig(output_dir / "probe_accuracy.png")
+    families = held_out.transfer(transfer_states, progress=False).plot("positive_rate", group_by="family")
+    families.savefig(output_dir / "probe_transfer_families.png")
+    assert (output_dir / "probe_accuracy.png").stat().st_size > 10_000
+    assert (output_dir / "probe_transfer_families.png").stat().st_size > 10_000
