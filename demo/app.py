@@ -1,0 +1,486 @@
+"""The Gradio app: one prompt, four views of what the model's layers make of it.
+
+- **Probe**: P(malicious) at every layer from per-layer logistic-regression probes fitted on
+  the canonical train split, and the verdict at the layer whose held-out accuracy is best.
+- **Lens**: the logit lens of the prompt's last token, top-k tokens per layer coloured by
+  emotion, and the emotion lexicons' probability mass against the layer.
+- **Graft**: overwrite the last-token state at one layer with the mean state of the normal
+  train prompts (or another prompt's state) and compare next-token distributions and greedy
+  continuations before and after.
+- **Compare**: the probes' accuracy against the layer on the canonical test split, per set,
+  for the base model and its refusal-tuned variant.
+
+Every callback is a method of :class:`Callbacks` that validates the web inputs, calls the
+library (``ihs_sight.extract``, ``LayerProbe.predict_proba``, ``logit_lens``, ``graft``,
+``probe_transfer``) and ``ihs_sight.plots``, and formats the result. Numbers go to tables
+beside the plots: probabilities and accuracies rounded to :data:`DECIMALS` places, emotion
+masses to :data:`MASS_DIGITS` significant digits. A bad input never raises: the tab's
+message line says what to change. Models, probes and reports live in a shared
+:class:`ihs_sight_demo.state.Workbench`, so each model is loaded once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr
+import pandas as pd
+
+import ihs_sight as ihs
+from ihs_sight.errors import IhsSightError, InputError, ModelLoadError
+from ihs_sight.graft import graft
+from ihs_sight.lens import logit_lens, middle_band
+from ihs_sight.plots.lens import display_token
+
+from .state import BUNDLED_MODELS, CLASSIFIER, COMPARE_SETS, Workbench
+
+log = logging.getLogger(__name__)
+
+MAX_PROMPT_CHARS = 2000
+"""Longest prompt (characters) the demo accepts."""
+MAX_MODEL_NAME_CHARS = 300
+MAX_TOP_K = 10
+MAX_NEW_TOKENS = 24
+DEFAULT_NEW_TOKENS = 12
+"""Greedy tokens per continuation in the Graft tab (CPU generation runs at a few tokens/s)."""
+GRAFT_TOP_K = 10
+"""Next-token candidates listed before and after the graft."""
+MIN_COMPARE_PROMPTS = 6
+DECIMALS = 4
+"""Places every probability and accuracy is rounded to in the tables."""
+MASS_DIGITS = 4
+"""Significant digits of the emotion masses (they span many orders of magnitude)."""
+CONCURRENCY_LIMIT = 2
+"""Events running at once; traces on one model are serialised by the workbench anyway."""
+QUEUE_SIZE = 32
+"""Requests waiting in the queue before new ones are turned away."""
+SOURCE_MEAN = "mean normal state"
+SOURCE_PROMPT = "another prompt"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_DEFAULT_WORKBENCH: Workbench | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def default_workbench() -> Workbench:
+    """The process-wide workbench the app uses when none is given."""
+    global _DEFAULT_WORKBENCH
+    with _DEFAULT_LOCK:
+        if _DEFAULT_WORKBENCH is None:
+            _DEFAULT_WORKBENCH = Workbench()
+        return _DEFAULT_WORKBENCH
+
+
+def load_counts(workbench: Workbench | None = None) -> dict[str, int]:
+    """How many times each model was loaded in this process (the page shows the same counter)."""
+    return (workbench or default_workbench()).load_counts()
+
+
+# ---------------------------------------------------------------------------- input checks
+
+
+def _text(value: Any, what: str) -> str:
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise InputError(f"The {what} must be text, got {type(value).__name__}.")
+    text = value.strip()
+    if not text:
+        raise InputError(f"The {what} is empty: type a request, e.g. \"How do I bake bread?\".")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise InputError(f"The {what} has {len(text)} characters; the demo accepts at most {MAX_PROMPT_CHARS}. "
+                         "Shorten it.")
+    return text
+
+
+def _model_name(value: Any) -> str:
+    name = value.strip() if isinstance(value, str) else ""
+    if not name:
+        raise InputError(f"Pick a model ({', '.join(BUNDLED_MODELS)}) or type a local path or Hub id.")
+    if len(name) > MAX_MODEL_NAME_CHARS:
+        raise InputError(f"The model name has {len(name)} characters; at most {MAX_MODEL_NAME_CHARS} are accepted.")
+    return name
+
+
+def _integer(value: Any, what: str, low: int, high: int) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be a whole number between {low} and {high}, got {value!r}.") from None
+    if not number.is_integer() or not low <= number <= high:
+        raise InputError(f"{what} must be a whole number between {low} and {high}, got {value!r}.")
+    return int(number)
+
+
+def _mass(value: float) -> str:
+    return f"{value:.{MASS_DIGITS - 1}e}"
+
+
+def _done(started: float, extra: str = "") -> str:
+    return f"✓ done in {time.perf_counter() - started:.1f} s{extra}"
+
+
+def _friendly(n_outputs: int, keep: Sequence[int] = ()) -> Callable[[F], F]:
+    """Turn any exception into a message in the tab's last output.
+
+    The other outputs are cleared (stale plots next to an error would mislead), except those
+    whose index is in ``keep``, which are left as they are.
+    """
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except ModelLoadError as e:
+                message = f"⚠️ The model could not be loaded. {e}"
+            except IhsSightError as e:
+                message = f"⚠️ {e}"
+            except Exception as e:  # the server must survive anything a request triggers
+                log.exception("demo callback %s failed", fn.__name__)
+                message = (f"⚠️ Something went wrong ({type(e).__name__}: {e}). "
+                           "The demo is still running; try another input.")
+            cleared = [gr.skip() if i in keep else None for i in range(n_outputs - 1)]
+            return (*cleared, message)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+# ---------------------------------------------------------------------------- callbacks
+
+
+class Callbacks:
+    """The app's event handlers, callable as plain functions (tests do)."""
+
+    def __init__(self, workbench: Workbench) -> None:
+        self.wb = workbench
+
+    @_friendly(3, keep=(1,))
+    def load(self, model_name: str) -> tuple[str, Any, str]:
+        """Load the picked model: a line describing it, and the Graft layer slider fitted to its depth."""
+        name = _model_name(model_name)
+        model = self.wb.model(name, retry=True)
+        lo, _ = middle_band(model.n_layers)
+        slider = gr.Slider(minimum=0, maximum=model.n_layers, value=lo)
+        status = (f"**{name}**: {type(model.hf).__name__}, {model.n_layers} blocks (layers 0..{model.n_layers}), "
+                  f"d_model {model.d_model}, {str(model.dtype).removeprefix('torch.')}")
+        return status, slider, "✓ model ready"
+
+    @_friendly(4)
+    def probe(self, model_name: str, prompt: str) -> tuple[pd.DataFrame, pd.DataFrame, str, str]:
+        """P(malicious) per layer for one prompt, and the verdict at the probe's best layer."""
+        started = time.perf_counter()
+        name, text = _model_name(model_name), _text(prompt, "prompt")
+        fit = self.wb.probe_fit(name)
+        model = self.wb.model(name)
+        with self.wb.running(name):
+            states = ihs.extract(model, [text], cache=False, progress=False)
+        positive = list(fit.probe.classes_).index("malicious")
+        proba = fit.probe.predict_proba(states)[0, :, positive]
+        labels = fit.probe.predict(states)[0]
+        layers = list(fit.probe.layers_)
+        table = pd.DataFrame({"layer": layers, "P(malicious)": [round(float(p), DECIMALS) for p in proba]})
+        best = fit.report.best_layer
+        j = layers.index(best)
+        accuracy = fit.report.scores[CLASSIFIER].accuracy[fit.report.layers.index(best)]
+        verdict = (f"### Verdict at the best layer ({best}): **{labels[j]}**, P(malicious) = {proba[j]:.{DECIMALS}f}\n"
+                   f"Layer {best} has the best held-out accuracy ({accuracy:.{DECIMALS}f} on {fit.report.n_test} "
+                   f"train-split prompts the probe never saw); the per-layer logistic regressions were fitted on "
+                   f"the other {fit.report.n_train} prompts of the canonical train split (normal vs malicious).")
+        return table, table, verdict, _done(started)
+
+    @_friendly(5)
+    def lens(self, model_name: str, prompt: str, top_k: float) -> tuple[Any, Any, pd.DataFrame, pd.DataFrame, str]:
+        """The prompt's logit lens: top-k tokens per layer and emotion mass per layer."""
+        started = time.perf_counter()
+        name, text = _model_name(model_name), _text(prompt, "prompt")
+        k = _integer(top_k, "top-k", 1, MAX_TOP_K)
+        model = self.wb.model(name)
+        with self.wb.running(name):
+            result = logit_lens(model, [text], top_k=k, progress=False)
+        tokens = result.tokens()[0]
+        rows: list[dict[str, Any]] = []
+        for j, layer in enumerate(result.layers):
+            row: dict[str, Any] = {"layer": layer}
+            for r in range(k):
+                token_id = int(result.token_ids[0, j, r])
+                mark = {"positive": " (+)", "negative": " (−)", "neutral": " (○)"}.get(
+                    result.token_category.get(token_id, ""), "")
+                row[f"#{r + 1}"] = display_token(tokens[j][r], width=24) + mark
+                row[f"p#{r + 1}"] = round(float(result.probs[0, j, r]), DECIMALS)
+            rows.append(row)
+        profile = result.emotions(name="this prompt")
+        masses = pd.DataFrame({"layer": profile.layers,
+                               **{f"{cat} mass": [_mass(v) for v in profile.mass[cat]] for cat in profile.mass}})
+        heatmap = result.heatmap(title=f"Top-{k} logit-lens tokens of the prompt's last token")
+        curves = profile.plot(title="Emotion mass of the prompt's lens against the layer")
+        return heatmap, curves, pd.DataFrame(rows), masses, _done(started)
+
+    @_friendly(6)
+    def graft(
+        self, model_name: str, prompt: str, layer: float, source: str, source_prompt: str, new_tokens: float
+    ) -> tuple[pd.DataFrame, str, str, str, Any, str]:
+        """Graft at one layer: next-token top-k and greedy continuations before and after."""
+        started = time.perf_counter()
+        name, text = _model_name(model_name), _text(prompt, "prompt")
+        n_new = _integer(new_tokens, "New tokens", 1, MAX_NEW_TOKENS)
+        model = self.wb.model(name)
+        at = _integer(layer, "The graft layer", 0, model.n_layers)
+        if source == SOURCE_MEAN:
+            donors: Any = self.wb.data().train.normal
+            described = f"the mean layer-{at} state of the {len(donors)} normal train-split prompts"
+            cache = self.wb.cache
+        elif source == SOURCE_PROMPT:
+            donors = [_text(source_prompt, "source prompt")]
+            described = f"the layer-{at} state of the source prompt"
+            cache = False  # user text is not written to the states cache
+        else:
+            raise InputError(f"Pick a source: {SOURCE_MEAN!r} or {SOURCE_PROMPT!r}.")
+        with self.wb.running(name):
+            result = graft(model, [text], donors, layer=at, generate=n_new, top_k=GRAFT_TOP_K, cache=cache,
+                           progress=False)
+        t = result.targets[0]
+        table = pd.DataFrame({
+            "rank": list(range(1, len(t.topk_ids_before) + 1)),
+            "before: token": [display_token(s, width=24) for s in t.topk_tokens_before],
+            "before: p": [round(p, DECIMALS) for p in t.topk_probs_before],
+            "after: token": [display_token(s, width=24) for s in t.topk_tokens_after],
+            "after: p": [round(p, DECIMALS) for p in t.topk_probs_after],
+        })
+        verdicts = {True: "refusal", False: "no refusal", None: "not judged"}
+        summary = (
+            f"Grafted {described} onto the prompt's last token at layer {at}.\n\n"
+            f"| | before | after |\n|---|---|---|\n"
+            f"| top-1 token | `{display_token(t.top1_token_before)}` | `{display_token(t.top1_token_after)}` |\n"
+            f"| negative-lexicon mass | {t.neg_mass_before:.{DECIMALS}f} | {t.neg_mass_after:.{DECIMALS}f} |\n"
+            f"| positive-lexicon mass | {t.pos_mass_before:.{DECIMALS}f} | {t.pos_mass_after:.{DECIMALS}f} |\n"
+            f"| refusal judge | {verdicts[t.refusal_before]} | {verdicts[t.refusal_after]} |\n\n"
+            f"Top-1 {'changed' if t.flipped else 'unchanged'}."
+        )
+        return (table, t.text_before or "", t.text_after or "", summary, result.plot(), _done(started))
+
+    @_friendly(3)
+    def compare(self, models: Sequence[str] | None, n_prompts: float) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+        """Probe accuracy against the layer on the canonical test split, per set, for each model."""
+        started = time.perf_counter()
+        names = [_model_name(m) for m in (models or [])]
+        if not names:
+            raise InputError(f"Tick at least one model to compare ({', '.join(BUNDLED_MODELS)}).")
+        total = len(self.wb.test_set())
+        n = _integer(n_prompts, "The number of test prompts", MIN_COMPARE_PROMPTS, total)
+        long_rows: list[dict[str, Any]] = []
+        wide: dict[str, list[float]] = {}
+        layers: list[int] = []
+        problems: list[str] = []
+        scored = 0
+        for name in names:
+            try:
+                report, prompts = self.wb.test_report(name, n)
+            except IhsSightError as e:  # one model failing must not hide the others
+                problems.append(f"⚠️ {name}: {e}")
+                continue
+            scored = len(prompts)
+            layers = report.layers
+            curves = {"all": report.scores[CLASSIFIER].accuracy}
+            for label in COMPARE_SETS:
+                group = report.groups.get(f"label:{label}")
+                if group is not None:
+                    curves[label] = group.accuracy[CLASSIFIER]
+            for label, values in curves.items():
+                series = f"{name}: {label}"
+                wide[series] = [round(v, DECIMALS) for v in values]
+                long_rows += [{"layer": layer, "accuracy": v, "series": series} for layer, v in zip(layers, wide[series])]
+        if not wide:
+            raise InputError(" ".join(problems) or "Nothing to compare.")
+        table = pd.DataFrame({"layer": layers, **wide})
+        note = f" ({scored} test prompts per model)" + ("\n\n" + "\n\n".join(problems) if problems else "")
+        return pd.DataFrame(long_rows), table, _done(started, note)
+
+
+# ---------------------------------------------------------------------------- layout
+
+
+_INTRO = """\
+# ihs-sight: what a model's layers make of a prompt
+Explain LLM safety through intermediate hidden states. Pick a model, type a prompt, then run
+each tab. Layer 0 is the embeddings; layer *l* is the output of block *l*. The first Probe run
+for a model extracts the canonical train split's hidden states and fits its probes, which takes
+a few minutes on a CPU; afterwards they are cached on disk.
+"""
+
+
+def build_app(workbench: Workbench | None = None) -> gr.Blocks:
+    """The demo as a ``gr.Blocks`` with its queue set up (concurrency limit, queue size).
+
+    Args:
+        workbench: where models, probes and reports are kept (default: the process-wide one).
+
+    Returns:
+        The app; serve it with ``.launch(server_name="127.0.0.1", ...)`` or :func:`launch`.
+    """
+    wb = workbench or default_workbench()
+    cb = Callbacks(wb)
+    examples = _examples(wb)
+    with gr.Blocks(title="ihs-sight demo") as app:
+        gr.Markdown(_INTRO)
+        with gr.Row():
+            model_name = gr.Dropdown(
+                choices=list(BUNDLED_MODELS), value=BUNDLED_MODELS[0], allow_custom_value=True, label="Model",
+                info="default, default-aligned, or type a local path or Hub id", elem_id="model_picker", scale=2,
+            )
+            with gr.Column(scale=3):
+                model_status = gr.Markdown(elem_id="model_status")
+                model_msg = gr.Markdown(elem_id="model_msg")
+                counter = gr.Markdown(wb.counter_text(), elem_id="load_counter")
+        prompt = gr.Textbox(label="Prompt", lines=3, max_length=MAX_PROMPT_CHARS, elem_id="prompt_box",
+                            placeholder=f"A request to the model (at most {MAX_PROMPT_CHARS} characters)")
+        if examples:
+            gr.Examples(examples=examples, inputs=prompt, label="Prompts from the canonical test split")
+
+        with gr.Tabs():
+            with gr.Tab("Probe", id="probe", elem_id="tab_probe"):
+                probe_btn = gr.Button("Run probe", variant="primary", elem_id="probe_btn")
+                probe_msg = gr.Markdown(elem_id="probe_msg")
+                probe_verdict = gr.Markdown(elem_id="probe_verdict")
+                with gr.Row():
+                    probe_plot = gr.LinePlot(x="layer", y="P(malicious)", y_lim=[0, 1], label="P(malicious) per layer",
+                                             elem_id="probe_plot", scale=3)
+                    probe_table = gr.Dataframe(label="P(malicious) per layer", elem_id="probe_table",
+                                               headers=["layer", "P(malicious)"], interactive=False, max_height=1400,
+                                               scale=2)
+            with gr.Tab("Lens", id="lens", elem_id="tab_lens"):
+                with gr.Row():
+                    top_k = gr.Slider(1, MAX_TOP_K, value=5, step=1, precision=0, label="top-k tokens per layer",
+                                      elem_id="lens_k")
+                    lens_btn = gr.Button("Run lens", variant="primary", elem_id="lens_btn")
+                lens_msg = gr.Markdown(elem_id="lens_msg")
+                with gr.Row():
+                    lens_heatmap = gr.Plot(label="Top tokens per layer, coloured by emotion", show_label=False,
+                                           elem_id="lens_heatmap")
+                    lens_tokens = gr.Dataframe(label="Top-k tokens and probabilities per layer "
+                                               "((+) positive, (−) negative, (○) neutral lexicon)",
+                                               headers=["layer"], elem_id="lens_tokens", interactive=False,
+                                               max_height=1400)
+                lens_curves = gr.Plot(label="Emotion mass against the layer", show_label=False, elem_id="lens_emotions")
+                lens_mass = gr.Dataframe(label="Emotion lexicon mass per layer (full-vocabulary lens probability)",
+                                         headers=["layer", "positive mass", "negative mass", "neutral mass"],
+                                         elem_id="lens_mass", interactive=False, max_height=1400)
+            with gr.Tab("Graft", id="graft", elem_id="tab_graft"):
+                with gr.Row():
+                    graft_layer = gr.Slider(0, 30, value=15, step=1, precision=0, label="graft layer",
+                                            elem_id="graft_layer")
+                    graft_tokens = gr.Slider(1, MAX_NEW_TOKENS, value=DEFAULT_NEW_TOKENS, step=1, precision=0,
+                                             label="new tokens (greedy)", elem_id="graft_tokens")
+                with gr.Row():
+                    graft_source = gr.Radio([SOURCE_MEAN, SOURCE_PROMPT], value=SOURCE_MEAN, label="source state",
+                                            elem_id="graft_source")
+                    graft_source_prompt = gr.Textbox(label="source prompt (for 'another prompt')", lines=2,
+                                                     max_length=MAX_PROMPT_CHARS, elem_id="graft_source_prompt")
+                graft_btn = gr.Button("Run graft", variant="primary", elem_id="graft_btn")
+                graft_msg = gr.Markdown(elem_id="graft_msg")
+                with gr.Row():
+                    graft_before = gr.Textbox(label="continuation before", lines=3, interactive=False,
+                                              elem_id="graft_before")
+                    graft_after = gr.Textbox(label="continuation after the graft", lines=3, interactive=False,
+                                             elem_id="graft_after")
+                graft_summary = gr.Markdown(elem_id="graft_summary")
+                with gr.Row():
+                    graft_table = gr.Dataframe(label="Next-token distribution before and after", elem_id="graft_table",
+                                               headers=["rank", "before: token", "before: p", "after: token", "after: p"],
+                                               interactive=False, max_height=800)
+                    graft_plot = gr.Plot(label="Lexicon mass before and after", show_label=False, elem_id="graft_plot")
+            with gr.Tab("Compare", id="compare", elem_id="tab_compare"):
+                total = len(wb.test_set())
+                with gr.Row():
+                    compare_models = gr.CheckboxGroup(list(BUNDLED_MODELS), value=list(BUNDLED_MODELS),
+                                                      label="models (base vs aligned)", elem_id="compare_models")
+                    compare_n = gr.Slider(MIN_COMPARE_PROMPTS, total, value=total, step=1, precision=0,
+                                          label=f"test prompts (label-stratified sample; {total} = the whole "
+                                                "canonical test split: slow on a CPU)", elem_id="compare_n")
+                compare_btn = gr.Button("Run compare", variant="primary", elem_id="compare_btn")
+                compare_msg = gr.Markdown(elem_id="compare_msg")
+                compare_plot = gr.LinePlot(x="layer", y="accuracy", color="series", y_lim=[0, 1],
+                                           label="Probe accuracy per layer on the test split (jailbreaks count as "
+                                           "malicious)", elem_id="compare_plot")
+                compare_table = gr.Dataframe(label="Accuracy per layer", headers=["layer"], elem_id="compare_table",
+                                             interactive=False, max_height=1400)
+
+        def refresh_counter() -> str:
+            return wb.counter_text()
+
+        events = [
+            model_name.change(cb.load, [model_name], [model_status, graft_layer, model_msg], api_name="load_model"),
+            probe_btn.click(cb.probe, [model_name, prompt], [probe_plot, probe_table, probe_verdict, probe_msg],
+                            api_name="probe"),
+            lens_btn.click(cb.lens, [model_name, prompt, top_k],
+                           [lens_heatmap, lens_curves, lens_tokens, lens_mass, lens_msg], api_name="lens"),
+            graft_btn.click(cb.graft, [model_name, prompt, graft_layer, graft_source, graft_source_prompt, graft_tokens],
+                            [graft_table, graft_before, graft_after, graft_summary, graft_plot, graft_msg],
+                            api_name="graft"),
+            compare_btn.click(cb.compare, [compare_models, compare_n], [compare_plot, compare_table, compare_msg],
+                              api_name="compare"),
+        ]
+        for event in events:
+            event.then(refresh_counter, None, counter, api_visibility="private", queue=False)
+        # Show the picked model's description (loading it once per process) when a page opens.
+        app.load(cb.load, [model_name], [model_status, graft_layer, model_msg], api_visibility="private").then(
+            refresh_counter, None, counter, api_visibility="private", queue=False)
+    app.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_SIZE)
+    return app
+
+
+def _examples(wb: Workbench) -> list[list[str]]:
+    try:
+        test = wb.data().test
+        return [[s[0].text] for s in (test.normal, test.malicious, test.jailbreak) if len(s)]
+    except IhsSightError:  # the bundled data is part of the package; never block the page on it
+        return []
+
+
+# ---------------------------------------------------------------------------- serving
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _warm(wb: Workbench, name: str) -> None:
+    try:
+        wb.probe_fit(name)
+    except Exception as e:  # noqa: BLE001 - the page reports it when the model is used
+        log.warning("could not prepare model %r in the background: %s", name, e)
+
+
+def launch(host: str = "127.0.0.1", port: int = 7860, *, workbench: Workbench | None = None,
+           preload: Sequence[str] = ("default",)) -> None:
+    """Serve the demo until interrupted (``ihs-sight demo``). Never shared publicly.
+
+    Args:
+        host: interface to bind; the default serves this machine only.
+        port: TCP port (0: any free one).
+        workbench: where models and probes are kept (default: the process-wide one).
+        preload: models to load, and whose probes to fit, in the background at start.
+    """
+    wb = workbench or default_workbench()
+    app = build_app(wb)
+    for name in preload:
+        threading.Thread(target=_warm, args=(wb, name), name=f"warm-{name}", daemon=True).start()
+    app.launch(server_name=host, server_port=port or free_port(host), share=False, show_error=False)
+
+
+__all__ = ["Callbacks", "build_app", "default_workbench", "free_port", "launch", "load_counts"]
