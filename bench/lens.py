@@ -32,6 +32,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -41,9 +42,9 @@ import ihs_sight as ihs
 from ihs_sight.prompts import render
 
 
-def seed_style_step_forward(hf: torch.nn.Module, tokenizer: object, text: str, k: int) -> tuple[list, list]:
+def seed_style_step_forward(hf: Any, tokenizer: Any, text: str, k: int) -> tuple[list[list[int]], list[Any]]:
     """One prompt the seed's way: every position of every hidden state through norm + lm_head."""
-    inputs = tokenizer(text, return_tensors="pt")  # type: ignore[operator]
+    inputs = tokenizer(text, return_tensors="pt")
     with torch.no_grad():
         out = hf(inputs["input_ids"], output_hidden_states=True)
         ids_per_layer, pairs = [], []
@@ -51,8 +52,7 @@ def seed_style_step_forward(hf: torch.nn.Module, tokenizer: object, text: str, k
             logits = hf.lm_head(hf.model.norm(hidden))  # [1, S, V]: all positions, then keep the last
             values, indices = torch.topk(logits[:, -1, :], k, dim=-1)
             ids = indices.squeeze(0).tolist()
-            decode = tokenizer.decode  # type: ignore[attr-defined]
-            tokens = [decode([i], skip_special_tokens=False) for i in ids]
+            tokens = [tokenizer.decode([i], skip_special_tokens=False) for i in ids]
             pairs.append(list(zip(tokens, values.squeeze(0).tolist())))
             ids_per_layer.append(ids)
     states = [h.detach().cpu().numpy() for h in out.hidden_states]
