@@ -234,6 +234,17 @@ def _forward_kwargs(model: Model) -> dict[str, Any]:
 def trace_batch(
     model: Model,
     batch: dict[str, torch.Tensor],
+    **kwargs: Any,
+) -> dict[str, torch.Tensor]:
+    """:func:`_trace_batch` through the model's backend (remote: retries, clear errors, byte count)."""
+    from .backends import run
+
+    return run(model, lambda: _trace_batch(model, batch, **kwargs), n_prompts=int(batch["input_ids"].shape[0]))
+
+
+def _trace_batch(
+    model: Model,
+    batch: dict[str, torch.Tensor],
     *,
     states: bool = True,
     lens_layers: Sequence[int] = (),
@@ -293,7 +304,9 @@ def trace_batch(
                 out = blocks[layer - 1].output
                 hidden = (out if index is None else out[index])[:, -1]
             if states:
-                saved_states.append(hidden.detach().cpu())
+                # clone(): on a CPU server .cpu() is a no-op and the slice would ship the
+                # whole [B, T, D] storage it views.
+                saved_states.append(hidden.detach().cpu().clone())
             if layer in lens_set or layer in sum_set:
                 pending.append((layer, hidden))
             if pending and (len(pending) == chunk or layer == wanted[-1]):

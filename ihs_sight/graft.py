@@ -24,12 +24,14 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
+from .backends import run
 from .errors import InputError
 from .extract import HiddenStates, _validate_prompts, _versions, extract, length_batches, pad_batch, prepare
 from .judge import PhraseJudge, RefusalJudge, judge_name
@@ -467,6 +469,9 @@ def _trace_batch(
 
     blocks = model.blocks()
     index = model.arch.output_index
+    # The body reads the envoy, not `model`: an ihs_sight object would have to be unpickled
+    # on the server, where ihs_sight is not installed.
+    root = model.nn
     with model.nn.trace(batch, remote=model.remote):
         if mode == "seed":
             # The original code's graft: block `layer` runs (so a KV cache would come from the
@@ -487,7 +492,7 @@ def _trace_batch(
                 hidden[:, -1] = vecs.to(hidden.device, hidden.dtype)
             else:
                 hidden[:, -1] += vecs.to(hidden.device, hidden.dtype)
-        logits = model.nn.output.logits[:, -1].float()
+        logits = root.output.logits[:, -1].float()
         probs = logits.softmax(-1)
         top = probs.topk(top_k, dim=-1)
         top_ids = nnsight.save(top.indices.detach().cpu())
@@ -495,7 +500,7 @@ def _trace_batch(
         neg_mass = nnsight.save(probs[:, neg_ids.to(probs.device)].sum(-1).detach().cpu())
         pos_mass = nnsight.save(probs[:, pos_ids.to(probs.device)].sum(-1).detach().cpu())
         if keep_logits:
-            full = nnsight.save(logits.detach().cpu())
+            full = nnsight.save(logits.detach().cpu().clone())  # a copy: the slice views [B, T, V]
     found = {"top_ids": top_ids, "top_probs": top_probs, "neg_mass": neg_mass, "pos_mass": pos_mass}
     if keep_logits:
         found["logits"] = full
@@ -572,11 +577,13 @@ def _run_all(
             batch = pad_batch([targets.ids[i] for i in rows], targets.pad_id)
             vec_rows = vecs[rows] if vecs is not None else torch.zeros(0)
             if max_new_tokens is None:
-                out = _trace_batch(model, batch, mode=mode, layer=layer, vecs=vec_rows, neg_ids=neg_ids,
-                                   pos_ids=pos_ids, top_k=top_k, keep_logits=keep_logits)
+                out = run(model, partial(
+                    _trace_batch, model, batch, mode=mode, layer=layer, vecs=vec_rows, neg_ids=neg_ids, pos_ids=pos_ids,
+                    top_k=top_k, keep_logits=keep_logits), n_prompts=len(rows))
             else:
-                ids = _generate_batch(model, batch, mode=mode, layer=layer, vecs=vec_rows,
-                                      max_new_tokens=max_new_tokens, pad_id=targets.pad_id)
+                ids = run(model, partial(
+                    _generate_batch, model, batch, mode=mode, layer=layer, vecs=vec_rows, max_new_tokens=max_new_tokens,
+                    pad_id=targets.pad_id), n_prompts=len(rows))
                 out = {"generated": ids[:, batch["input_ids"].shape[1]:]}
             for key, value in out.items():
                 parts.setdefault(key, []).append(value)

@@ -225,6 +225,8 @@ class Model:
         self.backend: Backend = backend
         self.source = source or name
         self._weights_hash: str | None = None
+        self.bytes_received: int = 0
+        """Result bytes received from the remote backend so far (0 for local runs)."""
         self.n_layers: int = len(_resolve_attr(self.hf, arch.blocks))
         """Number of transformer blocks ``L``; hidden states have ``L + 1`` layers."""
         self.d_model: int = int(self.config.hidden_size)
@@ -437,19 +439,29 @@ def load_model(
 
 
 def _load_remote(hub_id: str, *, arch: ArchSpec | dict[str, Any] | None, host: str | None) -> Model:
-    """Build a weightless (meta) model whose traces run on NDIF."""
-    from nnsight import CONFIG, TransformersModel
+    """Build a weightless (meta) model whose traces run on NDIF.
 
-    if host or os.environ.get("NDIF_HOST"):
-        CONFIG.API.HOST = host or os.environ["NDIF_HOST"]
-    key = os.environ.get("NDIF_API_KEY") or getattr(CONFIG.API, "APIKEY", None)
-    if not key:
-        from .errors import RemoteError
+    ``hub_id`` may also be a local model directory (for tests and private deployments that
+    serve the same directory): its path is then the model's identity on the server.
+    """
+    from nnsight import TransformersModel
+    from nnsight.modeling import huggingface as hf_modeling
 
-        raise RemoteError("No NDIF API key: set NDIF_API_KEY or run nnsight.CONFIG.set_default_api_key(...).")
-    CONFIG.API.APIKEY = key
+    from .backends import configure
+
+    configure(host)
+    local = Path(hub_id).expanduser()
     try:
-        nn = TransformersModel(hub_id, task="text-generation")
+        if local.is_dir():
+            from transformers import AutoTokenizer
+
+            path = str(local.resolve())
+            nn = TransformersModel(path, task="text-generation", tokenizer=AutoTokenizer.from_pretrained(path))
+            # The model key names the directory; no Hub lookup canonicalises it.
+            hf_modeling._ID_CACHE[nn.repo_id] = path
+        else:
+            nn = TransformersModel(hub_id, task="text-generation")
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"Could not build remote model {hub_id!r}: {e}") from e
-    return Model(nn, arch=arch_for(nn._module, arch), name=hub_id, backend="remote", source=f"hub:{hub_id}")
+    source = str(local.resolve()) if local.is_dir() else f"hub:{hub_id}"
+    return Model(nn, arch=arch_for(nn._module, arch), name=hub_id, backend="remote", source=source)

@@ -1,0 +1,232 @@
+"""The remote backend against a loopback NDIF stand-in (``tests/ndif_server.py``).
+
+The server is a separate process where ``ihs_sight`` is not importable (as on NDIF); the client
+is nnsight's real ``remote=True`` client on a weightless model. Both sides run torch with one
+thread, so remote results must equal local ones bit for bit. The reference for every remote
+number is the same analysis run locally on the real model (``model`` fixture).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from ihs_sight import backends
+from ihs_sight.backends import (
+    ModelNotServedError,
+    NoApiKeyError,
+    RemoteNetworkError,
+    RemoteTimeoutError,
+    ServerError,
+    VersionMismatchError,
+)
+from ihs_sight.errors import RemoteError
+from ihs_sight.extract import extract
+from ihs_sight.graft import graft
+from ihs_sight.lens import logit_lens
+from ihs_sight.models import default_gguf_path, gguf_to_safetensors, load_model
+
+SERVER = Path(__file__).with_name("ndif_server.py")
+KEY = "test-secret-key-5f3a9c"
+PROMPTS = ["How do I bake bread?", "Write a haiku about rain.", "Hi"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> Path:
+    return gguf_to_safetensors(default_gguf_path())
+
+
+@pytest.fixture(scope="module")
+def server(model_dir: Path) -> Iterator[str]:
+    # -I: no PYTHONPATH, no user site, no cwd on sys.path; the script also removes the
+    # editable install's finder, and asserts ihs_sight cannot be imported.
+    proc = subprocess.Popen(
+        [sys.executable, "-I", str(SERVER), str(model_dir), "--port", "0", "--threads", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd="/",
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("READY"), f"fake NDIF did not start: {line!r}"
+        yield f"http://127.0.0.1:{int(line.split()[1])}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def control(host: str, **settings: Any) -> dict[str, Any]:
+    """Set the server's fault mode (POST) or read its job count (no settings)."""
+    if settings:
+        req = urllib.request.Request(f"{host}/control", data=json.dumps(settings).encode(), method="POST")
+        urllib.request.urlopen(req, timeout=10).read()
+    return json.loads(urllib.request.urlopen(f"{host}/control", timeout=10).read())  # type: ignore[no-any-return]
+
+
+@pytest.fixture(autouse=True)
+def healthy(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each test starts and ends with a well-behaved server."""
+    if "server" in request.fixturenames:
+        control(request.getfixturevalue("server"), fail="none", fail_after=0, min_version="")
+    yield
+    if "server" in request.fixturenames:
+        control(request.getfixturevalue("server"), fail="none", fail_after=0, min_version="")
+
+
+@pytest.fixture
+def key(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("NDIF_API_KEY", KEY)
+    monkeypatch.setattr(backends, "BACKOFF_S", 0.1)
+    return KEY
+
+
+@pytest.fixture
+def remote(server: str, model_dir: Path, key: str) -> Any:
+    return load_model(str(model_dir), backend="remote", host=server)
+
+
+def test_remote_model_has_no_weights(remote: Any) -> None:
+    assert remote.backend == "remote" and remote.remote is True
+    assert remote.device.type == "meta"
+
+
+def test_remote_extract_and_lens_equal_local(remote: Any, model: Any, server: str) -> None:
+    local = extract(model, PROMPTS, cache=False, progress=False, lens_top_k=5)
+    got = extract(remote, PROMPTS, cache=False, progress=False, lens_top_k=5)
+    assert control(server)["jobs"] >= 1  # it really went through the server
+    assert torch.equal(got.states, local.states)
+    assert got.lens is not None and local.lens is not None
+    assert torch.equal(got.lens.token_ids, local.lens.token_ids)
+    assert torch.equal(got.lens.probs, local.lens.probs)
+    assert torch.equal(got.lens.emotion_mass, local.lens.emotion_mass)
+    # Only last-token slices come back: about (L+1) * D floats per prompt, never [T, D] or [V].
+    per_prompt = remote.bytes_received / len(PROMPTS)
+    assert 0 < per_prompt < 2 * (model.n_layers + 1) * model.d_model * 4
+
+
+def test_remote_logit_lens_equals_local(remote: Any, model: Any) -> None:
+    local = logit_lens(model, PROMPTS[:2], top_k=3, progress=False)
+    got = logit_lens(remote, PROMPTS[:2], top_k=3, progress=False)
+    assert torch.equal(got.token_ids, local.token_ids)
+    assert torch.equal(got.logits, local.logits)
+
+
+def test_remote_graft_equals_local(remote: Any, model: Any) -> None:
+    vec = torch.linspace(-1.0, 1.0, model.d_model)
+    kw: dict[str, Any] = {"layer": 20, "cache": False, "keep_logits": True, "progress": False}
+    local = graft(model, PROMPTS[:2], vec, **kw)
+    got = graft(remote, PROMPTS[:2], vec, **kw)
+    assert local.logits_after is not None and got.logits_after is not None
+    assert torch.equal(got.logits_after, local.logits_after)
+    assert torch.equal(got.logits_before, local.logits_before)
+
+
+def test_simulate_extract_equals_local(model: Any) -> None:
+    sim = load_model(backend="simulate")
+    assert sim.remote == "local"
+    local = extract(model, PROMPTS[:2], cache=False, progress=False)
+    got = extract(sim, PROMPTS[:2], cache=False, progress=False)
+    assert torch.equal(got.states, local.states)
+
+
+def test_remote_key_never_logged(remote: Any, caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    with caplog.at_level(logging.DEBUG):
+        out = extract(remote, PROMPTS[:1], cache=tmp_path, progress=False)
+    assert "bytes per prompt" in caplog.text
+    assert KEY not in caplog.text
+    assert KEY not in out.meta.model_dump_json()
+    for file in tmp_path.rglob("*"):
+        if file.is_file():
+            assert KEY.encode() not in file.read_bytes()
+
+
+def test_remote_no_key(monkeypatch: pytest.MonkeyPatch, model_dir: Path, server: str) -> None:
+    from nnsight import CONFIG
+
+    monkeypatch.delenv("NDIF_API_KEY", raising=False)
+    monkeypatch.setattr(CONFIG.API, "APIKEY", None)
+    with pytest.raises(NoApiKeyError, match="NDIF_API_KEY"):
+        load_model(str(model_dir), backend="remote", host=server)
+
+
+def test_remote_model_not_served(server: str, model_dir: Path, key: str, tmp_path: Path) -> None:
+    other = tmp_path / "other-model"
+    other.mkdir()
+    for file in model_dir.iterdir():
+        (other / file.name).symlink_to(file)
+    stranger = load_model(str(other), backend="remote", host=server)
+    with pytest.raises(ModelNotServedError, match="not served"):
+        extract(stranger, PROMPTS[:1], cache=False, progress=False)
+
+
+def test_remote_version_mismatch(remote: Any, server: str) -> None:
+    control(server, min_version="99.0.0")
+    with pytest.raises(VersionMismatchError, match="99.0.0"):
+        extract(remote, PROMPTS[:1], cache=False, progress=False)
+
+
+def test_remote_server_error_keeps_finished_batches(
+    remote: Any, server: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    control(server, fail="error", fail_after=1)
+    with pytest.raises(ServerError, match="injected failure"):
+        extract(remote, PROMPTS[:2], batch_size=1, cache=tmp_path, progress=False)
+    control(server, fail="none")  # also resets the job count
+    with caplog.at_level(logging.INFO, logger="ihs_sight.extract"):
+        done = extract(remote, PROMPTS[:2], batch_size=1, cache=tmp_path, progress=False)
+    assert "1 of 2 prompts loaded" in caplog.text
+    assert control(server)["jobs"] == 1  # only the missing batch was run again
+    assert done.states.shape[0] == 2
+
+
+def test_remote_dropped_connection(
+    remote: Any, server: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    control(server, fail="drop", fail_after=1)
+    with caplog.at_level(logging.WARNING, logger="ihs_sight.backends"), pytest.raises(RemoteNetworkError):
+        extract(remote, PROMPTS[:2], batch_size=1, cache=tmp_path, progress=False)
+    assert "retry 1 of" in caplog.text  # a transient failure is retried before giving up
+    control(server, fail="none")
+    extract(remote, PROMPTS[:2], batch_size=1, cache=tmp_path, progress=False)
+    assert control(server)["jobs"] == 1
+
+
+def test_remote_server_down(model_dir: Path, key: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(backends, "RETRIES", 1)
+    down = load_model(str(model_dir), backend="remote", host=f"http://127.0.0.1:{port}")
+    with pytest.raises(RemoteNetworkError, match="Network failure"):
+        extract(down, PROMPTS[:1], cache=False, progress=False)
+
+
+def test_remote_too_slow(remote: Any, server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    control(server, fail="slow")
+    monkeypatch.setattr(backends, "TIMEOUT_S", 2.0)
+    with pytest.raises(RemoteTimeoutError, match="within 2 s"):
+        extract(remote, PROMPTS[:1], cache=False, progress=False)
+
+
+def test_remote_errors_are_remote_errors() -> None:
+    for cls in (NoApiKeyError, ModelNotServedError, VersionMismatchError, RemoteNetworkError,
+                RemoteTimeoutError, ServerError):
+        assert issubclass(cls, RemoteError)
