@@ -50,7 +50,7 @@ SEED = 0
 TRAIN_LABELS = ("normal", "malicious")
 COMPARE_SETS = ("normal", "malicious", "jailbreak")
 """The canonical test split's sets the Compare tab scores (jailbreaks count as malicious)."""
-PROBE_FORMAT = 1
+PROBE_FORMAT = 2  # bumped when the fast probe engine changes
 """Bump when what goes into a cached probe changes, so old files are not reused."""
 
 Loader = Callable[[str], ihs.Model]

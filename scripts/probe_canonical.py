@@ -11,6 +11,9 @@ malicious only: no jailbreak and no wrapped prompt is ever seen), then reports:
 
 Usage:
     python scripts/probe_canonical.py out/probe_canonical.json [--cache DIR] [--threshold 0.95]
+
+Writes the JSON summary (with both full reports), plus ``<out>.accuracy.png`` (held-out
+accuracy per layer) and ``<out>.families.png`` (share of each family flagged malicious).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 # Run from a checkout without relying on the editable install's import hook.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np
 import torch
 
 import ihs_sight as ihs
@@ -56,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", default=None, help="states cache directory (default: the user cache)")
     parser.add_argument("--threshold", type=float, default=0.95)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
+    parser.add_argument("--loco", action="store_true",
+                        help="also run leave-one-category-out on the train split (logreg; minutes)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cache: bool | str = args.cache if args.cache else True
@@ -101,6 +107,13 @@ def main(argv: list[str] | None = None) -> int:
             "fpr_at_best": None if s.fpr is None else s.fpr[held_out.layers.index(s.best_layer)],
             "fnr_at_best": None if s.fnr is None else s.fnr[held_out.layers.index(s.best_layer)],
         }
+        # Benign prompts written to share vocabulary with harmful ones: where false positives live.
+        flagged = held_out.probes[name].predict(test) == "malicious"
+        look = np.array([p.lookalike for p in test_set])
+        normal = np.array([p.label == "normal" for p in test_set])
+        j = held_out.layers.index(s.best_layer)
+        summary["held_out"][name]["fpr_at_best_lookalike_vs_other_normals"] = [  # type: ignore[index]
+            float(flagged[normal & look, j].mean()), float(flagged[normal & ~look, j].mean())]
         # The layer is chosen on the held-out normal/malicious split only: the first layer
         # reaching the threshold (else the best layer), so jailbreak data picks nothing.
         chosen = first if first is not None else s.best_layer
@@ -114,22 +127,47 @@ def main(argv: list[str] | None = None) -> int:
         }
     summary["reports"] = {"held_out": json.loads(held_out.model_dump_json()),
                           "jailbreak": json.loads(jail.model_dump_json())}
+    if args.loco:
+        # Every train prompt scored by a probe that never saw its category: what a probe
+        # learned beyond the topics it was shown.
+        loco = probe(train, classifiers=("logreg",), cv="category", threshold=args.threshold)
+        s = loco.scores["logreg"]
+        worst = sorted((g.accuracy["logreg"][s.best_layer], g.name) for g in loco.groups.values())[:5]
+        summary["leave_one_category_out"] = {
+            "accuracy": [round(a, 4) for a in s.accuracy], "best_layer": s.best_layer,
+            "first_layer_at_threshold": s.first_layer,
+            "fpr_at_best": None if s.fpr is None else s.fpr[s.best_layer],
+            "fnr_at_best": None if s.fnr is None else s.fnr[s.best_layer],
+            "worst_categories_at_best_layer": {name: round(acc, 3) for acc, name in worst},
+        }
+        summary["reports"]["leave_one_category_out"] = json.loads(loco.model_dump_json())  # type: ignore[index]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    held_out.plot().savefig(args.out.with_suffix(".accuracy.png"))
+    first = held_out.classifiers[0]
+    jail.plot("positive_rate", classifiers=[first], group_by="family").savefig(args.out.with_suffix(".families.png"))
 
     print(f"model {summary['model']} ({n_blocks} blocks; L/3 = {limit:g}); train {train_set.counts()}, "
           f"test {test_set.counts()}")
     for name in held_out.classifiers:
         h = summary["held_out"][name]  # type: ignore[index]
         t = summary["jailbreak_transfer"][name]["at_first_layer"]  # type: ignore[index]
+        look_fpr, other_fpr = h["fpr_at_best_lookalike_vs_other_normals"]
         print(f"{name:6s} first layer >= {args.threshold:g}: {h['first_layer_at_threshold']} "
-              f"(<= L/3: {h['first_layer_within_L_over_3']}); best layer {h['best_layer']} ({h['best_accuracy']:.3f})")
+              f"(<= L/3: {h['first_layer_within_L_over_3']}); best layer {h['best_layer']} ({h['best_accuracy']:.3f}; "
+              f"FPR {h['fpr_at_best']:.3f}: lookalike normals {look_fpr:.3f}, other normals {other_fpr:.3f}; "
+              f"FNR {h['fnr_at_best']:.3f})")
         print(f"       at layer {t['layer']}: jailbreak flagged malicious {t['jailbreak_flagged_malicious']:.3f}, "
               f"wrapped-normal FPR {t['wrapped_normal_fpr']:.3f}")
         print("       per family: " + ", ".join(f"{f} {v:.2f}" for f, v in t["jailbreak_per_family"].items()))
         print("       wrapped-normal FPR per family: "
               + ", ".join(f"{f} {v:.2f}" for f, v in t["wrapped_normal_fpr_per_family"].items()))
-    print(f"wrote {args.out}")
+    if args.loco:
+        lo = summary["leave_one_category_out"]
+        print(f"leave-one-category-out (logreg): best layer {lo['best_layer']} "  # type: ignore[index]
+              f"({lo['accuracy'][lo['best_layer']]:.3f}), FPR {lo['fpr_at_best']:.3f}, FNR {lo['fnr_at_best']:.3f}; "  # type: ignore[index]
+              f"worst categories {lo['worst_categories_at_best_layer']}")  # type: ignore[index]
+    print(f"wrote {args.out} and its .accuracy.png / .families.png figures")
     return 0
 
 

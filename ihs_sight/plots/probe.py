@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 LAYER_AXIS_LABEL = "layer index  (0 = embeddings, l = output of block l)"
 """The x-axis label of every per-layer probe figure."""
 
+_LINESTYLES = ("-", "--", ":", "-.")
 METRICS = ("accuracy", "f1", "roc_auc", "fpr", "fnr", "positive_rate")
 _TITLES = {"accuracy": "accuracy", "f1": "F1", "roc_auc": "ROC-AUC", "fpr": "false-positive rate",
            "fnr": "false-negative rate", "positive_rate": "share flagged positive"}
@@ -55,7 +56,7 @@ def plot_probe(
     for name in names:
         if name not in report.scores:
             raise InputError(f"No classifier {name!r} in this report; it has {list(report.scores)}.")
-    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    fig = Figure(figsize=(8 if group_by is None else 10.5, 4.5), layout="constrained")
     ax = fig.add_subplot()
     x = report.layers
     if group_by is not None:
@@ -68,9 +69,15 @@ def plot_probe(
         if not groups:
             kinds = sorted({g.by for g in report.groups.values()})
             raise InputError(f"This report has no {group_by!r} groups (it has {kinds}); pass group_by= to probe().")
-        for g in groups:
+        # Families are "<label>/<family>": one colour per family, one line style per label, so
+        # a jailbreak family and the same wrapper around normal prompts read as a pair.
+        keys = [g.name.split("/", 1) if "/" in g.name else ["", g.name] for g in groups]
+        colours = {family: f"C{i % 10}" for i, family in enumerate(dict.fromkeys(k[1] for k in keys))}
+        styles = {label: _LINESTYLES[i % len(_LINESTYLES)] for i, label in enumerate(dict.fromkeys(k[0] for k in keys))}
+        for g, (label, family) in zip(groups, keys):
             values = g.accuracy[name] if metric == "accuracy" else (g.positive_rate or {})[name]
-            ax.plot(x, values, marker=".", linewidth=1.2, label=f"{g.name} (n={g.n})")
+            ax.plot(x, values, marker=".", linewidth=1.2, color=colours[family], linestyle=styles[label],
+                    label=f"{g.name} (n={g.n})")
         ylabel = f"{_TITLES[metric]} within group ({name})"
         default_title = f"Probe {_TITLES[metric]} per {group_by}, {report.evaluation} evaluation"
     else:
@@ -102,5 +109,8 @@ def plot_probe(
     step = 1 if len(x) <= 16 else (2 if len(x) <= 40 else 5)
     ax.set_xticks([v for v in x if v % step == 0] or x)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", ncols=2 if len(ax.get_lines()) > 8 else 1)
+    if len(ax.get_lines()) > 6:
+        ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        ax.legend(fontsize="small", loc="lower right")
     return fig
