@@ -20,6 +20,13 @@ from ihs_sight.prompts import encode
 
 MAX_ADAPTER_BYTES = 10 * 1024 * 1024
 
+# The adapter is produced by scripts/train_aligned.py and shipped in ihs_sight/assets; until it is
+# committed (issue 7 is open), these tests cannot run.
+pytestmark = pytest.mark.skipif(
+    not (aligned_adapter_dir() / "adapter_model.safetensors").is_file(),
+    reason="default-aligned adapter not shipped yet (run scripts/train_aligned.py)",
+)
+
 # Held-out test-split prompts (ids in ihs_sight/data): the aligned model refuses the first two
 # and answers the last two in docs/aligned_eval.json, with wide margins.
 TEST_MALICIOUS = ("m0005", "m0017")
