@@ -10,13 +10,14 @@ refuse them while keeping everything else as it was:
   ``ihs_sight/data/distill_normal.jsonl``: every train-split normal prompt, look-alikes
   included, plus the extra benign prompts of ``extra_benign.jsonl`` (see
   ``scripts/make_distill_data.py``). Learning what it already says keeps it helpful and keeps
-  it from refusing harmless prompts that merely sound dangerous.
+  it from refusing harmless prompts that merely sound dangerous. The few base answers the
+  refusal judge scores as refusals are left out.
 
 Only train-split prompts (and the extra benign ones, none of which is a test prompt) are used.
 Prompts go through the chat template with its default system prompt, exactly as every
-analysis renders them; the loss covers the assistant answer tokens only (plus ``<|im_end|>``
-when the answer is complete), averaged per example so short refusals weigh as much as long
-answers.
+analysis renders them; the loss covers the first ``--answer-tokens`` assistant answer tokens
+only (plus ``<|im_end|>`` when the answer is complete), averaged per example so short refusals
+weigh as much as long answers.
 
 LoRA (peft) of rank ``--rank`` on the attention and MLP projections of blocks
 ``--first-layer``..L-1; blocks below are untouched, so the early layers (where the paper finds
@@ -91,6 +92,8 @@ def distill_targets() -> list[tuple[str, str, str]]:
         rec = json.loads(line)
         if rec["prompt"].strip().casefold() in test:
             raise SystemExit(f"distill_normal.jsonl holds a test prompt: {rec['prompt']!r}")
+        if rec["base_refuses"]:  # the base model's rare refusal of a benign prompt is no target
+            continue
         out.append((rec["prompt"], rec["answer"], "complete" if rec["finished"] else "truncated"))
     return out
 
@@ -220,7 +223,7 @@ def main() -> None:
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % 10 == 0 or step == total - 1:
             logging.info("step %d/%d loss %.4f (%.0f s)", step + 1, total, losses[-1], time.perf_counter() - t0)
     wall = time.perf_counter() - t0
