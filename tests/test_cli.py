@@ -101,7 +101,7 @@ def test_cli_graft_one_layer(tmp_path: Path, cli_env: dict[str, str]) -> None:
                  cli_env)
     assert result.returncode == 0, result.stderr
     graft = GraftResult.model_validate_json((tmp_path / "graft.json").read_text())
-    assert graft.meta.layer == 20 and len(graft.targets) == 2
+    assert graft.layer == 20 and len(graft.targets) == 2
     assert (tmp_path / "graft.png").exists()
 
 
