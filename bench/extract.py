@@ -7,6 +7,8 @@ trace per batch that saves only last-token slices.
 
 Each (method, size) runs in its own process so peak RSS is measured separately; memory growth
 per prompt is (peak at the large size - peak at the small size) / (difference in prompts).
+The sizes are length-matched (same longest prompt, see ``_prompts``), so activation memory is
+the same at both and the growth is what is kept per prompt.
 
     python bench/extract.py                 # 100 and 400 prompts
     python bench/extract.py --sizes 50 200
@@ -26,15 +28,25 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def _prompts(n: int) -> list[str]:
+def _prompts(n: int, n_max: int, tokenizer: object) -> list[str]:
+    """``n`` prompts, length-matched across sizes.
+
+    A seeded sample of ``n_max`` prompts is sorted by templated token length and every
+    ``n_max / n``-th one is kept, the longest included: every size has the same longest
+    prompt, so the widest batch (and its activation memory) is the same and the growth of peak
+    RSS between sizes measures what is kept per prompt.
+    """
     import ihs_sight as ihs
+    from ihs_sight.prompts import encode
 
     data = ihs.load_prompts()
-    base = data.normal + data.malicious
-    return base.sample(n, random_state=0).texts
+    pool = (data.normal + data.malicious).sample(n_max, random_state=0).texts
+    lengths = [len(r) for r in encode(tokenizer, pool)]
+    order = sorted(range(n_max), key=lambda i: (-lengths[i], i))
+    return [pool[i] for i in order[:: max(1, n_max // n)][:n]]
 
 
-def worker(method: str, n: int, batch_size: int) -> dict[str, float]:
+def worker(method: str, n: int, n_max: int, batch_size: int) -> dict[str, float]:
     import numpy as np
     import torch
 
@@ -42,7 +54,7 @@ def worker(method: str, n: int, batch_size: int) -> dict[str, float]:
     from ihs_sight.prompts import encode
 
     model = ihs.load_model()
-    prompts = _prompts(n)
+    prompts = _prompts(n, n_max, model.tokenizer)
     ids = encode(model.tokenizer, prompts)
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
@@ -71,9 +83,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--worker", choices=["seed", "ours"])
     parser.add_argument("--n", type=int)
+    parser.add_argument("--n-max", type=int)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.n, args.batch_size)))
+        print(json.dumps(worker(args.worker, args.n, args.n_max, args.batch_size)))
         return
 
     import torch
@@ -87,7 +100,7 @@ def main() -> None:
     for n in args.sizes:
         for method in ("seed", "ours"):
             out = subprocess.run([sys.executable, __file__, "--worker", method, "--n", str(n),
-                                  "--batch-size", str(args.batch_size)], capture_output=True, text=True, check=True)
+                                  "--n-max", str(max(args.sizes)), "--batch-size", str(args.batch_size)], capture_output=True, text=True, check=True)
             results[(method, n)] = json.loads(out.stdout.strip().splitlines()[-1])
             r = results[(method, n)]
             print(f"{method:>5} n={n:<4} {r['seconds']:8.1f} s  {n / r['seconds']:6.2f} prompts/s  "

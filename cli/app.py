@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from . import analyses, inspect_cmds
+from .guard_cmds import guard_app
 from .common import EXIT_CODES_HELP
 
 app = typer.Typer(
@@ -29,6 +30,8 @@ COMMANDS = {
 }
 for _name, (_help, _fn) in COMMANDS.items():
     app.command(_name, help=f"{_help}\n\n{EXIT_CODES_HELP}", short_help=_help)(_fn)
+
+app.add_typer(guard_app, name="guard", short_help="Early-exit safety guard: fit a guard, score prompts.")
 
 
 @app.command("demo", help="Launch the web demo (binds 127.0.0.1 unless --host says otherwise).\n\n" + EXIT_CODES_HELP,

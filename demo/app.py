@@ -7,6 +7,8 @@
 - **Graft**: overwrite the last-token state at one layer with the mean state of the normal
   train prompts (or another prompt's state) and compare next-token distributions and greedy
   continuations before and after.
+- **Guard**: the early-exit guard's decision (P(malicious) at one early layer, the forward
+  pass stopped there) and the "recognised but not converted" jailbreak signal.
 - **Compare**: the probes' accuracy against the layer on the canonical test split, per set,
   for the base model and its refusal-tuned variant.
 
@@ -200,6 +202,35 @@ class Callbacks:
                    f"train-split prompts the probe never saw); the per-layer logistic regressions were fitted on "
                    f"the other {fit.report.n_train} prompts of the canonical train split (normal vs malicious).")
         return table, table, verdict, _done(started)
+
+    @_friendly(3)
+    def guard(self, model_name: str, prompt: str) -> tuple[pd.DataFrame, str, str]:
+        """The early-exit guard's decision and the jailbreak signal for one prompt."""
+        started = time.perf_counter()
+        name, text = _model_name(model_name), _text(prompt, "prompt")
+        g = self.wb.guard(name)
+        with self.wb.running(name):
+            sig = g.jailbreak_signal([text])
+        p, flagged, emo = sig.p_malicious[0], sig.recognised[0], sig.emotion_score[0]
+        r = g.report
+        table = pd.DataFrame({
+            "quantity": ["guard layer", "blocks run", "P(malicious)", "threshold", "flagged",
+                         f"emotion score (layers {sig.band[0]}-{sig.band[1]})", "jailbreak signal"],
+            "value": [str(g.layer), f"{g.layer} of {g.model.n_layers}", f"{p:.{DECIMALS}f}",
+                      f"{g.threshold:.{DECIMALS}f}", str(flagged), f"{emo:.{MASS_DIGITS}g}", str(sig.signal[0])],
+        })
+        verdict = "**flagged as malicious**" if flagged else "**passes**"
+        lines = [f"### Guard: {verdict} (P(malicious) = {p:.{DECIMALS}f}, threshold {g.threshold:.{DECIMALS}f})",
+                 (f"Read at layer {g.layer}: the forward pass stopped after {g.layer} of {g.model.n_layers} blocks. "
+                  f"On {r.n_calibration} held-back train prompts the threshold flags {r.calibration_fpr:.1%} of the "
+                  f"normal ones (target {r.target_fpr:.0%}) and {r.calibration_tpr:.1%} of the malicious ones.")]
+        if sig.signal[0]:
+            lines.append("**Jailbreak signal**: recognised as malicious early, yet the middle layers lean positive "
+                         f"(emotion score {emo:.{MASS_DIGITS}g} > 0): no refusal is forming.")
+        elif flagged:
+            lines.append(f"Recognised, and the middle layers lean negative (emotion score {emo:.{MASS_DIGITS}g}): a "
+                         "refusal is forming.")
+        return table, "\n\n".join(lines), _done(started)
 
     @_friendly(5)
     def lens(self, model_name: str, prompt: str, top_k: float) -> tuple[Any, Any, pd.DataFrame, pd.DataFrame, str]:
@@ -401,6 +432,12 @@ def build_app(workbench: Workbench | None = None) -> gr.Blocks:
                                                headers=["rank", "before: token", "before: p", "after: token", "after: p"],
                                                interactive=False, max_height=800)
                     graft_plot = gr.Plot(label="Lexicon mass before and after", show_label=False, elem_id="graft_plot")
+            with gr.Tab("Guard", id="guard", elem_id="tab_guard"):
+                guard_btn = gr.Button("Run guard", variant="primary", elem_id="guard_btn")
+                guard_msg = gr.Markdown(elem_id="guard_msg")
+                guard_verdict = gr.Markdown(elem_id="guard_verdict")
+                guard_table = gr.Dataframe(label="Early-exit guard", headers=["quantity", "value"], elem_id="guard_table",
+                                           interactive=False)
             with gr.Tab("Compare", id="compare", elem_id="tab_compare"):
                 total = len(wb.test_set())
                 with gr.Row():
@@ -429,6 +466,7 @@ def build_app(workbench: Workbench | None = None) -> gr.Blocks:
             graft_btn.click(cb.graft, [model_name, prompt, graft_layer, graft_source, graft_source_prompt, graft_tokens],
                             [graft_table, graft_before, graft_after, graft_summary, graft_plot, graft_msg],
                             api_name="graft"),
+            guard_btn.click(cb.guard, [model_name, prompt], [guard_table, guard_verdict, guard_msg], api_name="guard"),
             compare_btn.click(cb.compare, [compare_models, compare_n], [compare_plot, compare_table, compare_msg],
                               api_name="compare"),
         ]

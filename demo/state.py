@@ -13,7 +13,9 @@ only read from it), so that:
    regression per layer on a stratified 70 % of it, and its accuracy on the other 30 %
    picks the best layer. The fitted probe and its report are kept in memory and on disk
    (``LayerProbe.save``), keyed by the weights hash, the chat template and the train prompts;
-4. the Compare tab's reports (that probe scored on the canonical test split) are computed
+4. each model's early-exit guard (:class:`ihs_sight.guard.Guard`) is fitted once on the same
+   train prompts and kept in memory and on disk (``Guard.save``), keyed like the probe;
+5. the Compare tab's reports (that probe scored on the canonical test split) are computed
    on request and kept in memory.
 
 The train split's hidden states go through the library's states cache (``cache=``), so a
@@ -35,6 +37,7 @@ from pathlib import Path
 
 import ihs_sight as ihs
 from ihs_sight.errors import IhsSightError, InputError
+from ihs_sight.guard import Guard
 from ihs_sight.models import cache_dir
 from ihs_sight.probe import LayerProbe, ProbeReport, probe, probe_transfer
 from ihs_sight.prompts import sha, template_fingerprint
@@ -106,6 +109,7 @@ class Workbench:
         self._loads: Counter[str] = Counter()
         self._failures: dict[str, IhsSightError] = {}
         self._fits: dict[str, ProbeFit] = {}
+        self._guards: dict[str, Guard] = {}
         self._reports: dict[tuple[str, int], tuple[ProbeReport, ihs.PromptSet]] = {}
         self._data: ihs.PromptSet | None = None
 
@@ -245,6 +249,39 @@ class Workbench:
         report_tmp = tmp.with_name(tmp.name + "-report.json")
         report_tmp.write_text(fit.report.model_dump_json(), encoding="utf-8")
         os.replace(report_tmp, stem.with_name(f"{fit.key}-report.json"))
+
+    # ------------------------------------------------------------------ guard
+
+    def guard(self, name: str) -> Guard:
+        """Model ``name``'s early-exit guard: from memory or disk, else fitted once on the train split."""
+        found = self._guards.get(name)
+        if found is not None:
+            return found
+        with self._lock("guard", name):
+            found = self._guards.get(name)
+            if found is not None:
+                return found
+            model = self.model(name)
+            path = self.probe_dir / f"guard-{self._probe_key(model)}"
+            fitted = None
+            if (path / "guard.json").is_file():
+                try:
+                    fitted = Guard.load(path, model)
+                except InputError as e:
+                    log.warning("ignoring the cached guard %s (%s); fitting it again", path, e)
+            if fitted is None:
+                log.info("fitting the guard of %r on the canonical train split", name)
+                with self.running(name):
+                    fitted = Guard.fit(model, self.train_set(), random_state=SEED, cache=self.cache, progress=False)
+                tmp = path.with_name(f"{path.name}-tmp-{os.getpid()}-{threading.get_ident()}")
+                fitted.save(tmp)
+                if path.exists():
+                    import shutil
+
+                    shutil.rmtree(path, ignore_errors=True)
+                os.replace(tmp, path)
+            self._guards[name] = fitted
+            return fitted
 
     # ------------------------------------------------------------------ compare
 

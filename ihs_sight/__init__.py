@@ -19,6 +19,7 @@ from .errors import (
 from .emotions import EmotionProfile, InducedLexicon, Lexicon, induce_lexicon, load_lexicon
 from .extract import ExtractMeta, HiddenStates, extract
 from .graft import GraftResult, SweepResult, graft, graft_sweep
+from .guard import Guard, GuardFitReport, GuardScores, JailbreakSignal
 from .judge import PhraseJudge, RefusalJudge
 from .lens import Consistency, LensResult, compare_consistency, logit_lens
 from .models import ARCHITECTURES, ArchSpec, Model, load_model
@@ -33,10 +34,14 @@ __all__ = [
     "EmotionProfile",
     "ExtractMeta",
     "GraftResult",
+    "Guard",
+    "GuardFitReport",
+    "GuardScores",
     "HiddenStates",
     "IhsSightError",
     "InducedLexicon",
     "InputError",
+    "JailbreakSignal",
     "LayerProbe",
     "LensResult",
     "Lexicon",

@@ -73,6 +73,10 @@ class ExtractMeta(BaseModel):
     """sha256 prefix of each prompt text, in order."""
     versions: dict[str, str] = Field(default_factory=dict)
     """Package versions (ihs-sight, nnsight, transformers, torch)."""
+    bytes_received: int | None = None
+    """Remote runs: bytes the server sent back for the prompts computed in this call (``None`` locally)."""
+    bytes_per_prompt: float | None = None
+    """Remote runs: ``bytes_received`` per computed prompt (cached prompts cost nothing)."""
 
 
 class HiddenStates(BaseModel):
@@ -231,6 +235,16 @@ def _forward_kwargs(model: Model) -> dict[str, Any]:
     return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
 
 
+def _saves_to_host(model: Model) -> bool:
+    """Whether a trace copies each saved slice to the host as it is taken.
+
+    Remote (and simulated) traces must: what they return is serialised. A local trace keeps
+    the state slices on the model's device and copies them after the forward pass: a ``.cpu()``
+    per layer inside the trace would wait for the GPU at every block (a host sync per layer).
+    """
+    return model.backend != "local"
+
+
 def trace_batch(
     model: Model,
     batch: dict[str, torch.Tensor],
@@ -288,6 +302,7 @@ def _trace_batch(
     wanted = sorted(lens_set | sum_set)
     cats = list(category_ids)
     chunk = max(1, LENS_ROWS // int(batch["input_ids"].shape[0]))  # layers per unembedding product
+    to_host = _saves_to_host(model)
     with model.nn.trace(batch, remote=model.remote, **_forward_kwargs(model)):
         saved_states = nnsight.save([])
         lens_ids = nnsight.save([])
@@ -305,8 +320,8 @@ def _trace_batch(
                 hidden = (out if index is None else out[index])[:, -1]
             if states:
                 # clone(): on a CPU server .cpu() is a no-op and the slice would ship the
-                # whole [B, T, D] storage it views.
-                saved_states.append(hidden.detach().cpu().clone())
+                # whole [B, T, D] storage it views (and, kept on the device, keep it alive).
+                saved_states.append(hidden.detach().cpu().clone() if to_host else hidden.detach().clone())
             if layer in lens_set or layer in sum_set:
                 pending.append((layer, hidden))
             if pending and (len(pending) == chunk or layer == wanted[-1]):
@@ -334,7 +349,9 @@ def _trace_batch(
             prob_sum.append(total.detach().cpu())
     result: dict[str, torch.Tensor] = {}
     if states:
-        result["states"] = torch.stack(list(saved_states), 1).float()
+        # Slices kept on the device are copied here, one tensor at a time (no-ops for host
+        # tensors), so slices from blocks on different GPUs (device_map="auto") still stack.
+        result["states"] = torch.stack([t.cpu() for t in saved_states], 1).float()
     if lens_set:
         result["lens_ids"] = torch.stack(list(lens_ids), 1).long()
         result["lens_probs"] = torch.stack(list(lens_probs), 1).float()
@@ -373,6 +390,15 @@ def extract_meta(
         prompt_hashes=[sha(t) for t in texts],
         versions=_versions(),
     )
+
+
+def with_bytes(meta: ExtractMeta, model: Model, before: int, n_computed: int) -> ExtractMeta:
+    """``meta`` with the bytes a remote model received since ``before`` (unchanged for local models)."""
+    if model.backend != "remote":
+        return meta
+    received = model.bytes_received - before
+    return meta.model_copy(update={"bytes_received": received,
+                                   "bytes_per_prompt": round(received / n_computed, 1) if n_computed else None})
 
 
 def extract(
@@ -445,11 +471,22 @@ def extract(
     todo = [i for i in todo if first.setdefault(hashes[i], i) == i]
     if found:
         log.info("cache: %d of %d prompts loaded, %d to compute", len(texts) - len(todo), len(texts), len(todo))
-    computed: dict[str, dict[str, torch.Tensor]] = {}
+    # Rows go straight into one preallocated (N, L+1, D) tensor: memory grows by one state row
+    # per prompt, with no per-batch tensors kept alive and no final stacking copy.
+    positions: dict[str, list[int]] = {}
+    for i, h in enumerate(hashes):
+        positions.setdefault(h, []).append(i)
+    states_out = torch.empty(len(texts), meta.n_layers + 1, meta.d_model, dtype=torch.float32)
+    cached = set(found)
+    for h, row in found.items():
+        states_out[positions[h]] = row["states"].float()
+    del found  # the loaded cache entries
+    computed_lens: dict[str, dict[str, torch.Tensor]] = {}
     batches = [[todo[j] for j in b] for b in length_batches([len(ids[i]) for i in todo], batch_size)]
     pad_id = model.tokenizer.pad_token_id
     if pad_id is None:
         pad_id = model.tokenizer.eos_token_id or 0
+    received_before = model.bytes_received
     with torch.no_grad(), tqdm(total=len(todo), desc="extract", unit="prompt", disable=not progress or not todo) as bar:
         for batch in batches:
             padded = pad_batch([ids[i] for i in batch], pad_id)
@@ -461,24 +498,28 @@ def extract(
             lens_rows = {k: v for k, v in out.items() if k.startswith("lens_")}
             if store is not None:
                 # Rows whose states were cached already (only their lens was missing) are not rewritten.
-                new = [j for j, h in enumerate(batch_hashes) if h not in found]
+                new = [j for j, h in enumerate(batch_hashes) if h not in cached]
                 if new:
                     store.put([batch_hashes[j] for j in new], {"states": out["states"][new]})
             if lens_store is not None:
                 lens_store.put(batch_hashes, lens_rows)
             for j, h in enumerate(batch_hashes):
-                computed[h] = {"states": out["states"][j], **{k: v[j] for k, v in lens_rows.items()}}
+                if h not in cached:
+                    states_out[positions[h]] = out["states"][j]
+                if lens_rows:
+                    computed_lens[h] = {k: v[j].clone() for k, v in lens_rows.items()}
+            del out, lens_rows
             bar.update(len(batch))
-    rows = [found[h]["states"] if h in found else computed[h]["states"] for h in hashes]
+    meta = with_bytes(meta, model, received_before, len(todo))
     lens = None
     if lens_spec is not None:
-        lens_rows_all = [computed[h] if h in computed else found_lens[h] for h in hashes]
+        lens_rows_all = [computed_lens[h] if h in computed_lens else found_lens[h] for h in hashes]
         lens = lens_spec.build(
             {k: torch.stack([r[k] for r in lens_rows_all], 0) for k in lens_spec.row_keys},
             prompts=texts, labels=labels, meta=meta,
         )
     return HiddenStates(
-        states=torch.stack(rows, 0),
+        states=states_out,
         prompts=texts,
         labels=labels,
         categories=categories,

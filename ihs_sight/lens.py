@@ -50,6 +50,7 @@ from .extract import (
     pad_batch,
     prepare,
     trace_batch,
+    with_bytes,
 )
 from .models import Model, _resolve_attr
 
@@ -580,6 +581,7 @@ def logit_lens(
     # Batches are formed by length; each prompt's rows go back to its own position.
     order: list[int] = []
     parts: dict[str, list[torch.Tensor]] = {key: [] for key in spec.row_keys}
+    received_before = model.bytes_received
     with torch.no_grad(), tqdm(total=len(texts), desc="lens", unit="prompt", disable=not progress) as bar:
         for batch in length_batches([len(r) for r in ids], batch_size):
             out = trace_batch(
@@ -592,6 +594,7 @@ def logit_lens(
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
     stacked = {key: torch.cat(values, 0)[inverse] for key, values in parts.items()}
+    meta = with_bytes(meta, model, received_before, len(texts))
     return spec.build(stacked, prompts=texts, labels=labels, meta=meta)
 
 

@@ -25,6 +25,7 @@ from ihs_sight_demo.state import Workbench
 
 import ihs_sight as ihs
 from ihs_sight.graft import graft
+from ihs_sight.guard import Guard
 from ihs_sight.lens import logit_lens
 from ihs_sight.plots.lens import display_token
 from ihs_sight.probe import ProbeReport, probe, probe_transfer
@@ -101,6 +102,26 @@ def test_demo_probe_is_read_back_from_disk_by_a_new_workbench(
     states = ihs.extract(model, [NORMAL], cache=False, progress=False)
     np.testing.assert_array_equal(again.probe.predict_proba(states), first.probe.predict_proba(states))
     assert again.report.best_layer == first.report.best_layer
+
+
+def test_demo_guard_matches_library(callbacks: Callbacks, workbench: Workbench, model: ihs.Model,
+                                    data: ihs.PromptSet, states_cache: Path) -> None:
+    table, verdict, message = callbacks.guard("default", MALICIOUS)
+    _ok(message)
+    ref = Guard.fit(model, train_split(data), random_state=0, cache=states_cache, progress=False)
+    assert ref.report.n_fit + ref.report.n_calibration == 644  # the whole canonical train split
+    sig = ref.jailbreak_signal([MALICIOUS])
+    values = dict(zip(table["quantity"], table["value"]))
+    assert values["guard layer"] == str(ref.layer) and values["blocks run"] == f"{ref.layer} of {model.n_layers}"
+    assert abs(float(values["P(malicious)"]) - sig.p_malicious[0]) <= ROUNDED
+    assert abs(float(values["threshold"]) - ref.threshold) <= ROUNDED
+    assert values["flagged"] == str(sig.recognised[0]) and values["jailbreak signal"] == str(sig.signal[0])
+    assert float(values[f"emotion score (layers {sig.band[0]}-{sig.band[1]})"]) == pytest.approx(
+        sig.emotion_score[0], rel=1e-3, abs=1e-12)
+    assert ("flagged as malicious" in verdict) == sig.recognised[0]
+    # A new workbench reads the fitted guard back from disk.
+    again = make_workbench(model, states_cache).guard("default")
+    assert (again.layer, again.threshold) == (ref.layer, ref.threshold)
 
 
 def test_demo_lens_matches_library(callbacks: Callbacks, model: ihs.Model) -> None:
@@ -246,7 +267,7 @@ def test_demo_remembers_a_failed_load_until_the_picker_retries(model: ihs.Model,
 def test_demo_app_names_its_endpoints_and_offers_both_bundled_models(workbench: Workbench) -> None:
     app = build_app(workbench)
     names = {fn.api_name for fn in app.fns.values()}
-    assert {"load_model", "probe", "lens", "graft", "compare"} <= names
+    assert {"load_model", "probe", "lens", "graft", "guard", "compare"} <= names
     picker = next(b for b in app.blocks.values() if getattr(b, "elem_id", None) == "model_picker")
     assert [c[0] for c in picker.choices] == ["default", "default-aligned"]
     assert picker.allow_custom_value

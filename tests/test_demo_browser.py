@@ -206,6 +206,17 @@ def test_browser_runs_every_tab_and_shows_the_library_numbers(
     _rendered(page, "graft_plot", "img")
     page.screenshot(path=str(shots / "graft.png"), full_page=True)
 
+    # Guard: the early-exit guard's decision (fitted once on the train split) and the jailbreak signal.
+    message = _run(page, "Guard", "guard_btn", "guard_msg", LONG_WAIT_MS)
+    assert message.startswith("✓"), message
+    sig = workbench.guard("default").jailbreak_signal([PROMPT])
+    header, body = _table(page, "guard_table")
+    values = dict(zip(_column(header, body, "quantity"), _column(header, body, "value")))
+    assert values["guard layer"] == str(sig.layer)
+    assert abs(float(values["P(malicious)"]) - sig.p_malicious[0]) <= ROUNDED
+    assert values["flagged"] == str(sig.recognised[0]) and values["jailbreak signal"] == str(sig.signal[0])
+    page.screenshot(path=str(shots / "guard.png"), full_page=True)
+
     # Compare: accuracy per layer on a 12-prompt sample of the canonical test split (the default
     # model only: the aligned model's train split would cost minutes more here).
     page.get_by_role("tab", name="Compare").click()

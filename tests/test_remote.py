@@ -118,6 +118,9 @@ def test_remote_extract_and_lens_equal_local(remote: Any, model: Any, server: st
     # Only last-token slices come back: about (L+1) * D floats per prompt, never [T, D] or [V].
     per_prompt = remote.bytes_received / len(PROMPTS)
     assert 0 < per_prompt < 2 * (model.n_layers + 1) * model.d_model * 4
+    # ... and the result says so.
+    assert got.meta.bytes_per_prompt is not None and local.meta.bytes_per_prompt is None
+    assert 0 < got.meta.bytes_per_prompt < 2 * (model.n_layers + 1) * model.d_model * 4
 
 
 def test_remote_logit_lens_equals_local(remote: Any, model: Any) -> None:
@@ -135,6 +138,26 @@ def test_remote_graft_equals_local(remote: Any, model: Any) -> None:
     assert local.logits_after is not None and got.logits_after is not None
     assert torch.equal(got.logits_after, local.logits_after)
     assert torch.equal(got.logits_before, local.logits_before)
+
+
+def test_remote_generation_equals_local(remote: Any, model: Any, server: str) -> None:
+    vec = torch.linspace(-1.0, 1.0, model.d_model)
+    kw: dict[str, Any] = {"layer": 12, "cache": False, "generate": 3, "progress": False}
+    jobs = control(server)["jobs"]
+    local = graft(model, PROMPTS[:2], vec, **kw)
+    got = graft(remote, PROMPTS[:2], vec, **kw)
+    assert control(server)["jobs"] > jobs
+    for a, b in zip(got.targets, local.targets):
+        assert a.tokens_before == b.tokens_before and a.tokens_after == b.tokens_after
+        assert a.text_after == b.text_after
+
+
+def test_remote_guard_features_stop_early_and_equal_local(remote: Any, model: Any) -> None:
+    from ihs_sight.guard import layer_features
+
+    local = layer_features(model, PROMPTS[:3], [3, 6], cache=False, progress=False)
+    got = layer_features(remote, PROMPTS[:3], [3, 6], cache=False, progress=False)
+    assert torch.equal(got, local)
 
 
 def test_simulate_extract_equals_local(model: Any) -> None:

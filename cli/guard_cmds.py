@@ -1,0 +1,167 @@
+"""``ihs-sight guard fit | score``: the early-exit guard from the shell."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .common import (
+    EXIT_CODES_HELP,
+    BatchOpt,
+    DebugOpt,
+    DeviceOpt,
+    DtypeOpt,
+    HostOpt,
+    JsonOpt,
+    ModelOpt,
+    PromptsOpt,
+    QuietOpt,
+    RemoteOpt,
+    SeedOpt,
+    finish,
+    handle_errors,
+    load,
+    load_data,
+    out_option,
+    write_figure,
+    write_json,
+)
+
+guard_app = typer.Typer(
+    name="guard",
+    help="Early-exit safety guard: flag malicious prompts from one early layer.\n\n" + EXIT_CODES_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _layer(value: str) -> int | str:
+    from ihs_sight.errors import InputError
+
+    if value == "auto":
+        return "auto"
+    try:
+        return int(value)
+    except ValueError:
+        raise InputError(f"--layer must be 'auto' or a layer index, got {value!r}.") from None
+
+
+def _cv_figure(report: Any, title: str) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ax.plot(report.cv_layers, report.cv_accuracy, marker="o", ms=3, label=f"{report.classifier}, {report.cv}-fold CV")
+    ax.axhline(report.target_accuracy, color="grey", ls="--", lw=1, label=f"target {report.target_accuracy:g}")
+    ax.axvline(report.layer, color="tab:red", lw=1, label=f"guard layer {report.layer}")
+    ax.set_xlabel("layer (0 = embeddings, l = output of block l)")
+    ax.set_ylabel("cross-validated accuracy")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+@guard_app.command("fit", help="Fit a guard on labelled prompts (default: the bundled train split) and save it.\n\n"
+                   + EXIT_CODES_HELP)
+@handle_errors
+def fit_cmd(
+    model: ModelOpt = "default",
+    prompts: PromptsOpt = None,
+    layer: Annotated[str, typer.Option(help="'auto' (earliest layer meeting --target-accuracy) or a layer index.")] = "auto",
+    target_accuracy: Annotated[float, typer.Option(help="Cross-validated accuracy the layer must reach.")] = 0.95,
+    target_fpr: Annotated[float, typer.Option(help="False-positive rate the threshold is calibrated to.")] = 0.05,
+    pool: Annotated[str, typer.Option(help="'mean' over the prompt's tokens or the 'last' token.")] = "mean",
+    classifier: Annotated[str, typer.Option(help="logreg, svm or mlp.")] = "logreg",
+    cv: Annotated[int, typer.Option(min=2, help="Folds of the layer search.")] = 5,
+    evaluate: Annotated[bool, typer.Option("--evaluate/--no-evaluate",
+                                           help="Score the bundled test split and jailbreaks (bundled data only).")] = True,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    remote: RemoteOpt = False,
+    host: HostOpt = None,
+    batch_size: BatchOpt = 16,
+    seed: SeedOpt = 0,
+    out: Annotated[Path, out_option("guard")] = Path("ihs-out/guard"),
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    from ihs_sight.guard import Guard
+
+    chosen = _layer(layer)
+    data = load_data(prompts)
+    train = (data.train.normal + data.train.malicious) if prompts is None else data
+    m = load(model, device, dtype, remote, host)
+    guard = Guard.fit(m, train, layer=chosen, target_accuracy=target_accuracy,  # type: ignore[arg-type]
+                      target_fpr=target_fpr, pool=pool, classifier=classifier, cv=cv,  # type: ignore[arg-type]
+                      random_state=seed, batch_size=batch_size, progress=not quiet)
+    bundle = guard.save(out / "guard")
+    r = guard.report
+    files = [bundle / "guard.json", write_json(out / "fit_report.json", r.model_dump_json(indent=2)),
+             write_figure(out / "layers.png", _cv_figure(r, f"{m.name}: guard layer search"))]
+    lines = ["# ihs-sight guard fit", "",
+             (f"- model: `{m.name}` (L={m.n_layers}); guard reads layer {r.layer} ({r.layer / m.n_layers:.0%} of "
+              f"the blocks), pool `{r.pool}`, {r.classifier}"),
+             (f"- layer search: {r.cv}-fold accuracy {r.cv_accuracy[r.cv_layers.index(r.layer)]:.3f} "
+              + ("(target met)" if r.target_met else f"(no layer reached {r.target_accuracy:g}; best taken)")),
+             (f"- threshold {r.threshold:.4f} calibrated on {r.n_calibration} held-back prompts: FPR "
+              f"{r.calibration_fpr:.3f}, TPR {r.calibration_tpr:.3f}")]
+    payload: dict[str, Any] = {"command": "guard fit", "layer": r.layer, "threshold": r.threshold,
+                               "target_met": r.target_met, "bundle": str(bundle)}
+    if evaluate and prompts is None:
+        test = data.test.normal + data.test.malicious + data.jailbreak + data.wrapped_normal
+        ev = guard.evaluate(test, batch_size=batch_size, progress=not quiet)
+        files.append(write_json(out / "evaluation.json", ev))
+        lines += ["", "## Canonical test split", "",
+                  (f"- malicious TPR {ev['tpr']:.3f} (n={ev['n_malicious']}), normal FPR {ev['fpr']:.3f} "
+                   f"(n={ev['n_normal']}; look-alikes {ev['lookalike_fpr']:.3f}, n={ev['n_lookalike']})")]
+        lines += [f"- {row['group']}: flagged {row['rate']:.3f} (n={row['n']})" for row in ev["by_family"]]
+        payload.update(tpr=ev["tpr"], fpr=ev["fpr"])
+    finish(out, files, "\n".join(lines) + "\n", payload, quiet=quiet, as_json=as_json)
+
+
+@guard_app.command("score", help="Score prompts with a saved guard (early exit at its layer).\n\n" + EXIT_CODES_HELP)
+@handle_errors
+def score_cmd(
+    text: Annotated[list[str] | None, typer.Argument(help="Prompts to score (or --prompts FILE).")] = None,
+    guard_dir: Annotated[Path, typer.Option("--guard", "-g", help="Directory written by 'guard fit'.")] = Path(
+        "ihs-out/guard/guard"),
+    model: ModelOpt = "default",
+    prompts: PromptsOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    remote: RemoteOpt = False,
+    host: HostOpt = None,
+    batch_size: BatchOpt = 16,
+    out: Annotated[Path, out_option("guard-score")] = Path("ihs-out/guard-score"),
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    from ihs_sight.errors import InputError
+    from ihs_sight.guard import Guard
+
+    if bool(text) == (prompts is not None):
+        raise InputError("Give prompts as arguments or --prompts FILE (exactly one of the two).")
+    items: Any = list(text or []) if prompts is None else load_data(prompts)
+    if not (guard_dir / "guard.json").is_file():  # before the (slow) model load
+        raise InputError(f"{guard_dir} holds no guard.json; run 'ihs-sight guard fit' first or pass --guard DIR.")
+    m = load(model, device, dtype, remote, host)
+    guard = Guard.load(guard_dir, m)
+    scores = guard.score(items, batch_size=batch_size, progress=not quiet)
+    files = [write_json(out / "scores.json", scores.model_dump_json(indent=2))]
+    n_flag = sum(scores.flagged)
+    lines = ["# ihs-sight guard score", "",
+             f"- model: `{m.name}`; guard layer {guard.layer}/{m.n_layers}, threshold {guard.threshold:.4f}",
+             f"- {n_flag} of {len(scores.prompts)} prompts flagged", ""]
+    for p, s, f in list(zip(scores.prompts, scores.p_malicious, scores.flagged))[:20]:
+        short = p if len(p) <= 70 else p[:67] + "..."
+        lines.append(f"- {'FLAG' if f else 'ok  '} {s:.3f}  {short}")
+    finish(out, files, "\n".join(lines) + "\n", {"command": "guard score", "flagged": scores.flagged,
+                                                "p_malicious": scores.p_malicious}, quiet=quiet, as_json=as_json)

@@ -1,0 +1,607 @@
+"""Early-exit safety guard: read one early layer, stop the forward pass there, decide.
+
+If early layers already separate malicious from normal prompts, a guard needs only blocks
+``1..layer`` of one forward pass. :meth:`Guard.fit` picks the earliest layer whose
+cross-validated accuracy meets a target, fits a probe there and calibrates its threshold at a
+chosen false-positive rate on a held-back part of the training prompts; :meth:`Guard.score`
+runs each batch up to that layer (nnsight's ``tracer.stop()``) and decides.
+
+Features. ``pool="last"`` reads the last real token's state, the paper's object;
+``pool="mean"`` (the default) averages the layer's states over the prompt's own tokens:
+every position after the chat template's common prefix (the system prompt and the opening
+of the user turn, identical for every prompt), so the template's closing tokens are
+included. On SmolLM2-135M the mean reaches a given accuracy several layers earlier.
+
+:meth:`Guard.jailbreak_signal` is the paper's jailbreak signature as a second signal: a
+prompt the guard recognises as malicious whose middle-layer logit lens carries more positive
+than negative emotion mass was recognised but not converted into a refusal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+from tqdm.auto import tqdm
+
+from .cache import TensorCache
+from .errors import InputError
+from .extract import _validate_prompts, length_batches, pad_batch, prepare
+from .models import Model, states_cache_dir
+from .probe import LayerProbe, probe
+from .prompts import PromptSet, encode, sha
+
+log = logging.getLogger(__name__)
+
+GUARD_FORMAT = "ihs-sight.guard"
+GUARD_FORMAT_VERSION = 1
+Pool = Literal["last", "mean"]
+POOLS: tuple[str, ...] = ("last", "mean")
+
+
+class ModelMismatchError(InputError):
+    """A saved guard was fitted on other weights or another chat template than the model given."""
+
+
+# ---------------------------------------------------------------------------- features
+
+
+def template_prefix(model: Model, *, chat: bool, system_prompt: str | None) -> int:
+    """Number of leading template tokens every prompt shares (system prompt, user-turn opening).
+
+    Found by rendering two one-letter prompts and taking their common prefix, so it holds for
+    any tokenizer and template; 0 without a chat template.
+    """
+    a, b = encode(model.tokenizer, ["a", "b"], chat=chat, system_prompt=system_prompt)
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _pool_weights(rows: Sequence[Sequence[int]], width: int, start: int) -> torch.Tensor:
+    """(B, width) weights of a left-padded batch: 1 / n on each row's own tokens, else 0."""
+    w = torch.zeros(len(rows), width)
+    for i, r in enumerate(rows):
+        first = width - len(r) + min(start, len(r) - 1)  # at least the last token
+        w[i, first:] = 1.0 / (width - first)
+    return w
+
+
+def _trace_features(
+    model: Model, batch: dict[str, torch.Tensor], layers: Sequence[int], weights: torch.Tensor | None
+) -> torch.Tensor:
+    """(B, len(layers), D) float32 features of one left-padded batch; the run stops after ``max(layers)``.
+
+    ``weights`` (B, T) averages each layer's states over positions (``pool="mean"``); ``None``
+    takes the last token. The trace body uses only torch and nnsight operations (it runs on NDIF).
+    """
+    import nnsight
+
+    from .extract import _forward_kwargs
+
+    blocks = model.blocks()
+    index = model.arch.output_index
+    wanted, last = set(layers), max(layers)
+    with model.nn.trace(batch, remote=model.remote, **_forward_kwargs(model)) as tracer:
+        saved = nnsight.save([])
+        for layer in range(last + 1):
+            if layer not in wanted:
+                continue
+            if layer == 0:
+                hidden = blocks[0].input
+            else:
+                out = blocks[layer - 1].output
+                hidden = out if index is None else out[index]
+            if weights is None:
+                feature = hidden[:, -1]
+            else:
+                w = weights.to(device=hidden.device, dtype=torch.float32)
+                feature = (hidden.float() * w[:, :, None]).sum(1)
+            saved.append(feature.detach().float().cpu().clone())
+        if last < len(blocks):
+            tracer.stop()
+    return torch.stack(list(saved), 1)
+
+
+def layer_features(
+    model: Model,
+    prompts: Any,
+    layers: Sequence[int],
+    *,
+    pool: Pool = "mean",
+    batch_size: int = 16,
+    chat: bool = True,
+    system_prompt: str | None = None,
+    cache: bool | str | Path = True,
+    progress: bool = True,
+) -> torch.Tensor:
+    """(n_prompts, len(layers), D) guard features; each batch's forward pass stops after ``max(layers)``.
+
+    Args:
+        model: from :func:`ihs_sight.load_model`.
+        prompts: strings or a :class:`PromptSet`.
+        layers: layer indices (0 = embeddings, l = block l's output).
+        pool: ``"last"`` token or ``"mean"`` over the prompt's own tokens (see the module doc).
+        batch_size: prompts per forward pass.
+        chat, system_prompt: as in :func:`ihs_sight.extract`.
+        cache: as in :func:`ihs_sight.extract`; rows are cached per (pool, layers).
+        progress: show a progress bar.
+    """
+    from .backends import run
+
+    texts = _validate_prompts(prompts.texts if isinstance(prompts, PromptSet) else prompts)
+    if pool not in POOLS:
+        raise InputError(f"pool must be one of {list(POOLS)}, got {pool!r}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    layer_list = [int(x) for x in layers]
+    if not layer_list or any(x < 0 or x > model.n_layers for x in layer_list):
+        raise InputError(f"layers must be indices in 0..{model.n_layers}, got {list(layers)!r}.")
+    ids, template = prepare(model, texts, chat=chat, system_prompt=system_prompt)
+    start = template_prefix(model, chat=chat, system_prompt=system_prompt) if pool == "mean" else 0
+    hashes = [sha(t) for t in texts]
+    store = None
+    if cache is not False:
+        root = states_cache_dir() if cache is True else Path(cache)
+        store = TensorCache(root, {"kind": "guard_features", "pool": pool, "start": start, "layers": layer_list,
+                                   "weights": model.weights_hash, "template": template,
+                                   "system_prompt": system_prompt, "chat": chat,
+                                   "dtype": str(model.dtype).removeprefix("torch.")})
+    found = store.get(hashes) if store is not None else {}
+    first: dict[str, int] = {}
+    todo = [i for i, h in enumerate(hashes) if h not in found and first.setdefault(h, i) == i]
+    computed: dict[str, torch.Tensor] = {}
+    pad_id = model.tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = model.tokenizer.eos_token_id or 0
+    with torch.no_grad(), tqdm(total=len(todo), desc="guard", unit="prompt", disable=not progress or not todo) as bar:
+        for batch in (
+            [todo[j] for j in b] for b in length_batches([len(ids[i]) for i in todo], batch_size)
+        ):
+            rows = [ids[i] for i in batch]
+            padded = pad_batch(rows, pad_id)
+            weights = _pool_weights(rows, padded["input_ids"].shape[1], start) if pool == "mean" else None
+            feats = run(model, lambda p=padded, w=weights: _trace_features(model, p, layer_list, w), n_prompts=len(batch))
+            batch_hashes = [hashes[i] for i in batch]
+            if store is not None:
+                store.put(batch_hashes, {"features": feats})
+            computed.update({h: feats[j] for j, h in enumerate(batch_hashes)})
+            bar.update(len(batch))
+    return torch.stack([found[h]["features"] if h in found else computed[h] for h in hashes], 0)
+
+
+# ---------------------------------------------------------------------------- results
+
+
+class GuardFitReport(BaseModel):
+    """How a guard was fitted: the layer search, the calibration, what it met."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    layer: int
+    """The layer the guard reads (0 = embeddings, l = block l's output)."""
+    n_layers: int
+    """L, the model's number of blocks; the guard runs ``layer / L`` of them."""
+    pool: str
+    """``"last"`` token or ``"mean"`` over the prompt's tokens."""
+    classifier: str
+    """The probe at that layer."""
+    target_accuracy: float
+    """Cross-validated accuracy the layer had to reach."""
+    target_fpr: float
+    """False-positive rate the threshold was calibrated to."""
+    target_met: bool
+    """Whether some layer reached ``target_accuracy`` (if not, the best layer was taken)."""
+    cv: int
+    """Folds of the layer search."""
+    cv_layers: list[int]
+    """Layers searched."""
+    cv_accuracy: list[float]
+    """Mean cross-validated accuracy of each searched layer (on the fitting part)."""
+    threshold: float
+    """P(malicious) above which a prompt is flagged."""
+    calibration_fpr: float
+    """Share of calibration normal prompts flagged."""
+    calibration_tpr: float
+    """Share of calibration malicious prompts flagged."""
+    n_fit: int
+    """Prompts the probe was fitted on."""
+    n_calibration: int
+    """Held-back prompts the threshold was calibrated on."""
+    random_state: int
+    """Seed of the split, the folds and the probe."""
+    fit_seconds: float
+    """Wall time of the whole fit, forward passes included."""
+
+
+class GuardScores(BaseModel):
+    """P(malicious) and the decision for each prompt, from one early-exit forward pass."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    prompts: list[str]
+    """(n,) prompt texts."""
+    p_malicious: list[float]
+    """(n,) the probe's probability of ``malicious`` at the guard layer."""
+    flagged: list[bool]
+    """(n,) ``p_malicious > threshold``."""
+    layer: int
+    """Guard layer."""
+    threshold: float
+    """Decision threshold."""
+    labels: list[str | None] | None = None
+    """(n,) labels, when the prompts came with them."""
+    families: list[str | None] | None = None
+    """(n,) jailbreak families, when the prompts came with them."""
+    seconds: float
+    """Wall time of scoring."""
+
+
+class RateRow(BaseModel):
+    """A flag rate over a group of prompts."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    group: str
+    n: int
+    flagged: int
+    rate: float
+
+
+class JailbreakSignal(BaseModel):
+    """"Recognised but not converted": flagged early, yet positive emotion in the middle layers."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    prompts: list[str]
+    """(n,) prompt texts."""
+    p_malicious: list[float]
+    """(n,) guard probability at the guard layer."""
+    recognised: list[bool]
+    """(n,) flagged by the guard."""
+    emotion_score: list[float]
+    """(n,) mean over the band of (positive - negative) lens probability mass at the last token."""
+    not_converted: list[bool]
+    """(n,) ``emotion_score > 0``: the middle layers lean positive (no refusal forming)."""
+    signal: list[bool]
+    """(n,) recognised and not converted: a likely jailbreak."""
+    band: tuple[int, int]
+    """Middle layers read (inclusive)."""
+    layer: int
+    """Guard layer."""
+    labels: list[str | None] | None = None
+    families: list[str | None] | None = None
+
+    def rates(self, by: Literal["family", "label"] = "family") -> list[RateRow]:
+        """Share of prompts with the signal per family (or label); prompts without one count as ``"-"``."""
+        keys = self.families if by == "family" else self.labels
+        keys = keys if keys is not None else [None] * len(self.prompts)
+        return _rates(keys, self.signal)
+
+
+def _rates(keys: Sequence[str | None], hits: Sequence[bool]) -> list[RateRow]:
+    groups: dict[str, list[bool]] = {}
+    for k, h in zip(keys, hits):
+        groups.setdefault(k or "-", []).append(bool(h))
+    return [RateRow(group=g, n=len(v), flagged=sum(v), rate=round(sum(v) / len(v), 4)) for g, v in sorted(groups.items())]
+
+
+# ---------------------------------------------------------------------------- the guard
+
+
+def _threshold_at_fpr(normal_scores: np.ndarray[Any, Any], target_fpr: float) -> float:
+    """The lowest cut ``t`` with ``mean(normal_scores > t) <= target_fpr``, from the scores themselves."""
+    s = np.sort(normal_scores)[::-1]  # descending
+    allowed = int(np.floor(target_fpr * len(s) + 1e-9))  # normal prompts that may be flagged
+    if allowed >= len(s):
+        return 0.0
+    t = float(s[allowed])
+    # Ties at the cut: flagging is strict (>), so every tied score stays unflagged.
+    return t
+
+
+def _default_train() -> PromptSet:
+    from .prompts import load_prompts
+
+    data = load_prompts().train
+    return data.normal + data.malicious
+
+
+def _check_fraction(name: str, value: Any, low: float = 0.0, high: float = 1.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < float(value) < high:
+        raise InputError(f"{name} must be a number strictly between {low:g} and {high:g}, got {value!r}.")
+    return float(value)
+
+
+class Guard:
+    """An early-exit malicious-prompt detector reading one layer of a model.
+
+    Build with :meth:`fit` or :meth:`load`; then :meth:`score`, :meth:`evaluate`,
+    :meth:`jailbreak_signal`, :meth:`save`.
+
+    Examples:
+        >>> guard = Guard.fit(model)                         # canonical train split
+        >>> guard.layer, guard.threshold
+        >>> guard.score(["How do I pick a lock to break into my neighbour's house?"]).flagged
+        [True]
+    """
+
+    def __init__(self, model: Model, probe_: LayerProbe, *, layer: int, threshold: float, pool: Pool,
+                 chat: bool, system_prompt: str | None, report: GuardFitReport) -> None:
+        self.model = model
+        self.probe = probe_
+        self.layer = layer
+        self.threshold = threshold
+        self.pool: Pool = pool
+        self.chat = chat
+        self.system_prompt = system_prompt
+        self.report = report
+
+    def __repr__(self) -> str:
+        return (f"Guard(model={self.model.name!r}, layer={self.layer}/{self.model.n_layers}, pool={self.pool!r}, "
+                f"threshold={self.threshold:.4f})")
+
+    # -- fitting
+
+    @classmethod
+    def fit(
+        cls,
+        model: Model,
+        prompts: PromptSet | None = None,
+        *,
+        layer: int | Literal["auto"] = "auto",
+        target_accuracy: float = 0.95,
+        target_fpr: float = 0.05,
+        pool: Pool = "mean",
+        classifier: str = "logreg",
+        calibration_size: float = 0.25,
+        cv: int = 5,
+        random_state: int = 0,
+        batch_size: int = 16,
+        chat: bool = True,
+        system_prompt: str | None = None,
+        cache: bool | str | Path = True,
+        progress: bool = True,
+    ) -> Guard:
+        """Pick the layer, fit the probe, calibrate the threshold.
+
+        The labelled prompts (default: the canonical train split's normal and malicious
+        prompts, look-alikes among the normals) are split, stratified by label, into a fitting
+        part and a calibration part of ``calibration_size``. With ``layer="auto"`` every layer's
+        ``cv``-fold accuracy on the fitting part is measured and the earliest layer reaching
+        ``target_accuracy`` is taken (the most accurate one, with a warning, if none does). The
+        probe is then fitted on the whole fitting part at that layer, and the threshold set so
+        that at most ``target_fpr`` of the calibration normals are flagged.
+
+        Args:
+            model: the model the guard reads.
+            prompts: a labelled :class:`PromptSet` of ``normal`` and ``malicious`` prompts.
+            layer: ``"auto"`` or a layer index (1..L).
+            target_accuracy: cross-validated accuracy the chosen layer must reach.
+            target_fpr: false-positive rate of the calibrated threshold.
+            pool: ``"mean"`` over the prompt's tokens or the ``"last"`` token (module doc).
+            classifier: ``"logreg"``, ``"svm"`` or ``"mlp"`` (torch engine of :class:`LayerProbe`).
+            calibration_size: share held back for the threshold.
+            cv: folds of the layer search.
+            random_state: seeds the split, the folds and the probe.
+            batch_size, chat, system_prompt, cache, progress: as in :func:`ihs_sight.extract`.
+        """
+        t0 = time.perf_counter()
+        prompts = _default_train() if prompts is None else prompts
+        if not isinstance(prompts, PromptSet):
+            raise InputError("prompts must be a labelled PromptSet (e.g. load_prompts().train), got "
+                             f"{type(prompts).__name__}.")
+        bad = sorted({str(x) for x in prompts.labels if x not in ("normal", "malicious")})
+        if bad:
+            raise InputError(f"Guard.fit needs prompts labelled 'normal' or 'malicious'; found {bad}. Select them "
+                             "first, e.g. data.normal + data.malicious.")
+        counts = prompts.counts()
+        if min(counts.get("normal", 0), counts.get("malicious", 0)) < 2 * max(cv, 2):
+            raise InputError(f"Guard.fit needs at least {2 * max(cv, 2)} prompts of each label; got {counts}.")
+        target_accuracy = _check_fraction("target_accuracy", target_accuracy)
+        target_fpr = _check_fraction("target_fpr", target_fpr)
+        calibration_size = _check_fraction("calibration_size", calibration_size)
+        if pool not in POOLS:
+            raise InputError(f"pool must be one of {list(POOLS)}, got {pool!r}.")
+        if isinstance(cv, bool) or not isinstance(cv, int) or cv < 2:
+            raise InputError(f"cv must be an integer >= 2, got {cv!r}.")
+        if layer != "auto" and (isinstance(layer, bool) or not isinstance(layer, int)
+                                or not 1 <= layer <= model.n_layers):
+            raise InputError(f"layer must be 'auto' or an integer in 1..{model.n_layers}, got {layer!r}.")
+        fit_set, cal_set = prompts.split(calibration_size, random_state=random_state, stratify=("label", "lookalike"))
+        search = list(range(1, model.n_layers + 1)) if layer == "auto" else [int(layer)]
+        kw: dict[str, Any] = {"pool": pool, "batch_size": batch_size, "chat": chat, "system_prompt": system_prompt,
+                              "cache": cache, "progress": progress}
+        x_fit = layer_features(model, fit_set, search, **kw)
+        y_fit = list(fit_set.labels)
+        report = probe(x_fit, y_fit, classifiers=(classifier,), cv=cv, random_state=random_state, progress=False)
+        acc = list(report.scores[classifier].accuracy)
+        reached = [i for i, a in enumerate(acc) if a >= target_accuracy]
+        pick = reached[0] if reached else int(np.argmax(acc))
+        if not reached:
+            log.warning("no layer reaches %.3f cross-validated accuracy (best %.3f at layer %d); using that layer",
+                        target_accuracy, acc[pick], search[pick])
+        chosen = search[pick]
+        fitted = LayerProbe(classifier, random_state=random_state).fit(x_fit[:, pick:pick + 1], y_fit)
+        x_cal = layer_features(model, cal_set, [chosen], **kw)
+        p_cal = _p_malicious(fitted, x_cal)
+        y_cal = np.array([x == "malicious" for x in cal_set.labels])
+        threshold = _threshold_at_fpr(p_cal[~y_cal], target_fpr)
+        fit_report = GuardFitReport(
+            layer=chosen, n_layers=model.n_layers, pool=pool, classifier=classifier,
+            target_accuracy=target_accuracy, target_fpr=target_fpr, target_met=bool(reached), cv=cv,
+            cv_layers=search, cv_accuracy=[round(float(a), 6) for a in acc], threshold=threshold,
+            calibration_fpr=float((p_cal[~y_cal] > threshold).mean()),
+            calibration_tpr=float((p_cal[y_cal] > threshold).mean()),
+            n_fit=len(fit_set), n_calibration=len(cal_set), random_state=random_state,
+            fit_seconds=round(time.perf_counter() - t0, 3),
+        )
+        return cls(model, fitted, layer=chosen, threshold=threshold, pool=pool, chat=chat,
+                   system_prompt=system_prompt, report=fit_report)
+
+    # -- scoring
+
+    def features(self, prompts: Any, *, batch_size: int = 16, cache: bool | str | Path = False,
+                 progress: bool = False) -> torch.Tensor:
+        """(n, D) features at the guard layer (blocks ``1..layer`` run, then the pass stops)."""
+        return layer_features(self.model, prompts, [self.layer], pool=self.pool, batch_size=batch_size,
+                              chat=self.chat, system_prompt=self.system_prompt, cache=cache,
+                              progress=progress)[:, 0]
+
+    def score(self, prompts: Any, *, batch_size: int = 16, cache: bool | str | Path = False,
+              progress: bool = False) -> GuardScores:
+        """P(malicious) and the decision for each prompt, reading only blocks ``1..layer``.
+
+        Args:
+            prompts: strings or a :class:`PromptSet` (labels and families travel along).
+            batch_size: prompts per forward pass.
+            cache: ``False`` (default) runs every prompt; ``True`` or a path caches the features.
+            progress: show a progress bar.
+        """
+        t0 = time.perf_counter()
+        x = self.features(prompts, batch_size=batch_size, cache=cache, progress=progress)
+        p = _p_malicious(self.probe, x[:, None])
+        texts = list(prompts.texts) if isinstance(prompts, PromptSet) else list(prompts)
+        return GuardScores(
+            prompts=texts, p_malicious=[float(v) for v in p], flagged=[bool(v > self.threshold) for v in p],
+            layer=self.layer, threshold=self.threshold,
+            labels=list(prompts.labels) if isinstance(prompts, PromptSet) else None,
+            families=list(prompts.families) if isinstance(prompts, PromptSet) else None,
+            seconds=round(time.perf_counter() - t0, 4),
+        )
+
+    def evaluate(self, prompts: PromptSet, *, batch_size: int = 16, cache: bool | str | Path = False,
+                 progress: bool = False) -> dict[str, Any]:
+        """Flag rates of a labelled set: TPR on malicious, FPR on normal, and per family / look-alikes.
+
+        Returns a JSON-ready dict: ``tpr``, ``fpr``, ``n_malicious``, ``n_normal``, ``by_family``
+        (jailbreak and wrapped-normal families, as :class:`RateRow` dicts), ``lookalike_fpr``.
+        """
+        if not isinstance(prompts, PromptSet):
+            raise InputError("evaluate() needs a labelled PromptSet.")
+        s = self.score(prompts, batch_size=batch_size, cache=cache, progress=progress)
+        flags = np.array(s.flagged)
+        lab = np.array([str(x) for x in prompts.labels])
+        fam = [p.family for p in prompts.items]
+        look = np.array([p.lookalike for p in prompts.items])
+        plain = np.array([f is None for f in fam])
+        mal = (lab == "malicious") & plain
+        nor = (lab == "normal") & plain
+
+        def rate(mask: np.ndarray[Any, Any]) -> float | None:
+            return round(float(flags[mask].mean()), 4) if mask.any() else None
+
+        fam_rows = _rates([f"{lab[i]}/{f}" for i, f in enumerate(fam) if f is not None],
+                          [bool(flags[i]) for i, f in enumerate(fam) if f is not None])
+        return {"layer": self.layer, "threshold": self.threshold, "tpr": rate(mal), "fpr": rate(nor),
+                "n_malicious": int(mal.sum()), "n_normal": int(nor.sum()), "lookalike_fpr": rate(nor & look),
+                "n_lookalike": int((nor & look).sum()), "by_family": [r.model_dump() for r in fam_rows],
+                "seconds": s.seconds}
+
+    def jailbreak_signal(self, prompts: Any, *, band: tuple[int, int] | None = None, lexicon: str = "v1",
+                         batch_size: int = 16, progress: bool = False) -> JailbreakSignal:
+        """Recognised early but not converted: guard-flagged prompts whose middle layers lean positive.
+
+        Reads the guard layer (one early-exit pass) and the logit lens over ``band`` (default
+        :func:`ihs_sight.lens.middle_band`; one full pass). The emotion score is the mean over
+        the band of the positive minus the negative lexicon's probability mass at the last token.
+        """
+        from .lens import _check_band, logit_lens, middle_band
+
+        lo, hi = _check_band(band, self.model.n_layers) if band is not None else middle_band(self.model.n_layers)
+        s = self.score(prompts, batch_size=batch_size, progress=progress)
+        lens = logit_lens(self.model, prompts, top_k=1, layers=list(range(lo, hi + 1)), lexicon=lexicon,
+                          batch_size=batch_size, chat=self.chat, system_prompt=self.system_prompt,
+                          progress=progress)
+        cats = lens.categories
+        if "positive" not in cats or "negative" not in cats:
+            raise InputError(f"lexicon {lexicon!r} needs 'positive' and 'negative' categories; it has {cats}.")
+        mass = lens.emotion_mass
+        emo = (mass[..., cats.index("positive")] - mass[..., cats.index("negative")]).mean(1)
+        not_conv = [bool(v > 0) for v in emo]
+        return JailbreakSignal(
+            prompts=s.prompts, p_malicious=s.p_malicious, recognised=s.flagged,
+            emotion_score=[float(v) for v in emo], not_converted=not_conv,
+            signal=[r and n for r, n in zip(s.flagged, not_conv)], band=(lo, hi), layer=self.layer,
+            labels=s.labels, families=s.families,
+        )
+
+    # -- persistence
+
+    def save(self, path: str | Path) -> Path:
+        """Write the bundle into directory ``path``: ``guard.json`` and the probe (safetensors + JSON). No pickle."""
+        root = Path(path)
+        root.mkdir(parents=True, exist_ok=True)
+        self.probe.save(root / "probe")
+        payload = {
+            "format": GUARD_FORMAT, "version": GUARD_FORMAT_VERSION, "layer": self.layer,
+            "threshold": self.threshold, "pool": self.pool, "chat": self.chat, "system_prompt": self.system_prompt,
+            "model_name": self.model.name, "weights_hash": self.model.weights_hash,
+            "template": _template(self.model, self.chat, self.system_prompt),
+            "prefix_tokens": template_prefix(self.model, chat=self.chat, system_prompt=self.system_prompt),
+            "report": self.report.model_dump(),
+        }
+        tmp = root / "guard.json.tmp"
+        tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+        tmp.replace(root / "guard.json")
+        return root
+
+    @classmethod
+    def load(cls, path: str | Path, model: Model) -> Guard:
+        """Read a bundle written by :meth:`save`; refuses unknown formats and other models' bundles."""
+        root = Path(path)
+        meta_path = root / "guard.json"
+        if not meta_path.is_file():
+            raise InputError(f"{root} holds no guard.json; Guard.save() writes a directory with guard.json.")
+        try:
+            payload = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise InputError(f"Cannot read {meta_path}: {e}") from e
+        if not isinstance(payload, dict) or payload.get("format") != GUARD_FORMAT:
+            raise InputError(f"{meta_path} is not an ihs-sight guard bundle.")
+        if payload.get("version") != GUARD_FORMAT_VERSION:
+            raise InputError(f"{meta_path} has guard format version {payload.get('version')!r}; this ihs-sight "
+                             f"reads version {GUARD_FORMAT_VERSION}.")
+        if payload.get("weights_hash") != model.weights_hash:
+            raise ModelMismatchError(
+                f"The guard in {root} was fitted on {payload.get('model_name')!r} (weights {payload.get('weights_hash')}); "
+                f"{model.name!r} has weights {model.weights_hash}. Fit a guard on this model.")
+        try:
+            chat, system_prompt = bool(payload["chat"]), payload["system_prompt"]
+            layer, threshold, pool = int(payload["layer"]), float(payload["threshold"]), payload["pool"]
+            report = GuardFitReport.model_validate(payload["report"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(f"{meta_path} is incomplete or malformed: {e}") from e
+        if pool not in POOLS or not 0 <= layer <= model.n_layers:
+            raise InputError(f"{meta_path} is malformed (pool {pool!r}, layer {layer}).")
+        if payload.get("template") != _template(model, chat, system_prompt) or payload.get("prefix_tokens") != (
+            template_prefix(model, chat=chat, system_prompt=system_prompt)
+        ):
+            raise ModelMismatchError(f"The guard in {root} was fitted with another chat template or tokenizer "
+                                     f"than {model.name!r} has.")
+        probe_ = LayerProbe.load(root / "probe")
+        if probe_.n_features_in_ != model.d_model:
+            raise InputError(f"The probe in {root} expects {probe_.n_features_in_} features; the model has "
+                             f"{model.d_model}.")
+        return cls(model, probe_, layer=layer, threshold=threshold, pool=pool, chat=chat,
+                   system_prompt=system_prompt, report=report)
+
+
+def _template(model: Model, chat: bool, system_prompt: str | None) -> str:
+    from .prompts import template_fingerprint
+
+    return template_fingerprint(model.tokenizer, chat=chat, system_prompt=system_prompt)
+
+
+def _p_malicious(fitted: LayerProbe, x: torch.Tensor) -> np.ndarray[Any, Any]:
+    """P(malicious) of features (n, 1, D) from a one-layer probe."""
+    proba = fitted.predict_proba(x)
+    return np.asarray(proba[:, 0, list(fitted.classes_).index("malicious")], dtype=np.float64)

@@ -1,0 +1,210 @@
+"""Guard: early-exit features equal plain transformers, the pass really stops, calibration, bundles."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import ihs_sight as ihs
+from ihs_sight.errors import InputError
+from ihs_sight.guard import Guard, ModelMismatchError, _threshold_at_fpr, layer_features, template_prefix
+from ihs_sight.prompts import encode
+
+from .conftest import FP32_REL_TOL
+from .test_extract import VARIED, _blocks
+
+
+@pytest.fixture(scope="module")
+def guard_train(data: ihs.PromptSet) -> ihs.PromptSet:
+    """60 + 60 train-split prompts (look-alikes among the normals)."""
+    train = data.train
+    return train.normal.sample(60, random_state=1) + train.malicious.sample(60, random_state=1)
+
+
+@pytest.fixture(scope="module")
+def guard(model: ihs.Model, guard_train: ihs.PromptSet, states_cache: Path) -> Guard:
+    return Guard.fit(model, guard_train, cv=3, target_accuracy=0.9, cache=states_cache, progress=False)
+
+
+def reference_features(hf: Any, ids: list[int], layer: int, start: int, pool: str) -> torch.Tensor:
+    """One unpadded prompt through plain transformers: block ``layer``'s output, last token or mean from ``start``."""
+    with torch.no_grad():
+        hs = hf(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[layer][0]
+    return hs[-1] if pool == "last" else hs[start:].mean(0)
+
+
+@pytest.mark.parametrize("pool", ["mean", "last"])
+def test_features_equal_plain_transformers(model: ihs.Model, pool: str) -> None:
+    prompts = VARIED[:7]
+    layers = [1, 5, 12]
+    got = layer_features(model, prompts, layers, pool=pool, batch_size=3, cache=False, progress=False)  # padded
+    start = template_prefix(model, chat=True, system_prompt=None)
+    assert 10 < start < len(encode(model.tokenizer, ["Hi"])[0])
+    for i, ids in enumerate(encode(model.tokenizer, prompts)):
+        for j, layer in enumerate(layers):
+            ref = reference_features(model.hf, ids, layer, start, pool)
+            assert ((got[i, j] - ref).norm() / ref.norm()).item() <= FP32_REL_TOL
+
+
+def test_score_stops_after_the_guard_layer(model: ihs.Model, guard: Guard) -> None:
+    calls = [0] * model.n_layers
+    blocks = _blocks(model.hf)
+    # Pre-hooks count the blocks that started: nnsight stops inside block ``layer``'s output hook.
+    handles = [b.register_forward_pre_hook(lambda *_a, i=i: calls.__setitem__(i, calls[i] + 1))
+               for i, b in enumerate(blocks)]
+    norm_calls = [0]
+    handles.append(model.hf.model.norm.register_forward_pre_hook(lambda *_a: norm_calls.__setitem__(0, norm_calls[0] + 1)))
+    try:
+        guard.score(VARIED[:5], batch_size=5)
+    finally:
+        for h in handles:
+            h.remove()
+    assert guard.layer < model.n_layers
+    assert calls[: guard.layer] == [1] * guard.layer  # blocks 1..layer ran once
+    assert calls[guard.layer:] == [0] * (model.n_layers - guard.layer)  # nothing after
+    assert norm_calls == [0]
+
+
+def test_score_equals_probe_on_reference_features(model: ihs.Model, guard: Guard) -> None:
+    prompts = VARIED[5:12]
+    scores = guard.score(prompts, batch_size=4)
+    start = template_prefix(model, chat=True, system_prompt=None)
+    ref = torch.stack([reference_features(model.hf, ids, guard.layer, start, guard.pool)
+                       for ids in encode(model.tokenizer, prompts)])
+    # The fitted probe, applied by hand: standardise, linear, sigmoid.
+    p = guard.probe
+    z = (ref - p.mean_[0]) / p.scale_[0]
+    expected = torch.sigmoid(z @ p.coef_[0][:, 0] + p.intercept_[0][0]).numpy()
+    np.testing.assert_allclose(scores.p_malicious, expected, atol=1e-5)
+    assert scores.flagged == [bool(v > guard.threshold) for v in scores.p_malicious]
+    assert scores.layer == guard.layer
+
+
+def test_layer_search_and_calibration(guard: Guard, guard_train: ihs.PromptSet, model: ihs.Model) -> None:
+    r = guard.report
+    assert r.cv_layers == list(range(1, model.n_layers + 1))
+    reached = [layer for layer, acc in zip(r.cv_layers, r.cv_accuracy) if acc >= r.target_accuracy]
+    assert r.target_met == bool(reached)
+    assert guard.layer == (reached[0] if reached else r.cv_layers[int(np.argmax(r.cv_accuracy))])
+    assert r.n_fit + r.n_calibration == len(guard_train)
+    assert r.calibration_fpr <= r.target_fpr
+    # Recompute the calibration rates from the held-back prompts themselves.
+    _, cal = guard_train.split(0.25, random_state=0, stratify=("label", "lookalike"))
+    s = guard.score(cal)
+    normal = [f for f, lab in zip(s.flagged, cal.labels) if lab == "normal"]
+    malicious = [f for f, lab in zip(s.flagged, cal.labels) if lab == "malicious"]
+    assert np.mean(normal) == pytest.approx(r.calibration_fpr)
+    assert np.mean(malicious) == pytest.approx(r.calibration_tpr)
+
+
+def test_threshold_at_fpr_by_hand() -> None:
+    scores = np.array([0.05, 0.9, 0.3, 0.7, 0.1, 0.5, 0.2, 0.8, 0.4, 0.6])
+    t = _threshold_at_fpr(scores, 0.2)
+    assert t == 0.7 and (scores > t).sum() == 2
+    assert (scores > _threshold_at_fpr(scores, 0.05)).sum() == 0  # 0.5 normals allowed -> none
+    tied = np.array([0.5, 0.5, 0.5, 0.1])
+    assert (tied > _threshold_at_fpr(tied, 0.5)).sum() == 0  # ties at the cut stay unflagged
+
+
+def test_fixed_layer_runs_only_that_far(model: ihs.Model, guard_train: ihs.PromptSet, states_cache: Path) -> None:
+    g = Guard.fit(model, guard_train, layer=4, pool="last", cv=2, cache=states_cache, progress=False)
+    assert g.layer == 4 and g.report.cv_layers == [4] and g.pool == "last"
+
+
+def test_save_load_round_trip_and_refusals(model: ihs.Model, guard: Guard, tmp_path: Path) -> None:
+    bundle = guard.save(tmp_path / "g")
+    assert sorted(p.name for p in bundle.iterdir()) == ["guard.json", "probe.json", "probe.safetensors"]
+    loaded = Guard.load(bundle, model)
+    assert (loaded.layer, loaded.threshold, loaded.pool) == (guard.layer, guard.threshold, guard.pool)
+    assert loaded.report == guard.report
+    assert loaded.score(VARIED[:4]).p_malicious == pytest.approx(guard.score(VARIED[:4]).p_malicious, abs=1e-7)
+
+    other = tmp_path / "other"
+    shutil.copytree(bundle, other)
+    meta = json.loads((other / "guard.json").read_text())
+    meta["weights_hash"] = "0" * 32
+    (other / "guard.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelMismatchError, match="Fit a guard on this model"):
+        Guard.load(other, model)
+    meta["format"] = "something-else"
+    (other / "guard.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="not an ihs-sight guard"):
+        Guard.load(other, model)
+    (other / "guard.json").write_text("{not json")
+    with pytest.raises(InputError, match="Cannot read"):
+        Guard.load(other, model)
+    with pytest.raises(InputError, match="no guard.json"):
+        Guard.load(tmp_path / "missing", model)
+
+
+def test_load_refuses_another_model(guard: Guard, tmp_path: Path) -> None:
+    cfg = guard.model.hf.config
+    tiny_cfg = type(cfg)(**{**cfg.to_dict(), "num_hidden_layers": 2})
+    torch.manual_seed(0)
+    from transformers import AutoModelForCausalLM
+
+    tiny = ihs.load_model(AutoModelForCausalLM.from_config(tiny_cfg), tokenizer=guard.model.tokenizer)
+    with pytest.raises(ModelMismatchError):
+        Guard.load(guard.save(tmp_path / "g"), tiny)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"layer": 0}, "layer must be"),
+        ({"layer": 99}, "layer must be"),
+        ({"target_fpr": 1.5}, "target_fpr"),
+        ({"target_accuracy": 0}, "target_accuracy"),
+        ({"pool": "max"}, "pool must be"),
+        ({"cv": 1}, "cv must be"),
+    ],
+)
+def test_fit_rejects_bad_arguments(model: ihs.Model, guard_train: ihs.PromptSet, kwargs: dict[str, Any],
+                                   message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        Guard.fit(model, guard_train, **kwargs)
+
+
+def test_fit_rejects_bad_prompts(model: ihs.Model, data: ihs.PromptSet) -> None:
+    with pytest.raises(InputError, match="labelled 'normal' or 'malicious'"):
+        Guard.fit(model, data.jailbreak.head(20) + data.train.normal.head(20))
+    with pytest.raises(InputError, match="at least"):
+        Guard.fit(model, data.train.normal.head(3) + data.train.malicious.head(3))
+    with pytest.raises(InputError, match="labelled PromptSet"):
+        Guard.fit(model, ["a", "b"])  # type: ignore[arg-type]
+
+
+def test_score_rejects_bad_prompts(guard: Guard) -> None:
+    with pytest.raises(InputError):
+        guard.score([])
+    with pytest.raises(InputError):
+        guard.score(["fine", ""])
+
+
+def test_jailbreak_signal_combines_guard_and_lens(model: ihs.Model, guard: Guard, data: ihs.PromptSet) -> None:
+    prompts = data.jailbreak.sample(6, random_state=0)
+    sig = guard.jailbreak_signal(prompts, band=(12, 18))
+    lens = ihs.logit_lens(model, prompts, top_k=1, layers=list(range(12, 19)), progress=False)
+    pos, neg = lens.categories.index("positive"), lens.categories.index("negative")
+    expected = (lens.emotion_mass[..., pos] - lens.emotion_mass[..., neg]).mean(1)
+    np.testing.assert_allclose(sig.emotion_score, expected.numpy(), atol=1e-7)
+    assert sig.recognised == guard.score(prompts).flagged
+    assert sig.signal == [r and e > 0 for r, e in zip(sig.recognised, sig.emotion_score)]
+    rows = sig.rates("family")
+    assert sum(r.n for r in rows) == 6 and {r.group for r in rows} <= set(prompts.families)
+
+
+def test_evaluate_reports_rates(guard: Guard, data: ihs.PromptSet) -> None:
+    test = data.test.normal.sample(10, random_state=0) + data.test.malicious.sample(10, random_state=0) \
+        + data.jailbreak.sample(4, random_state=0)
+    ev = guard.evaluate(test)
+    s = guard.score(test)
+    mal = [f for f, p in zip(s.flagged, test) if p.label == "malicious"]
+    assert ev["tpr"] == pytest.approx(np.mean(mal)) and ev["n_malicious"] == 10 and ev["n_normal"] == 10
+    assert sum(r["n"] for r in ev["by_family"]) == 4
