@@ -19,6 +19,7 @@ than negative emotion mass was recognised but not converted into a refusal.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -169,7 +170,8 @@ def layer_features(
             rows = [ids[i] for i in batch]
             padded = pad_batch(rows, pad_id)
             weights = _pool_weights(rows, padded["input_ids"].shape[1], start) if pool == "mean" else None
-            feats = run(model, lambda p=padded, w=weights: _trace_features(model, p, layer_list, w), n_prompts=len(batch))
+            feats = run(model, functools.partial(_trace_features, model, padded, layer_list, weights),
+                        n_prompts=len(batch))
             batch_hashes = [hashes[i] for i in batch]
             if store is not None:
                 store.put(batch_hashes, {"features": feats})
