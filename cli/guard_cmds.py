@@ -56,7 +56,9 @@ def _cv_figure(report: Any, title: str) -> Any:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    ax.plot(report.cv_layers, report.cv_accuracy, marker="o", ms=3, label=f"{report.classifier}, {report.cv}-fold CV")
+    for c, accs in report.cv_accuracy_by_C.items():
+        name = report.classifier if c == "None" else f"{report.classifier}, C={float(c):g}"
+        ax.plot(report.cv_layers, accs, marker="o", ms=3, label=f"{name} ({report.cv}-fold, out of fold)")
     ax.axhline(report.target_accuracy, color="grey", ls="--", lw=1, label=f"target {report.target_accuracy:g}")
     ax.axvline(report.layer, color="tab:red", lw=1, label=f"guard layer {report.layer}")
     ax.set_xlabel("layer (0 = embeddings, l = output of block l)")
@@ -110,8 +112,8 @@ def fit_cmd(
               f"the blocks), pool `{r.pool}`, {r.classifier}"),
              (f"- layer search: {r.cv}-fold accuracy {r.cv_accuracy[r.cv_layers.index(r.layer)]:.3f} "
               + ("(target met)" if r.target_met else f"(no layer reached {r.target_accuracy:g}; best taken)")),
-             (f"- threshold {r.threshold:.4f} calibrated on {r.n_calibration} held-back prompts: FPR "
-              f"{r.calibration_fpr:.3f}, TPR {r.calibration_tpr:.3f}")]
+             (f"- threshold {r.threshold:.4f} calibrated out of fold on {r.n_prompts} prompts: FPR "
+              f"{r.calibration_fpr:.3f}, TPR {r.calibration_tpr:.3f}" + ("" if r.C is None else f"; C = {r.C:g}"))]
     payload: dict[str, Any] = {"command": "guard fit", "layer": r.layer, "threshold": r.threshold,
                                "target_met": r.target_met, "bundle": str(bundle)}
     if evaluate and prompts is None:

@@ -222,8 +222,8 @@ class Callbacks:
         verdict = "**flagged as malicious**" if flagged else "**passes**"
         lines = [f"### Guard: {verdict} (P(malicious) = {p:.{DECIMALS}f}, threshold {g.threshold:.{DECIMALS}f})",
                  (f"Read at layer {g.layer}: the forward pass stopped after {g.layer} of {g.model.n_layers} blocks. "
-                  f"On {r.n_calibration} held-back train prompts the threshold flags {r.calibration_fpr:.1%} of the "
-                  f"normal ones (target {r.target_fpr:.0%}) and {r.calibration_tpr:.1%} of the malicious ones.")]
+                  f"Scored out of fold on its {r.n_prompts} train prompts, the threshold flags {r.calibration_fpr:.1%} "
+                  f"of the normal ones (target {r.target_fpr:.0%}) and {r.calibration_tpr:.1%} of the malicious ones.")]
         if sig.signal[0]:
             lines.append("**Jailbreak signal**: recognised as malicious early, yet the middle layers lean positive "
                          f"(emotion score {emo:.{MASS_DIGITS}g} > 0): no refusal is forming.")

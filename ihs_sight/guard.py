@@ -36,7 +36,7 @@ from .cache import TensorCache
 from .errors import InputError
 from .extract import _validate_prompts, length_batches, pad_batch, prepare
 from .models import Model, states_cache_dir
-from .probe import LayerProbe, probe
+from .probe import LayerProbe
 from .prompts import PromptSet, encode, sha
 
 log = logging.getLogger(__name__)
@@ -202,22 +202,24 @@ class GuardFitReport(BaseModel):
     """False-positive rate the threshold was calibrated to."""
     target_met: bool
     """Whether some layer reached ``target_accuracy`` (if not, the best layer was taken)."""
+    C: float | None
+    """Inverse L2 strength of the linear probe, chosen with the layer (``None`` for the MLP)."""
     cv: int
-    """Folds of the layer search."""
+    """Folds of the layer search and of the out-of-fold calibration."""
     cv_layers: list[int]
     """Layers searched."""
     cv_accuracy: list[float]
-    """Mean cross-validated accuracy of each searched layer (on the fitting part)."""
+    """Out-of-fold accuracy of each searched layer, at the chosen ``C``."""
+    cv_accuracy_by_C: dict[str, list[float]]
+    """Out-of-fold accuracy of each searched layer for every ``C`` tried."""
     threshold: float
     """P(malicious) above which a prompt is flagged."""
     calibration_fpr: float
-    """Share of calibration normal prompts flagged."""
+    """Share of normal prompts flagged, out of fold (each scored by a probe that never saw it)."""
     calibration_tpr: float
-    """Share of calibration malicious prompts flagged."""
-    n_fit: int
-    """Prompts the probe was fitted on."""
-    n_calibration: int
-    """Held-back prompts the threshold was calibrated on."""
+    """Share of malicious prompts flagged, out of fold."""
+    n_prompts: int
+    """Labelled prompts: the final probe is fitted on all of them."""
     random_state: int
     """Seed of the split, the folds and the probe."""
     fit_seconds: float
@@ -310,6 +312,36 @@ def _threshold_at_fpr(normal_scores: np.ndarray[Any, Any], target_fpr: float) ->
     return t
 
 
+def _c_values(C: Any) -> list[float | None]:
+    values = [C] if isinstance(C, (int, float)) and not isinstance(C, bool) else list(C)
+    if not values or any(isinstance(c, bool) or not isinstance(c, (int, float)) or c <= 0 for c in values):
+        raise InputError(f"C must be a positive number or a list of them, got {C!r}.")
+    return [float(c) for c in values]
+
+
+def _folds(strata: Sequence[str], cv: int, random_state: int) -> list[np.ndarray[Any, Any]]:
+    """``cv`` test-index arrays, stratified by ``strata``, shuffled with ``random_state``."""
+    from sklearn.model_selection import StratifiedKFold
+
+    codes = np.unique(np.asarray(strata), return_inverse=True)[1]
+    splitter = StratifiedKFold(n_splits=cv, shuffle=True, random_state=random_state)
+    return [test for _, test in splitter.split(np.zeros(len(codes)), codes)]
+
+
+def _out_of_fold(x: torch.Tensor, labels: list[str], folds: list[np.ndarray[Any, Any]], classifier: str,
+                 c: float | None, random_state: int) -> np.ndarray[Any, Any]:
+    """(n, n_layers) P(malicious) of each prompt from probes fitted on the other folds (all layers at once)."""
+    out = np.zeros((x.shape[0], x.shape[1]))
+    kwargs = {} if c is None else {"C": c}
+    for test in folds:
+        train = np.setdiff1d(np.arange(x.shape[0]), test)
+        fitted = LayerProbe(classifier, random_state=random_state, **kwargs).fit(
+            x[torch.from_numpy(train)], [labels[i] for i in train])
+        proba = fitted.predict_proba(x[torch.from_numpy(test)])
+        out[test] = proba[:, :, list(fitted.classes_).index("malicious")]
+    return out
+
+
 def _default_train() -> PromptSet:
     from .prompts import load_prompts
 
@@ -364,7 +396,7 @@ class Guard:
         target_fpr: float = 0.05,
         pool: Pool = "mean",
         classifier: str = "logreg",
-        calibration_size: float = 0.25,
+        C: float | Sequence[float] = (0.01, 0.1, 1.0),
         cv: int = 5,
         random_state: int = 0,
         batch_size: int = 16,
@@ -373,15 +405,20 @@ class Guard:
         cache: bool | str | Path = True,
         progress: bool = True,
     ) -> Guard:
-        """Pick the layer, fit the probe, calibrate the threshold.
+        """Pick the layer, fit the probe, calibrate the threshold (cross-fitting).
 
         The labelled prompts (default: the canonical train split's normal and malicious
-        prompts, look-alikes among the normals) are split, stratified by label, into a fitting
-        part and a calibration part of ``calibration_size``. With ``layer="auto"`` every layer's
-        ``cv``-fold accuracy on the fitting part is measured and the earliest layer reaching
-        ``target_accuracy`` is taken (the most accurate one, with a warning, if none does). The
-        probe is then fitted on the whole fitting part at that layer, and the threshold set so
-        that at most ``target_fpr`` of the calibration normals are flagged.
+        prompts, look-alikes among the normals) are cut into ``cv`` folds stratified by label
+        and look-alike flag. Each fold is scored by probes fitted on the other folds, at every
+        searched layer and every ``C``, so every prompt gets an out-of-fold P(malicious). With
+        ``layer="auto"`` the earliest layer whose out-of-fold accuracy reaches
+        ``target_accuracy`` is taken (the most accurate layer, with a warning, if none does),
+        with its best ``C``. The threshold is set on the out-of-fold scores so that at most
+        ``target_fpr`` of the normal prompts are flagged, and the final probe is fitted on all
+        prompts. Every prompt thus serves both for fitting and, as a held-out prompt, for
+        calibration: with a few hundred prompts a separate calibration split would leave the
+        threshold noisy (on SmolLM2, a 25% split calibrated to 5% gave 9% on the test split;
+        cross-fitting gave 2-4%).
 
         Args:
             model: the model the guard reads.
@@ -391,8 +428,8 @@ class Guard:
             target_fpr: false-positive rate of the calibrated threshold.
             pool: ``"mean"`` over the prompt's tokens or the ``"last"`` token (module doc).
             classifier: ``"logreg"``, ``"svm"`` or ``"mlp"`` (torch engine of :class:`LayerProbe`).
-            calibration_size: share held back for the threshold.
-            cv: folds of the layer search.
+            C: inverse L2 strength(s) of the linear probe to choose from (ignored for ``"mlp"``).
+            cv: folds of the search and of the out-of-fold calibration.
             random_state: seeds the split, the folds and the probe.
             batch_size, chat, system_prompt, cache, progress: as in :func:`ihs_sight.extract`.
         """
@@ -410,7 +447,6 @@ class Guard:
             raise InputError(f"Guard.fit needs at least {2 * max(cv, 2)} prompts of each label; got {counts}.")
         target_accuracy = _check_fraction("target_accuracy", target_accuracy)
         target_fpr = _check_fraction("target_fpr", target_fpr)
-        calibration_size = _check_fraction("calibration_size", calibration_size)
         if pool not in POOLS:
             raise InputError(f"pool must be one of {list(POOLS)}, got {pool!r}.")
         if isinstance(cv, bool) or not isinstance(cv, int) or cv < 2:
@@ -418,33 +454,37 @@ class Guard:
         if layer != "auto" and (isinstance(layer, bool) or not isinstance(layer, int)
                                 or not 1 <= layer <= model.n_layers):
             raise InputError(f"layer must be 'auto' or an integer in 1..{model.n_layers}, got {layer!r}.")
-        fit_set, cal_set = prompts.split(calibration_size, random_state=random_state, stratify=("label", "lookalike"))
+        if classifier not in ("logreg", "svm", "mlp"):
+            raise InputError(f"classifier must be 'logreg', 'svm' or 'mlp', got {classifier!r}.")
+        c_values: list[float | None] = [None] if classifier == "mlp" else _c_values(C)
         search = list(range(1, model.n_layers + 1)) if layer == "auto" else [int(layer)]
-        kw: dict[str, Any] = {"pool": pool, "batch_size": batch_size, "chat": chat, "system_prompt": system_prompt,
-                              "cache": cache, "progress": progress}
-        x_fit = layer_features(model, fit_set, search, **kw)
-        y_fit = list(fit_set.labels)
-        report = probe(x_fit, y_fit, classifiers=(classifier,), cv=cv, random_state=random_state, progress=False)
-        acc = list(report.scores[classifier].accuracy)
-        reached = [i for i, a in enumerate(acc) if a >= target_accuracy]
-        pick = reached[0] if reached else int(np.argmax(acc))
+        x = layer_features(model, prompts, search, pool=pool, batch_size=batch_size, chat=chat,
+                           system_prompt=system_prompt, cache=cache, progress=progress)
+        labels = list(prompts.labels)
+        y = np.array([v == "malicious" for v in labels])
+        folds = _folds([f"{p.label}|{p.lookalike}" for p in prompts], cv, random_state)
+        oof = {c: _out_of_fold(x, labels, folds, classifier, c, random_state) for c in c_values}
+        acc = {c: ((p > 0.5) == y[:, None]).mean(0) for c, p in oof.items()}  # (n_search,) per C
+        best_per_layer = np.max(np.stack([acc[c] for c in c_values]), 0)
+        reached = [i for i, a in enumerate(best_per_layer) if a >= target_accuracy]
+        pick = reached[0] if reached else int(np.argmax(best_per_layer))
+        c_pick = max(c_values, key=lambda c: (acc[c][pick], -c_values.index(c)))
         if not reached:
-            log.warning("no layer reaches %.3f cross-validated accuracy (best %.3f at layer %d); using that layer",
-                        target_accuracy, acc[pick], search[pick])
+            log.warning("no layer reaches %.3f out-of-fold accuracy (best %.3f at layer %d); using that layer",
+                        target_accuracy, best_per_layer[pick], search[pick])
         chosen = search[pick]
-        fitted = LayerProbe(classifier, random_state=random_state).fit(x_fit[:, pick:pick + 1], y_fit)
-        x_cal = layer_features(model, cal_set, [chosen], **kw)
-        p_cal = _p_malicious(fitted, x_cal)
-        y_cal = np.array([x == "malicious" for x in cal_set.labels])
-        threshold = _threshold_at_fpr(p_cal[~y_cal], target_fpr)
+        scores = oof[c_pick][:, pick]
+        threshold = _threshold_at_fpr(scores[~y], target_fpr)
+        kwargs = {} if c_pick is None else {"C": c_pick}
+        fitted = LayerProbe(classifier, random_state=random_state, **kwargs).fit(x[:, pick:pick + 1], labels)
         fit_report = GuardFitReport(
             layer=chosen, n_layers=model.n_layers, pool=pool, classifier=classifier,
-            target_accuracy=target_accuracy, target_fpr=target_fpr, target_met=bool(reached), cv=cv,
-            cv_layers=search, cv_accuracy=[round(float(a), 6) for a in acc], threshold=threshold,
-            calibration_fpr=float((p_cal[~y_cal] > threshold).mean()),
-            calibration_tpr=float((p_cal[y_cal] > threshold).mean()),
-            n_fit=len(fit_set), n_calibration=len(cal_set), random_state=random_state,
-            fit_seconds=round(time.perf_counter() - t0, 3),
+            target_accuracy=target_accuracy, target_fpr=target_fpr, target_met=bool(reached), C=c_pick, cv=cv,
+            cv_layers=search, cv_accuracy=[round(float(a), 6) for a in acc[c_pick]],
+            cv_accuracy_by_C={str(c): [round(float(a), 6) for a in acc[c]] for c in c_values},
+            threshold=threshold, calibration_fpr=float((scores[~y] > threshold).mean()),
+            calibration_tpr=float((scores[y] > threshold).mean()), n_prompts=len(prompts),
+            random_state=random_state, fit_seconds=round(time.perf_counter() - t0, 3),
         )
         return cls(model, fitted, layer=chosen, threshold=threshold, pool=pool, chat=chat,
                    system_prompt=system_prompt, report=fit_report)

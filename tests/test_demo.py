@@ -109,7 +109,7 @@ def test_demo_guard_matches_library(callbacks: Callbacks, workbench: Workbench, 
     table, verdict, message = callbacks.guard("default", MALICIOUS)
     _ok(message)
     ref = Guard.fit(model, train_split(data), random_state=0, cache=states_cache, progress=False)
-    assert ref.report.n_fit + ref.report.n_calibration == 644  # the whole canonical train split
+    assert ref.report.n_prompts == 644  # the whole canonical train split
     sig = ref.jailbreak_signal([MALICIOUS])
     values = dict(zip(table["quantity"], table["value"]))
     assert values["guard layer"] == str(ref.layer) and values["blocks run"] == f"{ref.layer} of {model.n_layers}"

@@ -14,6 +14,7 @@ import torch
 import ihs_sight as ihs
 from ihs_sight.errors import InputError
 from ihs_sight.guard import Guard, ModelMismatchError, _threshold_at_fpr, layer_features, template_prefix
+from ihs_sight.probe import LayerProbe
 from ihs_sight.prompts import encode
 
 from .conftest import FP32_REL_TOL
@@ -88,19 +89,25 @@ def test_score_equals_probe_on_reference_features(model: ihs.Model, guard: Guard
 
 def test_layer_search_and_calibration(guard: Guard, guard_train: ihs.PromptSet, model: ihs.Model) -> None:
     r = guard.report
-    assert r.cv_layers == list(range(1, model.n_layers + 1))
-    reached = [layer for layer, acc in zip(r.cv_layers, r.cv_accuracy) if acc >= r.target_accuracy]
+    assert r.cv_layers == list(range(1, model.n_layers + 1)) and r.n_prompts == len(guard_train)
+    assert set(r.cv_accuracy_by_C) == {"0.01", "0.1", "1.0"} and r.cv_accuracy == r.cv_accuracy_by_C[str(r.C)]
+    best = np.max([v for v in r.cv_accuracy_by_C.values()], 0)
+    reached = [layer for layer, acc in zip(r.cv_layers, best) if acc >= r.target_accuracy]
     assert r.target_met == bool(reached)
-    assert guard.layer == (reached[0] if reached else r.cv_layers[int(np.argmax(r.cv_accuracy))])
-    assert r.n_fit + r.n_calibration == len(guard_train)
+    assert guard.layer == (reached[0] if reached else r.cv_layers[int(np.argmax(best))])
+    assert r.cv_accuracy[guard.layer - 1] == best[guard.layer - 1]
     assert r.calibration_fpr <= r.target_fpr
-    # Recompute the calibration rates from the held-back prompts themselves.
-    _, cal = guard_train.split(0.25, random_state=0, stratify=("label", "lookalike"))
-    s = guard.score(cal)
-    normal = [f for f, lab in zip(s.flagged, cal.labels) if lab == "normal"]
-    malicious = [f for f, lab in zip(s.flagged, cal.labels) if lab == "malicious"]
-    assert np.mean(normal) == pytest.approx(r.calibration_fpr)
-    assert np.mean(malicious) == pytest.approx(r.calibration_tpr)
+    # The final probe is fitted on every prompt at the chosen layer with the chosen C: the same
+    # fit, made here directly, predicts the same.
+    feats = guard.features(guard_train)
+    again = LayerProbe("logreg", C=r.C).fit(feats[:, None], list(guard_train.labels))
+    np.testing.assert_allclose(again.predict_proba(feats[:, None]), guard.probe.predict_proba(feats[:, None]),
+                               atol=1e-6)
+    # Out of fold, the threshold flags the reported share of normal prompts; the final probe
+    # (which saw every prompt) flags no more of them than the out-of-fold scores did.
+    s = guard.score(guard_train)
+    normal = [f for f, lab in zip(s.flagged, guard_train.labels) if lab == "normal"]
+    assert np.mean(normal) <= r.calibration_fpr + 0.05
 
 
 def test_threshold_at_fpr_by_hand() -> None:
@@ -163,6 +170,8 @@ def test_load_refuses_another_model(guard: Guard, tmp_path: Path) -> None:
         ({"target_accuracy": 0}, "target_accuracy"),
         ({"pool": "max"}, "pool must be"),
         ({"cv": 1}, "cv must be"),
+        ({"C": [0.1, -1]}, "C must be"),
+        ({"classifier": "forest"}, "classifier must be"),
     ],
 )
 def test_fit_rejects_bad_arguments(model: ihs.Model, guard_train: ihs.PromptSet, kwargs: dict[str, Any],
