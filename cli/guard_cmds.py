@@ -111,7 +111,7 @@ def fit_cmd(
              (f"- model: `{m.name}` (L={m.n_layers}); guard reads layer {r.layer} ({r.layer / m.n_layers:.0%} of "
               f"the blocks), pool `{r.pool}`, {r.classifier}"),
              (f"- layer search: {r.cv}-fold accuracy {r.cv_accuracy[r.cv_layers.index(r.layer)]:.3f} "
-              + ("(target met)" if r.target_met else f"(no layer reached {r.target_accuracy:g}; best taken)")),
+              + ("(target met)" if r.target_met else f"(no layer reached {r.target_accuracy:g}; earliest within one standard error of the best)")),
              (f"- threshold {r.threshold:.4f} calibrated out of fold on {r.n_prompts} prompts: FPR "
               f"{r.calibration_fpr:.3f}, TPR {r.calibration_tpr:.3f}" + ("" if r.C is None else f"; C = {r.C:g}"))]
     payload: dict[str, Any] = {"command": "guard fit", "layer": r.layer, "threshold": r.threshold,

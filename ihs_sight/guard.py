@@ -109,7 +109,8 @@ def _trace_features(
             saved.append(feature.detach().float().cpu().clone())
         if last < len(blocks):
             tracer.stop()
-    return torch.stack(list(saved), 1)
+    taken = sorted(wanted)  # the order the forward pass reached them
+    return torch.stack(list(saved), 1)[:, [taken.index(x) for x in layers]]
 
 
 def layer_features(
@@ -201,7 +202,8 @@ class GuardFitReport(BaseModel):
     target_fpr: float
     """False-positive rate the threshold was calibrated to."""
     target_met: bool
-    """Whether some layer reached ``target_accuracy`` (if not, the best layer was taken)."""
+    """Whether some layer reached ``target_accuracy`` (if not: the earliest layer within one
+    standard error of the best out-of-fold accuracy was taken)."""
     C: float | None
     """Inverse L2 strength of the linear probe, chosen with the layer (``None`` for the MLP)."""
     cv: int
@@ -412,8 +414,8 @@ class Guard:
         and look-alike flag. Each fold is scored by probes fitted on the other folds, at every
         searched layer and every ``C``, so every prompt gets an out-of-fold P(malicious). With
         ``layer="auto"`` the earliest layer whose out-of-fold accuracy reaches
-        ``target_accuracy`` is taken (the most accurate layer, with a warning, if none does),
-        with its best ``C``. The threshold is set on the out-of-fold scores so that at most
+        ``target_accuracy`` is taken, with its best ``C``; if none does, the earliest layer within
+        one binomial standard error of the best accuracy (with a warning). The threshold is set on the out-of-fold scores so that at most
         ``target_fpr`` of the normal prompts are flagged, and the final probe is fitted on all
         prompts. Every prompt thus serves both for fitting and, as a held-out prompt, for
         calibration: with a few hundred prompts a separate calibration split would leave the
@@ -467,11 +469,18 @@ class Guard:
         acc = {c: ((p > 0.5) == y[:, None]).mean(0) for c, p in oof.items()}  # (n_search,) per C
         best_per_layer = np.max(np.stack([acc[c] for c in c_values]), 0)
         reached = [i for i, a in enumerate(best_per_layer) if a >= target_accuracy]
-        pick = reached[0] if reached else int(np.argmax(best_per_layer))
+        if reached:
+            pick = reached[0]
+        else:
+            # One-standard-error rule: the earliest layer within one binomial standard error of
+            # the best accuracy (a flat curve's maximum is mostly noise; earlier is cheaper).
+            top = float(best_per_layer.max())
+            se = float(np.sqrt(top * (1 - top) / len(y)))
+            pick = next(i for i, a in enumerate(best_per_layer) if a >= top - se)
+            log.warning("no layer reaches %.3f out-of-fold accuracy (best %.3f); taking layer %d (%.3f), the "
+                        "earliest within one standard error (%.3f) of the best", target_accuracy, top, search[pick],
+                        best_per_layer[pick], se)
         c_pick = max(c_values, key=lambda c: (acc[c][pick], -c_values.index(c)))
-        if not reached:
-            log.warning("no layer reaches %.3f out-of-fold accuracy (best %.3f at layer %d); using that layer",
-                        target_accuracy, best_per_layer[pick], search[pick])
         chosen = search[pick]
         scores = oof[c_pick][:, pick]
         threshold = _threshold_at_fpr(scores[~y], target_fpr)

@@ -43,7 +43,7 @@ def reference_features(hf: Any, ids: list[int], layer: int, start: int, pool: st
 @pytest.mark.parametrize("pool", ["mean", "last"])
 def test_features_equal_plain_transformers(model: ihs.Model, pool: str) -> None:
     prompts = VARIED[:7]
-    layers = [1, 5, 12]
+    layers = [12, 1, 5]  # any order
     got = layer_features(model, prompts, layers, pool=pool, batch_size=3, cache=False, progress=False)  # padded
     start = template_prefix(model, chat=True, system_prompt=None)
     assert 10 < start < len(encode(model.tokenizer, ["Hi"])[0])
@@ -94,7 +94,12 @@ def test_layer_search_and_calibration(guard: Guard, guard_train: ihs.PromptSet, 
     best = np.max([v for v in r.cv_accuracy_by_C.values()], 0)
     reached = [layer for layer, acc in zip(r.cv_layers, best) if acc >= r.target_accuracy]
     assert r.target_met == bool(reached)
-    assert guard.layer == (reached[0] if reached else r.cv_layers[int(np.argmax(best))])
+    if reached:
+        assert guard.layer == reached[0]
+    else:  # the earliest layer within one standard error of the best
+        se = np.sqrt(best.max() * (1 - best.max()) / r.n_prompts)
+        assert guard.layer == next(layer for layer, a in zip(r.cv_layers, best) if a >= best.max() - se)
+        assert best[guard.layer - 1] < best.max() or guard.layer == r.cv_layers[int(np.argmax(best))]
     assert r.cv_accuracy[guard.layer - 1] == best[guard.layer - 1]
     assert r.calibration_fpr <= r.target_fpr
     # The final probe is fitted on every prompt at the chosen layer with the chosen C: the same
