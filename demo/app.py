@@ -225,10 +225,10 @@ class Callbacks:
                   f"Scored out of fold on its {r.n_prompts} train prompts, the threshold flags {r.calibration_fpr:.1%} "
                   f"of the normal ones (target {r.target_fpr:.0%}) and {r.calibration_tpr:.1%} of the malicious ones.")]
         if sig.signal[0]:
-            lines.append("**Jailbreak signal**: recognised as malicious early, yet the middle layers lean positive "
+            lines.append("**Jailbreak signal**: recognised as malicious early, yet the late layers lean positive "
                          f"(emotion score {emo:.{MASS_DIGITS}g} > 0): no refusal is forming.")
         elif flagged:
-            lines.append(f"Recognised, and the middle layers lean negative (emotion score {emo:.{MASS_DIGITS}g}): a "
+            lines.append(f"Recognised, and the late layers lean negative (emotion score {emo:.{MASS_DIGITS}g}): a "
                          "refusal is forming.")
         return table, "\n\n".join(lines), _done(started)
 

@@ -13,8 +13,9 @@ of the user turn, identical for every prompt), so the template's closing tokens 
 included. On SmolLM2-135M the mean reaches a given accuracy several layers earlier.
 
 :meth:`Guard.jailbreak_signal` is the paper's jailbreak signature as a second signal: a
-prompt the guard recognises as malicious whose middle-layer logit lens carries more positive
-than negative emotion mass was recognised but not converted into a refusal.
+prompt the guard recognises as malicious whose logit lens over the conversion band (by default
+the last quarter of the layers, :func:`conversion_band`) carries more positive than negative
+emotion mass was recognised but not converted into a refusal.
 """
 
 from __future__ import annotations
@@ -263,7 +264,7 @@ class RateRow(BaseModel):
 
 
 class JailbreakSignal(BaseModel):
-    """"Recognised but not converted": flagged early, yet positive emotion in the middle layers."""
+    """"Recognised but not converted": flagged early, yet positive emotion where refusals form."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
@@ -276,11 +277,11 @@ class JailbreakSignal(BaseModel):
     emotion_score: list[float]
     """(n,) mean over the band of (positive - negative) lens probability mass at the last token."""
     not_converted: list[bool]
-    """(n,) ``emotion_score > 0``: the middle layers lean positive (no refusal forming)."""
+    """(n,) ``emotion_score > 0``: the band leans positive (no refusal forming)."""
     signal: list[bool]
     """(n,) recognised and not converted: a likely jailbreak."""
     band: tuple[int, int]
-    """Middle layers read (inclusive)."""
+    """Layers whose lens was read (inclusive)."""
     layer: int
     """Guard layer."""
     labels: list[str | None] | None = None
@@ -291,6 +292,16 @@ class JailbreakSignal(BaseModel):
         keys = self.families if by == "family" else self.labels
         keys = keys if keys is not None else [None] * len(self.prompts)
         return _rates(keys, self.signal)
+
+
+def conversion_band(n_layers: int) -> tuple[int, int]:
+    """The default band where recognition turns into a refusal: ``(3L // 4, L)``, inclusive.
+
+    The paper reads emotions in the middle layers of 7B-70B models. In the refusal-tuned
+    SmolLM2-135M (L = 30) the refusal forms later: over layers 15-22 91% of held-out malicious
+    prompts still lean positive, over 22-30 most lean negative; hence the last quarter.
+    """
+    return (3 * n_layers) // 4, n_layers
 
 
 def _rates(keys: Sequence[str | None], hits: Sequence[bool]) -> list[RateRow]:
@@ -559,15 +570,15 @@ class Guard:
 
     def jailbreak_signal(self, prompts: Any, *, band: tuple[int, int] | None = None, lexicon: str = "v1",
                          batch_size: int = 16, progress: bool = False) -> JailbreakSignal:
-        """Recognised early but not converted: guard-flagged prompts whose middle layers lean positive.
+        """Recognised early but not converted: guard-flagged prompts whose conversion band leans positive.
 
         Reads the guard layer (one early-exit pass) and the logit lens over ``band`` (default
-        :func:`ihs_sight.lens.middle_band`; one full pass). The emotion score is the mean over
-        the band of the positive minus the negative lexicon's probability mass at the last token.
+        :func:`conversion_band`; one full pass). The emotion score is the mean over the band of
+        the positive minus the negative lexicon's probability mass at the last token.
         """
-        from .lens import _check_band, logit_lens, middle_band
+        from .lens import _check_band, logit_lens
 
-        lo, hi = _check_band(band, self.model.n_layers) if band is not None else middle_band(self.model.n_layers)
+        lo, hi = _check_band(band, self.model.n_layers) if band is not None else conversion_band(self.model.n_layers)
         s = self.score(prompts, batch_size=batch_size, progress=progress)
         lens = logit_lens(self.model, prompts, top_k=1, layers=list(range(lo, hi + 1)), lexicon=lexicon,
                           batch_size=batch_size, chat=self.chat, system_prompt=self.system_prompt,

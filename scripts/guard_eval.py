@@ -5,7 +5,7 @@ guard is fitted on the canonical train split (normal vs malicious, look-alikes a
 normals) and scored on the test split: malicious TPR, normal FPR (look-alikes separately),
 the detection rate of each jailbreak family and the false-positive rate of each wrapped-normal
 family. On each model the "recognised but not converted" signal is measured per jailbreak
-family, with the wrapped-normal control beside it. Writes ``docs/guard_eval.json`` and prints
+family, with the wrapped-normal control and the direct (unwrapped) test prompts beside it. Writes ``docs/guard_eval.json`` and prints
 Markdown tables.
 
     python scripts/guard_eval.py
@@ -47,7 +47,8 @@ def main() -> None:
             ev = guard.evaluate(test, cache=True)
             entry: dict[str, Any] = {"fit": guard.report.model_dump(), "test": ev}
             if pool == args.pools[0]:
-                sig = guard.jailbreak_signal(data.jailbreak + data.wrapped_normal)
+                sig = guard.jailbreak_signal(data.test.malicious + data.test.normal + data.jailbreak
+                                             + data.wrapped_normal)
                 rows = [r.model_dump() for r in _by_label_family(sig)]
                 entry["jailbreak_signal"] = {"band": list(sig.band), "rates": rows}
             entry["seconds"] = round(time.perf_counter() - t0, 1)
@@ -60,7 +61,7 @@ def main() -> None:
             for row in ev["by_family"]:
                 print(f"  {row['group']:32s} flagged {row['rate']:.3f} (n={row['n']})")
             if "jailbreak_signal" in entry:
-                print(f"recognised-but-not-converted signal (middle layers {sig.band[0]}-{sig.band[1]}):")
+                print(f"recognised-but-not-converted signal (layers {sig.band[0]}-{sig.band[1]}):")
                 for row in entry["jailbreak_signal"]["rates"]:
                     print(f"  {row['group']:32s} signal {row['rate']:.3f} (n={row['n']})")
         del model
@@ -73,7 +74,7 @@ def main() -> None:
 def _by_label_family(sig: Any) -> list[Any]:
     from ihs_sight.guard import _rates
 
-    keys = [f"{lab}/{fam}" for lab, fam in zip(sig.labels or [], sig.families or [])]
+    keys = [f"{lab}/{fam or 'direct'}" for lab, fam in zip(sig.labels or [], sig.families or [])]
     return _rates(keys, sig.signal)
 
 
