@@ -27,6 +27,7 @@ import ihs_sight as ihs
 from ihs_sight.graft import graft
 from ihs_sight.guard import Guard
 from ihs_sight.lens import logit_lens
+from ihs_sight.models import aligned_adapter_dir
 from ihs_sight.plots.lens import display_token
 from ihs_sight.probe import ProbeReport, probe, probe_transfer
 
@@ -181,6 +182,27 @@ def test_demo_compare_matches_library(callbacks: Callbacks, model: ihs.Model, da
         drawn = plot[plot["series"] == series]
         assert drawn["layer"].tolist() == ref.layers
         np.testing.assert_allclose(drawn["accuracy"].to_numpy(float), table[series].to_numpy(float))
+
+
+@pytest.mark.skipif(not (aligned_adapter_dir() / "adapter_model.safetensors").is_file(),
+                    reason="default-aligned adapter not shipped")
+def test_demo_compare_base_and_aligned(callbacks: Callbacks, workbench: Workbench, data: ihs.PromptSet,
+                                       states_cache: Path) -> None:
+    n = 6
+    _, table, message = callbacks.compare(["default", "default-aligned"], n)
+    _ok(message)
+    assert "⚠" not in message
+    aligned = workbench.model("default-aligned")
+    assert aligned.weights_hash != workbench.model("default").weights_hash
+    # An independent fit of the library's probe on the aligned model's train-split states.
+    train_states = ihs.extract(aligned, train_split(data), cache=states_cache, progress=False)
+    ref_probe = probe(train_states, classifiers=["logreg"], random_state=0, progress=False).probes["logreg"]
+    prompts = (data.test.normal + data.test.malicious + data.test.jailbreak).sample(n, random_state=0)
+    ref = probe_transfer(ref_probe, ihs.extract(aligned, prompts, cache=states_cache, progress=False),
+                         group_by=("label",), progress=False)
+    np.testing.assert_allclose(table["default-aligned: all"].to_numpy(float), ref.scores["logreg"].accuracy,
+                               atol=ROUNDED, rtol=0)
+    assert {"default: all", "default-aligned: all"} <= set(table.columns)
 
 
 def test_demo_reports_a_model_that_fails_to_load_in_the_page(callbacks: Callbacks, workbench: Workbench) -> None:
