@@ -345,7 +345,7 @@ def _out_of_fold(x: torch.Tensor, labels: list[str], folds: list[np.ndarray[Any,
                  c: float | None, random_state: int) -> np.ndarray[Any, Any]:
     """(n, n_layers) P(malicious) of each prompt from probes fitted on the other folds (all layers at once)."""
     out = np.zeros((x.shape[0], x.shape[1]))
-    kwargs = {} if c is None else {"C": c}
+    kwargs: dict[str, Any] = {} if c is None else {"C": c}
     for test in folds:
         train = np.setdiff1d(np.arange(x.shape[0]), test)
         fitted = LayerProbe(classifier, random_state=random_state, **kwargs).fit(
@@ -473,7 +473,7 @@ class Guard:
         search = list(range(1, model.n_layers + 1)) if layer == "auto" else [int(layer)]
         x = layer_features(model, prompts, search, pool=pool, batch_size=batch_size, chat=chat,
                            system_prompt=system_prompt, cache=cache, progress=progress)
-        labels = list(prompts.labels)
+        labels = [str(v) for v in prompts.labels]  # all normal or malicious (checked above)
         y = np.array([v == "malicious" for v in labels])
         folds = _folds([f"{p.label}|{p.lookalike}" for p in prompts], cv, random_state)
         oof = {c: _out_of_fold(x, labels, folds, classifier, c, random_state) for c in c_values}
@@ -495,7 +495,7 @@ class Guard:
         chosen = search[pick]
         scores = oof[c_pick][:, pick]
         threshold = _threshold_at_fpr(scores[~y], target_fpr)
-        kwargs = {} if c_pick is None else {"C": c_pick}
+        kwargs: dict[str, Any] = {} if c_pick is None else {"C": c_pick}
         fitted = LayerProbe(classifier, random_state=random_state, **kwargs).fit(x[:, pick:pick + 1], labels)
         fit_report = GuardFitReport(
             layer=chosen, n_layers=model.n_layers, pool=pool, classifier=classifier,
