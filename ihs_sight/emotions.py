@@ -533,9 +533,7 @@ def induce_lexicon(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}.")
     band_layers = list(range(band[0], band[1] + 1))
-    pad_id = model.tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = model.tokenizer.eos_token_id or 0
+    pad_id = model.pad_id
     means = []
     with (
         torch.no_grad(),

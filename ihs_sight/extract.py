@@ -506,9 +506,7 @@ def extract(
     del found  # the loaded cache entries
     computed_lens: dict[str, dict[str, torch.Tensor]] = {}
     batches = [[todo[j] for j in b] for b in length_batches([len(ids[i]) for i in todo], batch_size)]
-    pad_id = model.tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = model.tokenizer.eos_token_id or 0
+    pad_id = model.pad_id
     received_before = model.bytes_received
     with torch.no_grad(), tqdm(total=len(todo), desc="extract", unit="prompt", disable=not progress or not todo) as bar:
         for batch in batches:

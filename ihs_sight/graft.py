@@ -295,9 +295,7 @@ def _prepare_targets(
 ) -> _Targets:
     texts = _target_texts(targets)
     ids, template = prepare(model, texts, chat=chat, system_prompt=system_prompt)
-    pad_id = model.tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = model.tokenizer.eos_token_id or 0
+    pad_id = model.pad_id
     batches = length_batches([len(r) for r in ids], batch_size)
     return _Targets(texts=texts, ids=ids, template=template, batches=batches, pad_id=int(pad_id))
 

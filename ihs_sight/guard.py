@@ -162,9 +162,7 @@ def layer_features(
     first: dict[str, int] = {}
     todo = [i for i, h in enumerate(hashes) if h not in found and first.setdefault(h, i) == i]
     computed: dict[str, torch.Tensor] = {}
-    pad_id = model.tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = model.tokenizer.eos_token_id or 0
+    pad_id = model.pad_id
     with torch.no_grad(), tqdm(total=len(todo), desc="guard", unit="prompt", disable=not progress or not todo) as bar:
         for batch in (
             [todo[j] for j in b] for b in length_batches([len(ids[i]) for i in todo], batch_size)

@@ -575,9 +575,7 @@ def logit_lens(
     spec = lens_spec_for(model, top_k, lexicon=lexicon, layers=layers)
     ids, template = prepare(model, texts, chat=chat, system_prompt=system_prompt)
     meta = extract_meta(model, texts, chat=chat, system_prompt=system_prompt, template=template)
-    pad_id = model.tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = model.tokenizer.eos_token_id or 0
+    pad_id = model.pad_id
     # Batches are formed by length; each prompt's rows go back to its own position.
     order: list[int] = []
     parts: dict[str, list[torch.Tensor]] = {key: [] for key in spec.row_keys}

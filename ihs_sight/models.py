@@ -253,6 +253,14 @@ class Model:
         return options[self.backend]
 
     @property
+    def pad_id(self) -> int:
+        """The token id batches are padded with: the tokenizer's pad token, else its EOS, else 0."""
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.eos_token_id or 0
+        return int(pad)
+
+    @property
     def max_length(self) -> int:
         """Longest input in tokens the model accepts (its position limit)."""
         for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
