@@ -144,6 +144,7 @@ def test_cli_guard_fit_then_score(tmp_path: Path, cli_env: dict[str, str], model
         (["nosuchcommand"], 2, "No such command"),
         (["guard", "score", "hello", "--guard", "/nonexistent/guard"], 2, "no guard.json"),
         (["guard", "fit", "--layer", "early"], 2, "--layer"),
+        (["guard", "score"], 2, "exactly one of the two"),
     ],
 )
 def test_cli_errors_have_documented_exit_codes(args: list[str], code: int, message: str, cli_env: dict[str, str]) -> None:
