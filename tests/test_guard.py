@@ -87,7 +87,8 @@ def test_score_equals_probe_on_reference_features(model: ihs.Model, guard: Guard
     assert scores.layer == guard.layer
 
 
-def test_layer_search_and_calibration(guard: Guard, guard_train: ihs.PromptSet, model: ihs.Model) -> None:
+def test_layer_search_and_calibration(guard: Guard, guard_train: ihs.PromptSet, model: ihs.Model,
+                                      states_cache: Path) -> None:
     r = guard.report
     assert r.cv_layers == list(range(1, model.n_layers + 1)) and r.n_prompts == len(guard_train)
     assert set(r.cv_accuracy_by_C) == {"0.01", "0.1", "1.0"} and r.cv_accuracy == r.cv_accuracy_by_C[str(r.C)]
@@ -104,7 +105,9 @@ def test_layer_search_and_calibration(guard: Guard, guard_train: ihs.PromptSet, 
     assert r.calibration_fpr <= r.target_fpr
     # The final probe is fitted on every prompt at the chosen layer with the chosen C: the same
     # fit, made here directly, predicts the same.
-    feats = guard.features(guard_train)
+    # Same features as the fit (read back from the shared cache: recomputed in other batches they
+    # would differ in the last float bits, and L-BFGS would carry that into the fit).
+    feats = layer_features(model, guard_train, r.cv_layers, cache=states_cache, progress=False)[:, guard.layer - 1]
     again = LayerProbe("logreg", C=r.C).fit(feats[:, None], list(guard_train.labels))
     np.testing.assert_allclose(again.predict_proba(feats[:, None]), guard.probe.predict_proba(feats[:, None]),
                                atol=1e-6)
