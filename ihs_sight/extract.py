@@ -4,7 +4,8 @@ Mental model:
 1. Each prompt is templated and tokenised once (:func:`ihs_sight.prompts.encode`).
 2. Prompts are sorted by token length and cut into batches (length bucketing: little padding);
    each batch is left-padded, so ``[:, -1]`` is every row's last real token, and given
-   mask-derived ``position_ids``, so padding shifts no position.
+   mask-derived ``position_ids``, so padding shifts no position. With ``pack``, prompts are
+   instead packed end to end into rows (:mod:`ihs_sight.packing`), with no padding between them.
 3. One nnsight trace per batch reads ``blocks[0].input`` and every block's output and saves
    only the last-token slice: ``[B, L+1, D]`` leaves the trace, never ``[B, S, L+1, D]``.
    The same trace can also run the logit lens on those slices (:func:`trace_batch`), so
@@ -18,11 +19,12 @@ Autograd is on inside an nnsight trace by default; local runs are wrapped in
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import inspect
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,8 +34,10 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .cache import TensorCache
+from .compiled import compiled_blocks
 from .errors import InputError
 from .models import Model, states_cache_dir
+from .packing import check_packing, check_window, mask_kind, pack_rows, pack_width, packed_batch
 from .prompts import encode, sha, template_fingerprint
 
 if TYPE_CHECKING:
@@ -223,16 +227,20 @@ unembedding per layer, while memory stays bounded by ``LENS_ROWS x V`` floats.""
 
 
 def _forward_kwargs(model: Model) -> dict[str, Any]:
-    """Extra forward arguments: only the last position's logits, where the model supports it.
+    """Extra forward arguments: only the last position's logits, and no key-value cache.
 
     The traces here never read the model's own logits; computing them for every position is
-    ~20% of a small model's forward. Hidden states are unaffected.
+    ~20% of a small model's forward. Nor do they decode further, so a cache of every layer's
+    keys and values would be built for nothing. Hidden states are unaffected.
     """
     try:
         params = inspect.signature(model.hf.forward).parameters
     except (TypeError, ValueError):
         return {}
-    return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    kwargs: dict[str, Any] = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    if "use_cache" in params:
+        kwargs["use_cache"] = False
+    return kwargs
 
 
 def _saves_to_host(model: Model) -> bool:
@@ -253,7 +261,9 @@ def trace_batch(
     """:func:`_trace_batch` through the model's backend (remote: retries, clear errors, byte count)."""
     from .backends import run
 
-    return run(model, lambda: _trace_batch(model, batch, **kwargs), n_prompts=int(batch["input_ids"].shape[0]))
+    last = kwargs.get("last")
+    n_prompts = int(batch["input_ids"].shape[0]) if last is None else len(last)
+    return run(model, lambda: _trace_batch(model, batch, **kwargs), n_prompts=n_prompts)
 
 
 def _trace_batch(
@@ -265,8 +275,9 @@ def _trace_batch(
     top_k: int = 5,
     category_ids: Sequence[torch.Tensor] = (),
     prob_sum_layers: Sequence[int] = (),
+    last: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One nnsight trace over a left-padded batch; only what is asked for leaves it.
+    """One nnsight trace over a left-padded or packed batch; only what is asked for leaves it.
 
     Walks layers ``0..L`` in forward order and takes each layer's last-token state ``h``
     (``[B, D]``). For a layer in ``lens_layers`` or ``prob_sum_layers`` it computes the lens
@@ -276,16 +287,18 @@ def _trace_batch(
 
     Args:
         model: the model.
-        batch: from :func:`pad_batch`.
+        batch: from :func:`pad_batch`, or the inputs of :func:`ihs_sight.packing.packed_batch`.
         states: return the states.
         lens_layers: layers whose lens top-k (and category masses) to return.
         top_k: k of the lens top-k.
         category_ids: one id tensor per emotion category; their probability sums are returned.
         prob_sum_layers: layers whose full-vocabulary lens probabilities are summed (over the
             batch and these layers) into one vector.
+        last: for a packed batch, each prompt's last-token index in the flattened rows
+            (``None``: a left-padded batch, whose last column is every row's last token).
 
     Returns:
-        As requested: ``states`` (B, L+1, D) float32; ``lens_ids`` (B, n_lens, k) int64;
+        As requested (B: prompts): ``states`` (B, L+1, D) float32; ``lens_ids`` (B, n_lens, k) int64;
         ``lens_logits`` and ``lens_probs`` (B, n_lens, k) float32; ``lens_mass``
         (B, n_lens, n_categories) float32; ``prob_sum`` (V,) float32.
 
@@ -301,7 +314,8 @@ def _trace_batch(
     lens_set, sum_set = set(lens_layers), set(prob_sum_layers)
     wanted = sorted(lens_set | sum_set)
     cats = list(category_ids)
-    chunk = max(1, LENS_ROWS // int(batch["input_ids"].shape[0]))  # layers per unembedding product
+    n_prompts = int(batch["input_ids"].shape[0]) if last is None else len(last)
+    chunk = max(1, LENS_ROWS // n_prompts)  # layers per unembedding product
     to_host = _saves_to_host(model)
     with model.nn.trace(batch, remote=model.remote, **_forward_kwargs(model)):
         saved_states = nnsight.save([])
@@ -314,10 +328,11 @@ def _trace_batch(
         total = None  # running sum of the prob_sum layers' distributions, [V]
         for layer in range(len(blocks) + 1):
             if layer == 0:
-                hidden = blocks[0].input[:, -1]
+                full = blocks[0].input
             else:
                 out = blocks[layer - 1].output
-                hidden = (out if index is None else out[index])[:, -1]
+                full = out if index is None else out[index]
+            hidden = full[:, -1] if last is None else full.flatten(0, 1)[last]
             if states:
                 # clone(): on a CPU server .cpu() is a no-op and the slice would ship the
                 # whole [B, T, D] storage it views (and, kept on the device, keep it alive).
@@ -361,14 +376,6 @@ def _trace_batch(
     if sum_set:
         result["prob_sum"] = prob_sum[0].float()
     return result
-
-
-def trace_last_token_states(model: Model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(B, L+1, D) last-token states of one left-padded batch, from one nnsight trace.
-
-    :func:`trace_batch` without the lens; ``extract()`` calls this when no lens is asked for.
-    """
-    return trace_batch(model, batch)["states"]
 
 
 def extract_meta(
@@ -424,6 +431,32 @@ def with_bytes(meta: ExtractMeta, model: Model, before: int, n_computed: int) ->
                                    "bytes_per_prompt": round(received / n_computed, 1) if n_computed else None})
 
 
+def _forwards(
+    model: Model, ids: list[list[int]], todo: list[int], *, batch_size: int, pack: bool | int
+) -> Iterator[tuple[list[int], dict[str, torch.Tensor], torch.Tensor | None]]:
+    """The forward passes that compute ``todo``: (prompt indices, model inputs, packed last-token index).
+
+    Padded: length-bucketed batches of ``batch_size`` prompts. Packed: first-fit-decreasing
+    rows, ``batch_size`` rows per forward, prompts in row order.
+    """
+    lengths = [len(ids[i]) for i in todo]
+    width = pack_width(pack, lengths) if todo else None
+    if width is None:
+        for b in length_batches(lengths, batch_size):
+            batch = [todo[j] for j in b]
+            yield batch, pad_batch([ids[i] for i in batch], model.pad_id), None
+        return
+    check_window(model, lengths)
+    kind = mask_kind(model)
+    check_packing(model)
+    rows = [[todo[j] for j in row] for row in pack_rows(lengths, width)]
+    for k in range(0, len(rows), batch_size):
+        forward = rows[k:k + batch_size]
+        inputs, last = packed_batch([[ids[i] for i in row] for row in forward], model.pad_id, mask=kind,
+                                    dtype=model.dtype)
+        yield [i for row in forward for i in row], inputs, last
+
+
 def extract(
     model: Model,
     prompts: Any,
@@ -434,6 +467,8 @@ def extract(
     cache: bool | str | Path = True,
     progress: bool = True,
     lens_top_k: int | None = None,
+    pack: bool | int = False,
+    compile: bool = False,
 ) -> HiddenStates:
     """Last-token hidden states of every prompt at every layer.
 
@@ -441,7 +476,7 @@ def extract(
         model: from :func:`ihs_sight.load_model`.
         prompts: a list of strings or a :class:`ihs_sight.PromptSet` (its labels, categories
             and families travel into the result).
-        batch_size: prompts per forward pass.
+        batch_size: prompts per forward pass (with ``pack``: packed rows per forward pass).
         chat: apply the tokenizer's chat template (``False``: raw text, for base models).
         system_prompt: ``None`` keeps the template's default system prompt.
         cache: ``True`` uses the user cache directory, a path uses that directory, ``False``
@@ -450,6 +485,14 @@ def extract(
         lens_top_k: also run the logit lens in the same forward pass and return its top-k
             tokens at every layer (with emotion masses for the v1 lexicon) as ``.lens``;
             cached beside the states, keyed by k and the lexicon.
+        pack: pack prompts end to end into rows of this many tokens (``True``: 256) instead of
+            padding each batch to its longest prompt (:mod:`ihs_sight.packing`): no compute on
+            padding and fewer, larger forwards, the fast path on a GPU. Checked once per model
+            to keep prompts apart exactly; needs SDPA or eager attention. States equal the
+            padded path's to float rounding.
+        compile: run the blocks' insides through ``torch.compile`` during this call
+            (:mod:`ihs_sight.compiled`; local models): fused kernels on a GPU, after a one-time
+            compilation of seconds to a minute. Best with ``pack``, whose rows keep shapes few.
 
     Returns:
         :class:`HiddenStates` with ``states`` of shape (n_prompts, L + 1, d_model), and
@@ -467,6 +510,9 @@ def extract(
     texts = _validate_prompts(prompts)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    pack_width(pack, [1])  # a bad pack value fails even when every prompt is cached
+    if compile and model.backend != "local":
+        raise InputError(f"compile runs on local models only; this model runs on the {model.backend!r} backend.")
     lens_spec = None
     if lens_top_k is not None:
         from .lens import lens_spec_for
@@ -505,16 +551,13 @@ def extract(
         states_out[positions[h]] = row["states"].float()
     del found  # the loaded cache entries
     computed_lens: dict[str, dict[str, torch.Tensor]] = {}
-    batches = [[todo[j] for j in b] for b in length_batches([len(ids[i]) for i in todo], batch_size)]
-    pad_id = model.pad_id
+    trace_kwargs = lens_spec.trace_kwargs() if lens_spec is not None else {}
     received_before = model.bytes_received
-    with torch.no_grad(), tqdm(total=len(todo), desc="extract", unit="prompt", disable=not progress or not todo) as bar:
-        for batch in batches:
-            padded = pad_batch([ids[i] for i in batch], pad_id)
-            if lens_spec is None:
-                out = {"states": trace_last_token_states(model, padded)}
-            else:
-                out = trace_batch(model, padded, **lens_spec.trace_kwargs())
+    speedup = compiled_blocks(model) if compile and todo else contextlib.nullcontext()
+    with torch.no_grad(), speedup, tqdm(total=len(todo), desc="extract", unit="prompt",
+                                        disable=not progress or not todo) as bar:
+        for batch, inputs, last in _forwards(model, ids, todo, batch_size=batch_size, pack=pack):
+            out = trace_batch(model, inputs, last=last, **trace_kwargs)
             batch_hashes = [hashes[i] for i in batch]
             lens_rows = {k: v for k, v in out.items() if k.startswith("lens_")}
             if store is not None:

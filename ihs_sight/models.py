@@ -225,6 +225,7 @@ class Model:
         self.backend: Backend = backend
         self.source = source or name
         self._weights_hash: str | None = None
+        self._packing_checked = False  # set by ihs_sight.packing.check_packing
         self.bytes_received: int = 0
         """Result bytes received from the remote backend so far (0 for local runs)."""
         self.n_layers: int = len(_resolve_attr(self.hf, arch.blocks))

@@ -163,7 +163,7 @@ def test_extract_cache_loads_instead_of_running(model: ihs.Model, tmp_path: Path
     def boom(*_a: Any, **_k: Any) -> Any:
         raise AssertionError("a cached prompt was recomputed")
 
-    monkeypatch.setattr(ex, "trace_last_token_states", boom)
+    monkeypatch.setattr(ex, "trace_batch", boom)
     again = ihs.extract(model, list(reversed(VARIED[:5])), batch_size=4, cache=tmp_path, progress=False)
     assert torch.equal(again.states, first.states.flip(0))
 
@@ -171,16 +171,16 @@ def test_extract_cache_loads_instead_of_running(model: ihs.Model, tmp_path: Path
 def test_extract_resumes_after_interruption(model: ihs.Model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ex = importlib.import_module("ihs_sight.extract")
 
-    real = ex.trace_last_token_states
+    real = ex.trace_batch
     calls = {"n": 0}
 
-    def flaky(m: Any, batch: Any) -> torch.Tensor:
+    def flaky(m: Any, batch: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return real(m, batch)
+        return real(m, batch, **kwargs)
 
-    monkeypatch.setattr(ex, "trace_last_token_states", flaky)
+    monkeypatch.setattr(ex, "trace_batch", flaky)
     with pytest.raises(KeyboardInterrupt):
         ihs.extract(model, VARIED[:6], batch_size=2, cache=tmp_path, progress=False)
     assert len(_cache_files(tmp_path)) == 2  # two finished batches survived, nothing half-written
@@ -188,11 +188,11 @@ def test_extract_resumes_after_interruption(model: ihs.Model, tmp_path: Path, mo
 
     seen: list[int] = []
 
-    def counting(m: Any, batch: Any) -> torch.Tensor:
+    def counting(m: Any, batch: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         seen.append(batch["input_ids"].shape[0])
-        return real(m, batch)
+        return real(m, batch, **kwargs)
 
-    monkeypatch.setattr(ex, "trace_last_token_states", counting)
+    monkeypatch.setattr(ex, "trace_batch", counting)
     resumed = ihs.extract(model, VARIED[:6], batch_size=2, cache=tmp_path, progress=False)
     assert seen == [2]  # only the unfinished batch ran
     fresh = ihs.extract(model, VARIED[:6], batch_size=2, cache=False, progress=False)

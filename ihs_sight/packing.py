@@ -1,0 +1,186 @@
+"""Sequence packing: several prompts share one row of a forward pass, with no padding between them.
+
+A padded batch spends compute on pad tokens and runs many short forwards; on a GPU that caps
+throughput well below peak. Packing puts prompts end to end in rows of ``width`` tokens
+(first-fit decreasing), restarts ``position_ids`` at each prompt and passes a 4D
+block-diagonal causal mask, so every prompt attends only to itself and sees the positions it
+would see alone. Each prompt's last-token state is then read at its own (row, column).
+
+Exactness needs a model that takes its positions from ``position_ids`` and honours a 4D mask
+(rotary and learned absolute positions do; ALiBi built from a 2D mask does not), so
+:func:`check_packing` verifies that once per model before the first packed run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .errors import IhsSightError, InputError
+
+if TYPE_CHECKING:
+    from .models import Model
+
+DEFAULT_WIDTH = 256
+"""Row width used by ``pack=True``. Wider rows waste attention work on masked blocks (SDPA with
+a dense mask is quadratic in the row); 256 was the fastest of 256/512/1024 on an H200."""
+
+CHECK_RATIO = 0.1
+"""A packed prompt must differ from the same prompt run alone by less than this fraction of
+how much a neighbour's tokens would change it (see :func:`check_packing`)."""
+
+
+def pack_rows(lengths: Sequence[int], width: int) -> list[list[int]]:
+    """First-fit decreasing: indices of the prompts in each row; a row's lengths sum to <= ``width``."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        for r, free in enumerate(room):
+            if free >= lengths[i]:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            room.append(width - lengths[i])
+    return rows
+
+
+def packed_batch(rows: Sequence[Sequence[Sequence[int]]], pad_id: int, *,
+                 mask: str = "bool", dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Model inputs for rows of packed token-id lists, and each prompt's flat last-token index.
+
+    Args:
+        rows: per row, the token ids of the prompts packed into it.
+        pad_id: fills each row's tail.
+        mask: ``"bool"`` (True = attend; SDPA) or ``"additive"`` (0 or the dtype's minimum; eager attention).
+        dtype: the additive mask's dtype (the model's).
+
+    Returns:
+        ``{"input_ids", "position_ids", "attention_mask"}`` with ids ``[R, W]`` and the mask
+        ``[R, 1, W, W]``, and ``last`` ``[n_prompts]``: index of each prompt's last token in the
+        ``[R * W]`` flattened rows, prompts in row order. The tail is a segment of its own.
+    """
+    width = max(sum(len(p) for p in row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    segment = torch.full((len(rows), width), -1, dtype=torch.long)
+    last: list[int] = []
+    for r, row in enumerate(rows):
+        at = 0
+        for s, ids in enumerate(row):
+            n = len(ids)
+            input_ids[r, at:at + n] = torch.tensor(list(ids), dtype=torch.long)
+            position_ids[r, at:at + n] = torch.arange(n)
+            segment[r, at:at + n] = s
+            at += n
+            last.append(r * width + at - 1)
+        position_ids[r, at:] = torch.arange(width - at)
+    allowed = (segment[:, :, None] == segment[:, None, :]) & torch.ones(width, width, dtype=torch.bool).tril()
+    attention: torch.Tensor = allowed[:, None]
+    if mask == "additive":
+        attention = torch.zeros(attention.shape, dtype=dtype).masked_fill(~attention, torch.finfo(dtype).min)
+    return ({"input_ids": input_ids, "position_ids": position_ids, "attention_mask": attention},
+            torch.tensor(last, dtype=torch.long))
+
+
+def mask_kind(model: Model) -> str:
+    """How this model takes a 4D mask: ``"bool"`` (SDPA) or ``"additive"`` (eager attention).
+
+    Raises:
+        InputError: for attention implementations that take no 4D mask (flash-attention, flex).
+    """
+    impl = getattr(model.config, "_attn_implementation", None) or "eager"
+    if impl == "sdpa":
+        return "bool"
+    if impl == "eager":
+        return "additive"
+    raise InputError(f"pack needs 'sdpa' or 'eager' attention; this model uses {impl!r}. "
+                     "Load it with attn_implementation='sdpa', or extract with pack=False.")
+
+
+def check_window(model: Model, lengths: Sequence[int]) -> None:
+    """Refuse packing when a prompt is longer than a sliding attention window.
+
+    The packed mask is one full causal mask per segment for every layer; it equals a sliding
+    window mask only while every prompt fits inside the window.
+    """
+    window = getattr(model.config, "sliding_window", None)
+    if getattr(model.config, "use_sliding_window", True) is False or not isinstance(window, int):
+        return
+    longest = max(lengths)
+    if longest > window:
+        raise InputError(f"A prompt is {longest} tokens, longer than the model's sliding attention window ({window}): "
+                         "packing would let it attend past the window. Extract with pack=False.")
+
+
+def _probe_ids(model: Model) -> tuple[list[int], list[int]]:
+    """Two short token sequences for :func:`check_packing`, from the model's own tokenizer."""
+    tok = model.tokenizer
+    first = [int(i) for i in tok.encode("The river carried small boats past the old mill.", add_special_tokens=False)]
+    second = [int(i) for i in tok.encode("Seven bright stars rose above the quiet hills.", add_special_tokens=False)]
+    if len(first) < 2 or len(second) < 2:  # a tokenizer that maps text to almost nothing
+        vocab = int(model.config.vocab_size)
+        first, second = [i % vocab for i in range(11, 23)], [i % vocab for i in range(41, 51)]
+    window = getattr(model.config, "sliding_window", None)
+    if isinstance(window, int) and window >= 2:  # a lone prompt inside the window sees all of itself
+        first, second = first[:window], second[:window]
+    return first, second
+
+
+def check_packing(model: Model) -> None:
+    """Verify once per model that packing leaves a prompt's states as they are alone.
+
+    Runs a second prompt three ways: alone, packed after a first prompt, and after the first
+    prompt with a plain causal mask (what a model that ignored the packed mask and positions
+    would compute). Packing passes when the packed run is closer to the lone run than
+    :data:`CHECK_RATIO` times the plain run's distance, at the last layer; a relative test, so
+    it holds in any dtype.
+
+    Raises:
+        InputError: the model mixes packed prompts, or fails on packed input (ALiBi built from
+            a 2D mask, for one).
+    """
+    if model._packing_checked:
+        return
+    from .extract import pad_batch, trace_batch
+
+    first, second = _probe_ids(model)
+    inputs, last = packed_batch([[first, second]], model.pad_id, mask=mask_kind(model), dtype=model.dtype)
+    name = type(model.hf).__name__
+    with torch.no_grad():
+        try:
+            packed = trace_batch(model, inputs, last=last)["states"][1, -1]
+        except IhsSightError:  # remote failures keep their own type
+            raise
+        except Exception as e:  # whatever the model's code raises, packing is unsupported
+            raise InputError(f"{name} cannot run packed rows ({type(e).__name__}: {e}); it does not take "
+                             "position_ids and a 4D mask. Extract with pack=False.") from e
+        plain = trace_batch(model, pad_batch([second, first + second], model.pad_id))["states"][:, -1]
+    alone, mixed = plain[0], plain[1]
+    error = float((packed - alone).norm())
+    contamination = float((mixed - alone).norm())
+    if not error <= CHECK_RATIO * contamination:
+        raise InputError(f"{name} does not keep packed prompts apart (a packed prompt's last state "
+                         f"moved {error:.3g}, against {contamination:.3g} for a neighbour it should not see): its "
+                         "positions or mask do not follow position_ids and a 4D mask. Extract with pack=False.")
+    model._packing_checked = True
+
+
+def pack_width(pack: Any, lengths: Sequence[int]) -> int | None:
+    """Row width for ``extract(pack=...)``: ``None`` (no packing), :data:`DEFAULT_WIDTH` or the int given.
+
+    Rows are widened to the longest prompt when it does not fit.
+    """
+    if pack is False or pack is None:
+        return None
+    if pack is True:
+        width = DEFAULT_WIDTH
+    elif isinstance(pack, int) and not isinstance(pack, bool) and pack > 0:
+        width = pack
+    else:
+        raise InputError(f"pack must be True, False or a positive row width in tokens, got {pack!r}.")
+    return max(width, max(lengths))

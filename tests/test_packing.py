@@ -1,0 +1,140 @@
+"""extract(pack=...): packed rows give each prompt the states it has alone, or a clear error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+import ihs_sight as ihs
+from ihs_sight import packing
+from ihs_sight.prompts import encode
+
+from .test_extract import VARIED, assert_matches_reference
+from .test_models import PROMPTS, _tiny, tokenizer  # noqa: F401 (the tokenizer fixture)
+
+
+@pytest.mark.parametrize(("pack", "batch_size"), [(True, 16), (64, 2)])
+def test_packed_extract_matches_hf_per_prompt(model: ihs.Model, pack: bool | int, batch_size: int) -> None:
+    states = ihs.extract(model, VARIED, pack=pack, batch_size=batch_size, cache=False, progress=False)
+    assert states.states.shape == (len(VARIED), model.n_layers + 1, model.d_model)
+    assert_matches_reference(states, model.hf, encode(model.tokenizer, VARIED))
+
+
+def test_pack_rows_is_first_fit_decreasing() -> None:
+    rows = packing.pack_rows([5, 9, 3, 7, 2], 10)
+    assert rows == [[1], [3, 2], [0, 4]]
+    assert sorted(i for row in rows for i in row) == [0, 1, 2, 3, 4]
+
+
+def test_packed_batch_restarts_positions_and_blocks_attention() -> None:
+    inputs, last = packing.packed_batch([[[11, 12, 13], [21, 22]], [[31]]], pad_id=0)
+    assert inputs["input_ids"].tolist() == [[11, 12, 13, 21, 22], [31, 0, 0, 0, 0]]
+    assert inputs["position_ids"].tolist() == [[0, 1, 2, 0, 1], [0, 0, 1, 2, 3]]
+    assert last.tolist() == [2, 4, 5]  # flat index of each prompt's last token
+    mask = inputs["attention_mask"][0, 0]
+    assert mask[4].tolist() == [False, False, False, True, True]  # the second prompt sees only itself
+    assert mask[2].tolist() == [True, True, True, False, False]
+    additive, _ = packing.packed_batch([[[1, 2], [3]]], pad_id=0, mask="additive", dtype=torch.bfloat16)
+    assert additive["attention_mask"].dtype == torch.bfloat16
+    assert float(additive["attention_mask"][0, 0, 2, 0]) == float(torch.finfo(torch.bfloat16).min)
+    assert float(additive["attention_mask"][0, 0, 2, 2]) == 0.0
+
+
+def test_packed_lens_equals_padded_lens(model: ihs.Model) -> None:
+    packed = ihs.extract(model, VARIED[:8], pack=True, lens_top_k=5, cache=False, progress=False).lens
+    padded = ihs.extract(model, VARIED[:8], lens_top_k=5, cache=False, progress=False).lens
+    assert packed is not None and padded is not None
+    below_last = slice(0, -1)  # the top-1 of near-ties at the last layer may swap with rounding
+    assert torch.equal(packed.token_ids[:, below_last], padded.token_ids[:, below_last])
+    torch.testing.assert_close(packed.probs, padded.probs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(packed.emotion_mass, padded.emotion_mass, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("cls_name", sorted(ihs.ARCHITECTURES))
+def test_packed_extract_matches_hf_for_tiny_random_model(cls_name: str, tokenizer: Any) -> None:  # noqa: F811
+    hf = _tiny(cls_name)
+    model = ihs.load_model(hf, tokenizer=tokenizer)
+    states = ihs.extract(model, PROMPTS, chat=False, pack=True, batch_size=2, cache=False, progress=False)
+    assert_matches_reference(states, hf, encode(model.tokenizer, PROMPTS, chat=False))
+
+
+def test_packing_with_eager_attention_uses_an_additive_mask(tokenizer: Any) -> None:  # noqa: F811
+    hf = _tiny("LlamaForCausalLM")
+    hf.config._attn_implementation = "eager"
+    model = ihs.load_model(hf, tokenizer=tokenizer)
+    assert packing.mask_kind(model) == "additive"
+    states = ihs.extract(model, PROMPTS, chat=False, pack=True, cache=False, progress=False)
+    assert_matches_reference(states, hf, encode(model.tokenizer, PROMPTS, chat=False))
+
+
+def test_check_packing_refuses_a_model_that_mixes_prompts(model: ihs.Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain causal mask (what a model that ignores the 4D mask computes) must be caught."""
+    real = packing.packed_batch
+
+    def leaky(*args: Any, **kwargs: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        inputs, last = real(*args, **kwargs)
+        width = inputs["input_ids"].shape[1]
+        inputs["attention_mask"] = torch.ones(width, width, dtype=torch.bool).tril().expand_as(inputs["attention_mask"])
+        return inputs, last
+
+    monkeypatch.setattr(packing, "packed_batch", leaky)
+    monkeypatch.setattr(model, "_packing_checked", False)
+    with pytest.raises(ihs.InputError, match="does not keep packed prompts apart"):
+        ihs.extract(model, VARIED[:3], pack=True, cache=False, progress=False)
+
+
+@pytest.mark.parametrize("pack", [0, -4, "yes", 1.5])
+def test_extract_rejects_bad_pack(model: ihs.Model, pack: Any) -> None:
+    with pytest.raises(ihs.InputError, match="pack must be"):
+        ihs.extract(model, VARIED[:2], pack=pack, cache=False, progress=False)
+
+
+def test_packing_refuses_attention_without_4d_masks(tokenizer: Any) -> None:  # noqa: F811
+    hf = _tiny("LlamaForCausalLM")
+    model = ihs.load_model(hf, tokenizer=tokenizer)
+    hf.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ihs.InputError, match="'sdpa' or 'eager'"):
+        ihs.extract(model, PROMPTS, chat=False, pack=True, cache=False, progress=False)
+
+
+def test_packing_refuses_prompts_longer_than_a_sliding_window(tokenizer: Any) -> None:  # noqa: F811
+    hf = _tiny("MistralForCausalLM")
+    hf.config.sliding_window = 8
+    model = ihs.load_model(hf, tokenizer=tokenizer)
+    short = [p for p, ids in zip(PROMPTS, encode(tokenizer, PROMPTS, chat=False)) if len(ids) <= 8]
+    states = ihs.extract(model, short, chat=False, pack=True, cache=False, progress=False)
+    assert_matches_reference(states, hf, encode(model.tokenizer, short, chat=False))
+    with pytest.raises(ihs.InputError, match="sliding attention window"):
+        ihs.extract(model, PROMPTS, chat=False, pack=True, cache=False, progress=False)
+
+
+def test_packing_refuses_alibi_positions(tokenizer: Any) -> None:  # noqa: F811
+    """Falcon with ALiBi builds its position bias from a 2D mask: packed rows cannot run, and say so."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    config = tf.FalconConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=3,
+                             num_attention_heads=4, alibi=True, new_decoder_architecture=False, multi_query=True)
+    model = ihs.load_model(tf.FalconForCausalLM(config).eval(), tokenizer=tokenizer)
+    with pytest.raises(ihs.InputError, match="pack=False"):
+        ihs.extract(model, PROMPTS, chat=False, pack=True, cache=False, progress=False)
+    padded = ihs.extract(model, PROMPTS, chat=False, cache=False, progress=False)  # the padded path still works
+    assert_matches_reference(padded, model.hf, encode(model.tokenizer, PROMPTS, chat=False))
+
+
+def test_compiled_extract_matches_hf_and_restores_nnsight(tokenizer: Any) -> None:  # noqa: F811
+    """compile=True runs the blocks' insides compiled, gives the reference states, and leaves every hook in place."""
+    hf = _tiny("LlamaForCausalLM")
+    model = ihs.load_model(hf, tokenizer=tokenizer)
+    hooked = {name for name, m in hf.named_modules() if "forward" in m.__dict__}
+    states = ihs.extract(model, PROMPTS, chat=False, pack=True, compile=True, cache=False, progress=False)
+    assert_matches_reference(states, hf, encode(model.tokenizer, PROMPTS, chat=False))
+    assert {name for name, m in hf.named_modules() if "forward" in m.__dict__} == hooked
+    assert all(m._compiled_call_impl is None for m in hf.modules())
+    import nnsight
+
+    with model.nn.trace(torch.tensor([[1, 2, 3]])):  # a submodule is reachable again
+        mlp_out = nnsight.save(model.nn.model.layers[1].mlp.output)
+    assert mlp_out.shape == (1, 3, 64)
