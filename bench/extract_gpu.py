@@ -13,7 +13,11 @@ Same 128 prompts (seeded random token ids, 36-100 tokens each) through, in one p
                 ``position_ids`` restarting per prompt and a block-diagonal causal mask, all rows
                 in one forward, last-token rows gathered after every block;
 * ``packed_nn`` the same packed batch through one nnsight trace (``model.nn.trace``);
-* ``packed_compiled`` the packed forward with every decoder block ``torch.compile``d (regional).
+* ``packed_compiled`` the packed forward with every decoder block ``torch.compile``d (regional);
+* ``ihs_pack``  ``ihs_sight.extract(..., pack=P)``: the library's packed path, ``--pack-rows`` rows
+                per forward;
+* ``ihs_pack_compiled`` the same with ``compile=True`` (the blocks' insides compiled, nnsight's
+                block hooks kept); its first call, which compiles, is timed apart.
 
 The methods without nnsight run first: ``load_model()`` wraps the modules' forward for good (a
 ``hf_bs32 (nnsight-wrapped)`` rerun shows what that costs the plain forward).
@@ -260,6 +264,11 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 64, 128])
     parser.add_argument("--pack", type=int, nargs="+", default=[256, 512, 1024], help="packed row widths")
+    parser.add_argument("--pack-rows", type=int, nargs="+", default=[16, 64],
+                        help="rows per forward for ihs_pack (extract's batch_size when packing)")
+    parser.add_argument("--sections", nargs="+", default=None,
+                        help="run only these sections (seed hf packed compile hf_wrapped ihs ihs_sync packed_nn "
+                             "ihs_pack ihs_pack_compiled checks)")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--compile-backend", default="inductor", help="'eager' checks the tracing alone")
     parser.add_argument("--budget-s", type=float, default=330.0,
@@ -344,6 +353,8 @@ def main() -> None:
             f"{entry['pct_peak']:5.1f}% peak" + (f"  {entry['x_seed']:6.1f}x seed" if "x_seed" in entry else ""))
 
     def section(name: str, fn: Callable[[], None], optional: bool = False) -> None:
+        if args.sections is not None and name not in args.sections:
+            return
         if optional and time.perf_counter() - T_START > args.budget_s:
             res["notes"].append(f"{name}: skipped (time budget)")
             log(f"{name}: skipped, past the {args.budget_s:.0f} s budget")
@@ -435,7 +446,10 @@ def main() -> None:
     # (c) ihs_sight.extract: the library as it is, and with the per-layer host copy it had before
     def ihs_runs() -> None:
         original = ihs_extract._saves_to_host
-        for variant, to_host in (("ihs", None), ("ihs_sync", True)):
+        variants = [("ihs", None), ("ihs_sync", True)]
+        if args.sections is not None:
+            variants = [v for v in variants if v[0] in args.sections]
+        for variant, to_host in variants:
             if to_host is not None:
                 ihs_extract._saves_to_host = lambda m: True  # type: ignore[assignment]
             try:
@@ -459,6 +473,35 @@ def main() -> None:
         record(f"packed_nn_{width}", times, {"rows": pb["rows"], "width": pb["width"], "padded_tokens": pb["slots"]})
 
     section("packed_nn", packed_nn)
+
+    # (f) the library's packed path, and with the blocks' insides compiled
+    def ihs_pack() -> None:
+        width = args.pack[0]
+        for rows in args.pack_rows:
+            fn = lambda rows=rows: ihs.extract(model, texts, pack=width, batch_size=rows, chat=False, cache=False,
+                                               progress=False).states
+            times, st = timed(fn, device, args.reps)
+            states[f"ihs_pack{width}_rows{rows}"] = st
+            record(f"ihs_pack{width}_rows{rows}", times, {"rows_per_forward": rows, "width": width})
+
+    section("ihs_pack", ihs_pack)
+
+    def ihs_pack_compiled() -> None:
+        width, rows = args.pack[0], max(args.pack_rows)
+        fn = lambda: ihs.extract(model, texts, pack=width, batch_size=rows, compile=True, chat=False, cache=False,
+                                 progress=False).states
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        first = time.perf_counter() - t0
+        log(f"ihs_pack_compiled: first call (compiles) {first:.1f} s")
+        times, st = timed(fn, device, args.reps)
+        states[f"ihs_pack{width}_rows{rows}_compiled"] = st
+        record(f"ihs_pack{width}_rows{rows}_compiled", times, {"rows_per_forward": rows, "width": width,
+                                                                "first_call_s": first})
+
+    if not args.no_compile:
+        section("ihs_pack_compiled", ihs_pack_compiled, optional=True)
 
     # checks. (1) same batches, bit for bit: ihs vs the plain HF forward, ihs vs ihs_sync.
     # (2) every method against an fp32 forward of the same weights (the first --n-ref prompts,

@@ -1,16 +1,17 @@
-"""Regional ``torch.compile`` of the blocks' insides for one extraction, nnsight's block hooks kept.
+"""Regional ``torch.compile`` of the blocks for one extraction, nnsight's block hooks kept.
 
-A GPU forward of a mid-sized model spends a tenth of its time in small elementwise kernels
-(norms, rotary embeddings, activations) that compilation fuses. nnsight instruments every
-module, and compiling through its hooks breaks the graph at each one; the traces here read
-only each block's input and output, though. So for the duration of :func:`compiled_blocks`
-each block's child modules run their own, uninstrumented forward, compiled; the blocks keep
-nnsight's hooks. Everything is restored on exit, so later traces can reach any module again.
+A GPU forward of a mid-sized model spends a good part of its time in small elementwise
+kernels (norms, rotary embeddings, activations) that compilation fuses. nnsight instruments
+every module, and compiling through its hooks breaks the graph at each one; the traces here
+read only each block's input and output, though. So while :func:`compiled_blocks` is open,
+each block runs a compiled copy of its forward (nnsight's controller still hands the block's
+input and output to the trace), and the modules inside the blocks run uninstrumented.
+Everything is restored on exit, so later traces can reach any module again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -25,10 +26,20 @@ RECOMPILE_LIMIT = 64
 """Dynamo's per-function recompile limit is raised to at least this: batches of new shapes
 recompile, and the default (8) would silently fall back to uncompiled code."""
 
+_COMPILED: dict[tuple[Callable[..., Any], bool | None], Callable[..., Any]] = {}
+"""One compiled function per block class forward: every block (and every call) shares its graphs."""
+
+
+def _compiled(body: Callable[..., Any], dynamic: bool | None) -> Callable[..., Any]:
+    key = (body, dynamic)
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(body, dynamic=dynamic)
+    return _COMPILED[key]
+
 
 @contextmanager
 def compiled_blocks(model: Model, *, dynamic: bool | None = None) -> Iterator[None]:
-    """Run the blocks' child modules compiled while the context is open.
+    """Run every block's forward compiled while the context is open.
 
     Args:
         model: a local model (a remote trace runs on the server, which compiles nothing).
@@ -36,30 +47,36 @@ def compiled_blocks(model: Model, *, dynamic: bool | None = None) -> Iterator[No
             mark what changes as dynamic).
 
     Raises:
-        InputError: for a remote or simulated backend.
+        InputError: for a remote or simulated backend, or blocks nnsight has not wrapped.
     """
     if model.backend != "local":
         raise InputError(f"compile runs on local models only; this model runs on the {model.backend!r} backend.")
     from .models import _resolve_attr
 
+    blocks = list(_resolve_attr(model.hf, model.arch.blocks))
+    # nnsight's controller sits in each module's instance ``forward`` and runs ``state.body``,
+    # the unbound class forward (nnsight 0.8).
+    states: list[Any] = [getattr(block.__dict__.get("forward"), "state", None) for block in blocks]
+    if any(state is None or not callable(getattr(state, "body", None)) or state.sourced for state in states):
+        raise InputError("compile needs blocks wrapped by nnsight 0.8 and not instrumented with .source.")
     unwrapped: list[tuple[torch.nn.Module, Any]] = []
-    compiled: list[torch.nn.Module] = []
+    swapped: list[tuple[Any, Callable[..., Any]]] = []
     limit = torch._dynamo.config.recompile_limit
     torch._dynamo.config.recompile_limit = max(limit, RECOMPILE_LIMIT)
     try:
-        for block in _resolve_attr(model.hf, model.arch.blocks):
+        for block, state in zip(blocks, states):
             for child in block.children():
                 for module in child.modules():
-                    # nnsight installs its hook as the instance's ``forward``; without it the class's runs.
+                    # Without nnsight's controller in the instance, the class's own forward runs.
                     hook = module.__dict__.pop("forward", None)
                     if hook is not None:
                         unwrapped.append((module, hook))
-                child.compile(dynamic=dynamic)
-                compiled.append(child)
+            swapped.append((state, state.body))
+            state.body = _compiled(state.body, dynamic)
         yield
     finally:
-        for child in compiled:
-            child._compiled_call_impl = None
+        for state, body in swapped:
+            state.body = body
         for module, hook in unwrapped:
             module.__dict__["forward"] = hook
         torch._dynamo.config.recompile_limit = limit

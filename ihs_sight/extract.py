@@ -20,6 +20,7 @@ Autograd is on inside an nnsight trace by default; local runs are wrapped in
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import inspect
 import json
@@ -158,7 +159,9 @@ class HiddenStates(BaseModel):
         return cls(states=states, **payload)
 
 
+@functools.cache
 def _versions() -> dict[str, str]:
+    """Package versions for the metadata; read once per process (each lookup scans the installed packages)."""
     out = {}
     for pkg in ("ihs-sight", "nnsight", "transformers", "torch"):
         try:
@@ -317,6 +320,12 @@ def _trace_batch(
     n_prompts = int(batch["input_ids"].shape[0]) if last is None else len(last)
     chunk = max(1, LENS_ROWS // n_prompts)  # layers per unembedding product
     to_host = _saves_to_host(model)
+    # A packed batch's index, copied once to each device the states live on: indexing a device
+    # tensor with a host index copies it at every layer, and the host waits for the device each time.
+    last_on: dict[torch.device, torch.Tensor] = {}
+    if last is not None and not to_host:
+        for device in {p.device for p in model.hf.parameters()}:
+            last_on[device] = last.to(device)
     with model.nn.trace(batch, remote=model.remote, **_forward_kwargs(model)):
         saved_states = nnsight.save([])
         lens_ids = nnsight.save([])
@@ -332,7 +341,7 @@ def _trace_batch(
             else:
                 out = blocks[layer - 1].output
                 full = out if index is None else out[index]
-            hidden = full[:, -1] if last is None else full.flatten(0, 1)[last]
+            hidden = full[:, -1] if last is None else full.flatten(0, 1)[last_on.get(full.device, last)]
             if states:
                 # clone(): on a CPU server .cpu() is a no-op and the slice would ship the
                 # whole [B, T, D] storage it views (and, kept on the device, keep it alive).
@@ -395,7 +404,7 @@ def extract_meta(
         template=template,
         layer_names=["embed"] + [f"block.{i}" for i in range(1, model.n_layers + 1)],
         prompt_hashes=[sha(t) for t in texts],
-        versions=_versions(),
+        versions=dict(_versions()),
     )
 
 
@@ -450,10 +459,12 @@ def _forwards(
     kind = mask_kind(model)
     check_packing(model)
     rows = [[todo[j] for j in row] for row in pack_rows(lengths, width)]
+    # Local inputs are built where the model runs; a remote request ships host tensors.
+    device = model.device if model.backend == "local" else torch.device("cpu")
     for k in range(0, len(rows), batch_size):
         forward = rows[k:k + batch_size]
         inputs, last = packed_batch([[ids[i] for i in row] for row in forward], model.pad_id, mask=kind,
-                                    dtype=model.dtype)
+                                    dtype=model.dtype, device=device)
         yield [i for row in forward for i in row], inputs, last
 
 

@@ -50,7 +50,8 @@ def pack_rows(lengths: Sequence[int], width: int) -> list[list[int]]:
 
 
 def packed_batch(rows: Sequence[Sequence[Sequence[int]]], pad_id: int, *,
-                 mask: str = "bool", dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+                 mask: str = "bool", dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Model inputs for rows of packed token-id lists, and each prompt's flat last-token index.
 
     Args:
@@ -58,6 +59,8 @@ def packed_batch(rows: Sequence[Sequence[Sequence[int]]], pad_id: int, *,
         pad_id: fills each row's tail.
         mask: ``"bool"`` (True = attend; SDPA) or ``"additive"`` (0 or the dtype's minimum; eager attention).
         dtype: the additive mask's dtype (the model's).
+        device: where to build the inputs (the model's device: the ``[R, 1, W, W]`` mask is
+            made there from ``[R, W]`` segment ids instead of being built on the host and copied).
 
     Returns:
         ``{"input_ids", "position_ids", "attention_mask"}`` with ids ``[R, W]`` and the mask
@@ -65,24 +68,31 @@ def packed_batch(rows: Sequence[Sequence[Sequence[int]]], pad_id: int, *,
         ``[R * W]`` flattened rows, prompts in row order. The tail is a segment of its own.
     """
     width = max(sum(len(p) for p in row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
-    segment = torch.full((len(rows), width), -1, dtype=torch.long)
+    ids_rows: list[list[int]] = []
+    pos_rows: list[list[int]] = []
+    seg_rows: list[list[int]] = []
     last: list[int] = []
     for r, row in enumerate(rows):
-        at = 0
+        ids_row: list[int] = []
+        pos_row: list[int] = []
+        seg_row: list[int] = []
         for s, ids in enumerate(row):
-            n = len(ids)
-            input_ids[r, at:at + n] = torch.tensor(list(ids), dtype=torch.long)
-            position_ids[r, at:at + n] = torch.arange(n)
-            segment[r, at:at + n] = s
-            at += n
-            last.append(r * width + at - 1)
-        position_ids[r, at:] = torch.arange(width - at)
-    allowed = (segment[:, :, None] == segment[:, None, :]) & torch.ones(width, width, dtype=torch.bool).tril()
-    attention: torch.Tensor = allowed[:, None]
+            ids_row.extend(ids)
+            pos_row.extend(range(len(ids)))
+            seg_row.extend([s] * len(ids))
+            last.append(r * width + len(ids_row) - 1)
+        tail = width - len(ids_row)
+        ids_rows.append(ids_row + [pad_id] * tail)
+        pos_rows.append(pos_row + list(range(tail)))
+        seg_rows.append(seg_row + [-1] * tail)  # the tail is a segment of its own
+    input_ids = torch.tensor(ids_rows, dtype=torch.long, device=device)
+    position_ids = torch.tensor(pos_rows, dtype=torch.long, device=device)
+    segment = torch.tensor(seg_rows, dtype=torch.long, device=device)
+    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+    attention: torch.Tensor = ((segment[:, :, None] == segment[:, None, :]) & causal)[:, None]
     if mask == "additive":
-        attention = torch.zeros(attention.shape, dtype=dtype).masked_fill(~attention, torch.finfo(dtype).min)
+        attention = torch.zeros(attention.shape, dtype=dtype, device=device).masked_fill(~attention,
+                                                                                          torch.finfo(dtype).min)
     return ({"input_ids": input_ids, "position_ids": position_ids, "attention_mask": attention},
             torch.tensor(last, dtype=torch.long))
 

@@ -123,6 +123,15 @@ def test_remote_extract_and_lens_equal_local(remote: Any, model: Any, server: st
     assert 0 < got.meta.bytes_per_prompt < 2 * (model.n_layers + 1) * model.d_model * 4
 
 
+def test_remote_packed_extract_equals_local(remote: Any, model: Any, server: str) -> None:
+    """Packed rows (4D mask, restarting positions, flat last-token index) go through the server unchanged."""
+    jobs = control(server)["jobs"]
+    local = extract(model, PROMPTS, cache=False, progress=False, pack=True)
+    got = extract(remote, PROMPTS, cache=False, progress=False, pack=True)
+    assert control(server)["jobs"] > jobs
+    assert torch.equal(got.states, local.states)
+
+
 def test_remote_logit_lens_equals_local(remote: Any, model: Any) -> None:
     local = logit_lens(model, PROMPTS[:2], top_k=3, progress=False)
     got = logit_lens(remote, PROMPTS[:2], top_k=3, progress=False)
