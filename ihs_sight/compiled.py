@@ -5,7 +5,8 @@ kernels (norms, rotary embeddings, activations) that compilation fuses. nnsight 
 every module, and compiling through its hooks breaks the graph at each one; the traces here
 read only each block's input and output, though. So while :func:`compiled_blocks` is open,
 each block runs a compiled copy of its forward (nnsight's controller still hands the block's
-input and output to the trace), and the modules inside the blocks run uninstrumented.
+input and output to the trace), and the modules inside the blocks run uninstrumented (nnsight's
+controllers and transformers' output-recording hooks set aside).
 Everything is restored on exit, so later traces can reach any module again.
 """
 
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
 RECOMPILE_LIMIT = 64
 """Dynamo's per-function recompile limit is raised to at least this: batches of new shapes
 recompile, and the default (8) would silently fall back to uncompiled code."""
+
+_CAPTURE_HOOKS = "transformers.utils.output_capturing"
+"""Module of transformers' forward hooks that record attentions on request. They read a context
+variable, which torch.compile cannot trace (a graph break, and recompiles, in every block); the
+traces here never request those outputs, so the hooks inside the blocks are set aside too."""
 
 _COMPILED: dict[tuple[Callable[..., Any], bool | None], Callable[..., Any]] = {}
 """One compiled function per block class forward: every block (and every call) shares its graphs."""
@@ -60,6 +66,7 @@ def compiled_blocks(model: Model, *, dynamic: bool | None = None) -> Iterator[No
     if any(state is None or not callable(getattr(state, "body", None)) or state.sourced for state in states):
         raise InputError("compile needs blocks wrapped by nnsight 0.8 and not instrumented with .source.")
     unwrapped: list[tuple[torch.nn.Module, Any]] = []
+    unhooked: list[tuple[torch.nn.Module, int, Any]] = []
     swapped: list[tuple[Any, Callable[..., Any]]] = []
     limit = torch._dynamo.config.recompile_limit
     torch._dynamo.config.recompile_limit = max(limit, RECOMPILE_LIMIT)
@@ -71,6 +78,9 @@ def compiled_blocks(model: Model, *, dynamic: bool | None = None) -> Iterator[No
                     hook = module.__dict__.pop("forward", None)
                     if hook is not None:
                         unwrapped.append((module, hook))
+                    for key, fn in list(module._forward_hooks.items()):
+                        if getattr(fn, "__module__", None) == _CAPTURE_HOOKS:
+                            unhooked.append((module, key, module._forward_hooks.pop(key)))
             swapped.append((state, state.body))
             state.body = _compiled(state.body, dynamic)
         yield
@@ -79,4 +89,6 @@ def compiled_blocks(model: Model, *, dynamic: bool | None = None) -> Iterator[No
             state.body = body
         for module, hook in unwrapped:
             module.__dict__["forward"] = hook
+        for module, key, fn in unhooked:
+            module._forward_hooks[key] = fn
         torch._dynamo.config.recompile_limit = limit

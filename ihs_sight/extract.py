@@ -373,9 +373,12 @@ def _trace_batch(
             prob_sum.append(total.detach().cpu())
     result: dict[str, torch.Tensor] = {}
     if states:
-        # Slices kept on the device are copied here, one tensor at a time (no-ops for host
-        # tensors), so slices from blocks on different GPUs (device_map="auto") still stack.
-        result["states"] = torch.stack([t.cpu() for t in saved_states], 1).float()
+        # Slices kept on the device are stacked and widened there and copied to the host once;
+        # slices from blocks on different GPUs (device_map="auto") are copied one at a time.
+        slices = list(saved_states)
+        if len({t.device for t in slices}) > 1:
+            slices = [t.cpu() for t in slices]
+        result["states"] = torch.stack(slices, 1).float().cpu()
     if lens_set:
         result["lens_ids"] = torch.stack(list(lens_ids), 1).long()
         result["lens_probs"] = torch.stack(list(lens_probs), 1).float()

@@ -127,11 +127,19 @@ def test_packing_refuses_alibi_positions(tokenizer: Any) -> None:  # noqa: F811
 def test_compiled_extract_matches_hf_and_restores_nnsight(tokenizer: Any) -> None:  # noqa: F811
     """compile=True runs the blocks compiled, gives the reference states, and leaves every hook in place."""
     hf = _tiny("LlamaForCausalLM")
+    with torch.no_grad():  # installs transformers' output-recording hooks, which compile sets aside
+        hf(torch.tensor([[1, 2, 3]]), output_attentions=True, output_hidden_states=True)
     model = ihs.load_model(hf, tokenizer=tokenizer)
-    hooked = {name for name, m in hf.named_modules() if "forward" in m.__dict__}
+
+    def hooks() -> tuple[set[str], dict[str, list[Any]]]:
+        return ({name for name, m in hf.named_modules() if "forward" in m.__dict__},
+                {name: list(m._forward_hooks.values()) for name, m in hf.named_modules() if m._forward_hooks})
+
+    before = hooks()
+    assert any(".self_attn" in name for name in before[1])  # the recording hooks are there to set aside
     states = ihs.extract(model, PROMPTS, chat=False, pack=True, compile=True, cache=False, progress=False)
     assert_matches_reference(states, hf, encode(model.tokenizer, PROMPTS, chat=False))
-    assert {name for name, m in hf.named_modules() if "forward" in m.__dict__} == hooked
+    assert hooks() == before
     # Each block's nnsight controller runs the class's own forward again, not the compiled one.
     assert all(block.__dict__["forward"].state.body is type(block).forward for block in hf.model.layers)
     import nnsight
