@@ -373,12 +373,13 @@ def _trace_batch(
             prob_sum.append(total.detach().cpu())
     result: dict[str, torch.Tensor] = {}
     if states:
-        # Slices kept on the device are stacked and widened there and copied to the host once;
-        # slices from blocks on different GPUs (device_map="auto") are copied one at a time.
+        # Slices kept on the device are stacked there and copied to the host once, in the model's
+        # dtype (half the bytes of float32 for bf16); slices from blocks on different GPUs
+        # (device_map="auto") are copied one at a time.
         slices = list(saved_states)
         if len({t.device for t in slices}) > 1:
             slices = [t.cpu() for t in slices]
-        result["states"] = torch.stack(slices, 1).float().cpu()
+        result["states"] = torch.stack(slices, 1).cpu().float()
     if lens_set:
         result["lens_ids"] = torch.stack(list(lens_ids), 1).long()
         result["lens_probs"] = torch.stack(list(lens_probs), 1).float()

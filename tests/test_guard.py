@@ -106,7 +106,7 @@ def test_layer_search_and_calibration(guard: Guard, guard_train: ihs.PromptSet, 
     # The final probe is fitted on every prompt at the chosen layer with the chosen C: the same
     # fit, made here directly, predicts the same.
     # Same features as the fit (read back from the shared cache: recomputed in other batches they
-    # would differ in the last float bits, and L-BFGS would carry that into the fit).
+    # would differ in the last float bits).
     feats = layer_features(model, guard_train, r.cv_layers, cache=states_cache, progress=False)[:, guard.layer - 1]
     again = LayerProbe("logreg", C=r.C).fit(feats[:, None], list(guard_train.labels))
     np.testing.assert_allclose(again.predict_proba(feats[:, None]), guard.probe.predict_proba(feats[:, None]),

@@ -6,9 +6,12 @@ numpy over the probe's predictions), never against the probe's own report.
 
 from __future__ import annotations
 
+import importlib
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,7 +30,7 @@ from sklearn.model_selection import (
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.svm import SVC
+from sklearn.svm import SVC, LinearSVC
 from threadpoolctl import threadpool_limits
 
 import ihs_sight as ihs
@@ -127,6 +130,135 @@ def test_layer_probe_fast_logreg_agrees_with_sklearn(train_states: ihs.HiddenSta
     gaps = np.abs(np.array(fast) - np.array(ref))
     assert gaps.max() <= FAST_VS_SKLEARN_TOL, f"layer {int(gaps.argmax())}: torch {fast} vs sklearn {ref}"
     assert abs(np.mean(fast) - np.mean(ref)) <= FAST_VS_SKLEARN_MEAN_TOL
+
+
+@pytest.mark.parametrize("name", ["logreg", "svm"])
+def test_layer_probe_linear_layers_are_fitted_independently(name: str, train_states: ihs.HiddenStates,
+                                                            test_states: ihs.HiddenStates) -> None:
+    # default and default-aligned share layers 0-6 (the adapter changes blocks 7+ only): each
+    # layer's probe must depend on its own layer's features only, never on the other layers'.
+    x = train_states.states.clone()
+    noisy = x.clone()
+    gen = torch.Generator().manual_seed(1)
+    noisy[:, 7:] = torch.randn(noisy[:, 7:].shape, generator=gen) * x[:, 7:].std()
+    labels = list(train_states.labels or [])
+    full = LayerProbe(name).fit(x, labels)
+    other = LayerProbe(name).fit(noisy, labels)
+    alone = LayerProbe(name, layers=[3]).fit(x, labels)
+    for fitted, rows, ref in ((other, slice(0, 7), slice(0, 7)), (alone, slice(0, 1), slice(3, 4))):
+        np.testing.assert_allclose(fitted.coef_[rows], full.coef_[ref], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(fitted.intercept_[rows], full.intercept_[ref], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(other.predict(test_states)[:, :7], full.predict(test_states)[:, :7])
+    np.testing.assert_array_equal(alone.predict(test_states)[:, 0], full.predict(test_states)[:, 3])
+
+
+def _margins(fitted: LayerProbe, x: torch.Tensor, j: int) -> np.ndarray:
+    """(n, K') margins of the torch linear probe's ``j``-th layer on states ``x``, from its public weights."""
+    layer = fitted.layers_[j]
+    z = (x[:, layer].double() - fitted.mean_[j].double()) / fitted.scale_[j].double()
+    return (z @ fitted.coef_[j].double() + fitted.intercept_[j].double()).numpy()
+
+
+@pytest.mark.parametrize("C", [0.05, 1.0])
+def test_layer_probe_logreg_reaches_sklearn_optimum(C: float, train_states: ihs.HiddenStates,
+                                                    test_states: ihs.HiddenStates) -> None:
+    # The same objective (C * sum(log-loss) + ||w||^2 / 2, intercept free) solved to convergence
+    # by sklearn on the same standardised features: the same probabilities on unseen prompts.
+    layers = [2, 9, 20]
+    fitted = LayerProbe("logreg", layers=layers, C=C).fit(train_states)
+    assert max(fitted.n_iter_) < 100, "Newton should converge long before max_iter"
+    ours = fitted.predict_proba(test_states)
+    for j, layer in enumerate(layers):
+        ref = make_pipeline(StandardScaler(), LogisticRegression(C=C, tol=1e-10, max_iter=10000))
+        ref.fit(train_states.layer(layer).double().numpy(), train_states.labels)
+        cols = [list(ref.classes_).index(c) for c in fitted.classes_]
+        proba = ref.predict_proba(test_states.layer(layer).double().numpy())[:, cols]
+        np.testing.assert_allclose(ours[:, j], proba, rtol=0, atol=1e-4, err_msg=f"layer {layer}")
+
+
+def _check_squared_hinge_optimum(fitted: LayerProbe, j: int, k: int, x: torch.Tensor, labels: list[str],
+                                 ref: Any, ref_k: int) -> None:
+    """Column ``k`` of ``fitted``'s layer ``j`` vs column ``ref_k`` of a StandardScaler + LinearSVC pipeline.
+
+    LinearSVC penalises its intercept as a feature of value ``intercept_scaling`` (1000 here:
+    a negligible penalty, and liblinear still converges). Both minimise C * sum(squared hinge)
+    + ||w||^2 / 2, so ours must reach liblinear's objective (and not exceed it: it is the optimum)
+    with nearly the same margins.
+    """
+    positive = fitted.classes_[k] if fitted.coef_.shape[2] > 1 else fitted.classes_[1]
+    sign = -1.0 if len(ref[1].classes_) == 2 and ref[1].classes_[1] != positive else 1.0
+    feats = x[:, fitted.layers_[j]].double().numpy()
+    z = ref[0].transform(feats)
+    y = np.where(np.array(labels) == positive, 1.0, -1.0)
+    coef = np.atleast_2d(ref[1].coef_)[ref_k]
+    w_ref, b_ref = sign * coef, sign * np.atleast_1d(ref[1].intercept_)[ref_k]
+    w, b = fitted.coef_[j, :, k].double().numpy(), float(fitted.intercept_[j, k])
+    c = fitted.C
+
+    def objective(w: np.ndarray, b: float) -> float:
+        return float(c * (np.maximum(0.0, 1 - y * (z @ w + b)) ** 2).sum() + 0.5 * w @ w)
+
+    ours, theirs = objective(w, b), objective(w_ref, b_ref)
+    assert ours <= theirs * (1 + 1e-9) and ours == pytest.approx(theirs, rel=1e-7), (positive, ours, theirs)
+    np.testing.assert_allclose(_margins(fitted, x, j)[:, k], z @ w_ref + b_ref, rtol=0, atol=1e-3)
+
+
+def _liblinear(feats: np.ndarray, labels: list[str], c: float) -> Any:
+    return make_pipeline(StandardScaler(), LinearSVC(C=c, dual=False, tol=1e-12, max_iter=100000,
+                                                     intercept_scaling=1000)).fit(feats, labels)
+
+
+def test_layer_probe_svm_reaches_liblinear_optimum(train_states: ihs.HiddenStates) -> None:
+    layers = [2, 9, 20]
+    fitted = LayerProbe("svm", layers=layers).fit(train_states)
+    labels = list(train_states.labels or [])
+    for j, layer in enumerate(layers):
+        ref = _liblinear(train_states.layer(layer).double().numpy(), labels, fitted.C)
+        _check_squared_hinge_optimum(fitted, j, 0, train_states.states, labels, ref, 0)
+
+
+def test_layer_probe_multiclass_linear_reaches_sklearn_optimum(train_states: ihs.HiddenStates,
+                                                               transfer_states: ihs.HiddenStates) -> None:
+    # Three classes: logreg is multinomial (as LogisticRegression), svm one-vs-rest (as LinearSVC).
+    x = torch.cat([train_states.states, transfer_states.states])
+    labels = list(train_states.labels or []) + list(transfer_states.labels or [])
+    layers = [5, 12]
+    logreg = LayerProbe("logreg", layers=layers).fit(x, labels)
+    svm = LayerProbe("svm", layers=layers).fit(x, labels)
+    assert list(logreg.classes_) == ["normal", "malicious", "jailbreak"]
+    for j, layer in enumerate(layers):
+        feats = x[:, layer].double().numpy()
+        ref = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, tol=1e-10, max_iter=10000)).fit(feats, labels)
+        cols = [list(ref.classes_).index(c) for c in logreg.classes_]
+        np.testing.assert_allclose(logreg.predict_proba(x)[:, j], ref.predict_proba(feats)[:, cols],
+                                   rtol=0, atol=1e-4, err_msg=f"logreg layer {layer}")
+        ovr = _liblinear(feats, labels, svm.C)
+        for k, cls in enumerate(svm.classes_):
+            _check_squared_hinge_optimum(svm, j, k, x, labels, ovr, list(ovr.classes_).index(cls))
+
+
+@pytest.mark.parametrize("name", ["logreg", "svm"])
+def test_layer_probe_linear_gram_and_hessian_newton_agree(name: str, train_states: ihs.HiddenStates,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # Binary probes take the n x n Gram-matrix Newton unless there are many more prompts than
+    # features; forcing the explicit-Hessian Newton must give the same optimum.
+    module = importlib.import_module("ihs_sight.probe")
+    gram = LayerProbe(name, layers=[1, 9, 24]).fit(train_states)
+    monkeypatch.setattr(module, "NEWTON_KERNEL_RATIO", 0.0)
+    hessian = LayerProbe(name, layers=[1, 9, 24]).fit(train_states)
+    np.testing.assert_allclose(hessian.coef_, gram.coef_, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(hessian.intercept_, gram.intercept_, rtol=0, atol=1e-6)
+
+
+def test_layer_probe_linear_max_iter_is_a_cap(train_states: ihs.HiddenStates,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="ihs_sight.probe"):
+        capped = LayerProbe("logreg", layers=[9, 20], max_iter=2).fit(train_states)
+    assert capped.n_iter_ == [2, 2] and "2 of 2 layers did not converge" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ihs_sight.probe"):
+        free = LayerProbe("logreg", layers=[9, 20]).fit(train_states)
+    assert all(2 < n < 100 for n in free.n_iter_) and "did not converge" not in caplog.text
 
 
 def test_layer_probe_fit_is_deterministic_and_clonable(train_states: ihs.HiddenStates) -> None:
