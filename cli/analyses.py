@@ -66,6 +66,10 @@ def extract_cmd(
     remote: RemoteOpt = False,
     host: HostOpt = None,
     batch_size: BatchOpt = 16,
+    pack: Annotated[int, typer.Option(help="Pack prompts end to end into rows of this many tokens instead of "
+                                           "padding (0: off; 256 is the GPU setting). --batch-size then counts rows.")] = 0,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile each block for this run (local models; "
+                                                             "pays off on a GPU with --pack).")] = False,
     seed: SeedOpt = 0,
     out: Annotated[Path, out_option("extract")] = Path("ihs-out/extract"),
     quiet: QuietOpt = False,
@@ -77,7 +81,7 @@ def extract_cmd(
     data = _subset(load_data(prompts), split, limit, seed)
     m = load(model, device, dtype, remote, host)
     states = ihs.extract(m, data, batch_size=batch_size, chat=chat, system_prompt=system_prompt,
-                         cache=not no_cache, progress=not quiet)
+                         cache=not no_cache, progress=not quiet, pack=pack if pack else False, compile=compile_)
     stem = states.save(out / "states")
     n, layers, d = states.states.shape
     summary = (f"# ihs-sight extract\n\n- model: `{m.name}` ({states.meta.model_class}, L={m.n_layers}, D={d})\n"

@@ -68,8 +68,10 @@ def compiled_blocks(model: Model, *, dynamic: bool | None = None) -> Iterator[No
     unwrapped: list[tuple[torch.nn.Module, Any]] = []
     unhooked: list[tuple[torch.nn.Module, int, Any]] = []
     swapped: list[tuple[Any, Callable[..., Any]]] = []
-    limit = torch._dynamo.config.recompile_limit
-    torch._dynamo.config.recompile_limit = max(limit, RECOMPILE_LIMIT)
+    config = torch._dynamo.config
+    knob = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
+    limit = getattr(config, knob)
+    setattr(config, knob, max(limit, RECOMPILE_LIMIT))
     try:
         for block, state in zip(blocks, states):
             for child in block.children():
@@ -91,4 +93,4 @@ def compiled_blocks(model: Model, *, dynamic: bool | None = None) -> Iterator[No
             module.__dict__["forward"] = hook
         for module, key, fn in unhooked:
             module._forward_hooks[key] = fn
-        torch._dynamo.config.recompile_limit = limit
+        setattr(config, knob, limit)

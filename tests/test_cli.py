@@ -56,7 +56,8 @@ def test_cli_data_lists_bundled_sets(data: ihs.PromptSet) -> None:
 
 
 def test_cli_extract_writes_loadable_states(tmp_path: Path, cli_env: dict[str, str], model: ihs.Model) -> None:
-    result = run(["extract", "--limit", "4", "--split", "test", "--out", str(tmp_path), "--quiet"], cli_env)
+    result = run(["extract", "--limit", "4", "--split", "test", "--pack", "128", "--out", str(tmp_path), "--quiet"],
+                 cli_env)
     assert result.returncode == 0, result.stderr
     states = ihs.HiddenStates.load(tmp_path / "states")
     assert states.states.shape == (4, model.n_layers + 1, model.d_model)
@@ -136,6 +137,7 @@ def test_cli_guard_fit_then_score(tmp_path: Path, cli_env: dict[str, str], model
     ("args", "code", "message"),
     [
         (["extract", "--batch-size", "0"], 2, "batch-size"),
+        (["extract", "--pack", "-3", "--limit", "2"], 2, "pack must be"),
         (["probe", "--classifiers", "forest", "--limit", "8"], 2, "forest"),
         (["extract", "--prompts", "/nonexistent/prompts.csv"], 2, "No such file"),
         (["extract", "--model", "/nonexistent/model-dir"], 3, "No such model path"),
