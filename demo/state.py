@@ -53,7 +53,7 @@ SEED = 0
 TRAIN_LABELS = ("normal", "malicious")
 COMPARE_SETS = ("normal", "malicious", "jailbreak")
 """The canonical test split's sets the Compare tab scores (jailbreaks count as malicious)."""
-PROBE_FORMAT = 2  # bumped when the fast probe engine changes
+PROBE_FORMAT = 3  # bumped when the fast probe engine or the guard's fit changes (3: per-layer Newton fits)
 """Bump when what goes into a cached probe changes, so old files are not reused."""
 
 Loader = Callable[[str], ihs.Model]
