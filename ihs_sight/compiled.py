@@ -53,7 +53,8 @@ def compiled_blocks(model: Model, *, dynamic: bool | None = None) -> Iterator[No
             mark what changes as dynamic).
 
     Raises:
-        InputError: for a remote or simulated backend, or blocks nnsight has not wrapped.
+        InputError: for a remote or simulated backend, blocks nnsight has not wrapped, or
+            accelerate hooks inside the blocks.
     """
     if model.backend != "local":
         raise InputError(f"compile runs on local models only; this model runs on the {model.backend!r} backend.")
@@ -65,6 +66,10 @@ def compiled_blocks(model: Model, *, dynamic: bool | None = None) -> Iterator[No
     states: list[Any] = [getattr(block.__dict__.get("forward"), "state", None) for block in blocks]
     if any(state is None or not callable(getattr(state, "body", None)) or state.sourced for state in states):
         raise InputError("compile needs blocks wrapped by nnsight 0.8 and not instrumented with .source.")
+    if any("_hf_hook" in m.__dict__ for block in blocks for child in block.children() for m in child.modules()):
+        # accelerate moves tensors in hooks on those modules (offloading), which their own forward skips.
+        raise InputError("compile does not support modules inside the blocks dispatched by accelerate (offloading); "
+                         "extract without compile.")
     unwrapped: list[tuple[torch.nn.Module, Any]] = []
     unhooked: list[tuple[torch.nn.Module, int, Any]] = []
     swapped: list[tuple[Any, Callable[..., Any]]] = []
