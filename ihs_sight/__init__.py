@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from .emotions import EmotionProfile, InducedLexicon, Lexicon, induce_lexicon, load_lexicon
 from .errors import (
     DefaultModelNotInstalledError,
     IhsSightError,
@@ -16,7 +17,6 @@ from .errors import (
     RemoteError,
     UnsupportedArchitectureError,
 )
-from .emotions import EmotionProfile, InducedLexicon, Lexicon, induce_lexicon, load_lexicon
 from .extract import ExtractMeta, HiddenStates, extract
 from .graft import GraftResult, SweepResult, graft, graft_sweep
 from .guard import Guard, GuardFitReport, GuardScores, JailbreakSignal

@@ -137,9 +137,12 @@ def test_compiled_extract_matches_hf_and_restores_nnsight(tokenizer: Any) -> Non
 
     before = hooks()
     assert any(".self_attn" in name for name in before[1])  # the recording hooks are there to set aside
-    states = ihs.extract(model, PROMPTS, chat=False, pack=True, compile=True, cache=False, progress=False)
-    assert_matches_reference(states, hf, encode(model.tokenizer, PROMPTS, chat=False))
-    assert hooks() == before
+    ids = encode(model.tokenizer, PROMPTS, chat=False)
+    for pack in (True, False):  # packed rows, and padded batches of new widths (dynamic shapes)
+        states = ihs.extract(model, PROMPTS, chat=False, pack=pack, compile=True, batch_size=2, cache=False,
+                             progress=False)
+        assert_matches_reference(states, hf, ids)
+        assert hooks() == before
     # Each block's nnsight controller runs the class's own forward again, not the compiled one.
     assert all(block.__dict__["forward"].state.body is type(block).forward for block in hf.model.layers)
     import nnsight
