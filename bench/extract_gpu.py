@@ -147,73 +147,35 @@ def run_hf(hf: Any, ids: list[list[int]], device: str, batch_size: int, pad_id: 
     return torch.stack(result, 0)
 
 
-def pack(lengths: list[int], capacity: int) -> list[list[int]]:
-    """First-fit decreasing: indices of prompts per row, each row's total length <= capacity."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    rows: list[list[int]] = []
-    room: list[int] = []
-    for i in order:
-        for r in range(len(rows)):
-            if room[r] >= lengths[i]:
-                rows[r].append(i)
-                room[r] -= lengths[i]
-                break
-        else:
-            rows.append([i])
-            room.append(capacity - lengths[i])
-    return rows
-
-
 def packed_batch(ids: list[list[int]], capacity: int, pad_id: int, device: str) -> dict[str, Any]:
-    """Rows of packed prompts: input ids, restarting position ids, a block-diagonal causal bool mask
-    [R, 1, P, P], and (row, column) of every prompt's last token."""
+    """The library's packing (:mod:`ihs_sight.packing`: first-fit decreasing rows, restarting position
+    ids, a block-diagonal causal bool mask [R, 1, P, P]), with ``last``: each prompt's flat
+    last-token index, in the prompts' own order."""
+    from ihs_sight.packing import pack_rows, pack_width
+    from ihs_sight.packing import packed_batch as library_packed_batch
+
     lengths = [len(r) for r in ids]
-    capacity = max(capacity, max(lengths))
-    rows = pack(lengths, capacity)
-    width = max(sum(lengths[i] for i in row) for row in rows)
-    n_rows = len(rows)
-    input_ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((n_rows, width), dtype=torch.long)
-    segment = torch.full((n_rows, width), -1, dtype=torch.long)  # tail padding: its own segment
-    last_row = torch.zeros(len(ids), dtype=torch.long)
-    last_col = torch.zeros(len(ids), dtype=torch.long)
-    for r, row in enumerate(rows):
-        at = 0
-        for s, i in enumerate(row):
-            n = lengths[i]
-            input_ids[r, at:at + n] = torch.tensor(ids[i])
-            position_ids[r, at:at + n] = torch.arange(n)
-            segment[r, at:at + n] = s
-            last_row[i], last_col[i] = r, at + n - 1
-            at += n
-        position_ids[r, at:] = torch.arange(width - at)
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    mask = (segment[:, :, None] == segment[:, None, :]) & causal  # [R, P, P]
-    return {
-        "input_ids": input_ids.to(device),
-        "position_ids": position_ids.to(device),
-        "attention_mask": mask[:, None].to(device),
-        "last_row": last_row.to(device),
-        "last_col": last_col.to(device),
-        "rows": n_rows,
-        "width": width,
-        "slots": n_rows * width,
-    }
+    rows = pack_rows(lengths, pack_width(capacity, lengths))
+    inputs, last_in_row_order = library_packed_batch([[ids[i] for i in row] for row in rows], pad_id, device=device)
+    last = torch.empty_like(last_in_row_order)
+    last[torch.tensor([i for row in rows for i in row])] = last_in_row_order
+    n_rows, width = inputs["input_ids"].shape
+    return {**inputs, "last": last.to(device), "rows": n_rows, "width": width, "slots": n_rows * width}
 
 
 def run_packed(hf: Any, pb: dict[str, Any], layers: list[Any] | None = None) -> torch.Tensor:
     """Embedding, then each decoder block called directly; [N, L+1, D] float32 on the host."""
     m = hf.model
     layers = layers if layers is not None else list(m.layers)
-    r, c = pb["last_row"], pb["last_col"]
+    last = pb["last"]
     with torch.inference_mode():
         h = m.embed_tokens(pb["input_ids"])
         pe = m.rotary_emb(h, position_ids=pb["position_ids"])
-        outs = [h[r, c]]
+        outs = [h.flatten(0, 1)[last]]
         for layer in layers:
             h = layer(h, attention_mask=pb["attention_mask"], position_ids=pb["position_ids"], position_embeddings=pe)
             h = h[0] if isinstance(h, tuple) else h
-            outs.append(h[r, c])
+            outs.append(h.flatten(0, 1)[last])
         return torch.stack(outs, 1).float().cpu()
 
 
@@ -224,13 +186,13 @@ def run_packed_nn(model: Any, pb: dict[str, Any]) -> torch.Tensor:
     from ihs_sight.extract import _forward_kwargs
 
     blocks = model.blocks()
-    r, c = pb["last_row"], pb["last_col"]
+    last = pb["last"]
     inputs = {k: pb[k] for k in ("input_ids", "position_ids", "attention_mask")}
     with torch.no_grad(), model.nn.trace(inputs, **_forward_kwargs(model)):
         saved = nnsight.save([])
         for layer in range(len(blocks) + 1):
             h = blocks[0].input if layer == 0 else blocks[layer - 1].output
-            saved.append(h[r, c].detach().clone())
+            saved.append(h.flatten(0, 1)[last].detach().clone())
     return torch.stack([t.cpu() for t in saved], 1).float()
 
 
