@@ -43,6 +43,16 @@ def _compiled(body: Callable[..., Any], dynamic: bool | None) -> Callable[..., A
     return _COMPILED[key]
 
 
+def check_compilable(model: Model) -> None:
+    """Refuse a remote or simulated model: its traces run on the server, which compiles nothing.
+
+    Raises:
+        InputError: for a non-local backend.
+    """
+    if model.backend != "local":
+        raise InputError(f"compile runs on local models only; this model runs on the {model.backend!r} backend.")
+
+
 @contextmanager
 def compiled_blocks(model: Model, *, dynamic: bool | None = None) -> Iterator[None]:
     """Run every block's forward compiled while the context is open.
@@ -56,8 +66,7 @@ def compiled_blocks(model: Model, *, dynamic: bool | None = None) -> Iterator[No
         InputError: for a remote or simulated backend, blocks nnsight has not wrapped, or
             accelerate hooks inside the blocks.
     """
-    if model.backend != "local":
-        raise InputError(f"compile runs on local models only; this model runs on the {model.backend!r} backend.")
+    check_compilable(model)
     from .models import _resolve_attr
 
     blocks = list(_resolve_attr(model.hf, model.arch.blocks))

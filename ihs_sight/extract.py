@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .cache import TensorCache
-from .compiled import compiled_blocks
+from .compiled import check_compilable, compiled_blocks
 from .errors import InputError
 from .models import Model, states_cache_dir
 from .packing import check_packing, check_window, mask_kind, pack_rows, pack_width, packed_batch
@@ -526,8 +526,8 @@ def extract(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}.")
     pack_width(pack, [1])  # a bad pack value fails even when every prompt is cached
-    if compile and model.backend != "local":
-        raise InputError(f"compile runs on local models only; this model runs on the {model.backend!r} backend.")
+    if compile:
+        check_compilable(model)  # fails even when every prompt is cached
     lens_spec = None
     if lens_top_k is not None:
         from .lens import lens_spec_for

@@ -29,7 +29,7 @@ from ihs_sight.backends import (
     ServerError,
     VersionMismatchError,
 )
-from ihs_sight.errors import RemoteError
+from ihs_sight.errors import InputError, RemoteError
 from ihs_sight.extract import extract
 from ihs_sight.graft import graft
 from ihs_sight.lens import logit_lens
@@ -175,6 +175,8 @@ def test_simulate_extract_equals_local(model: Any) -> None:
     local = extract(model, PROMPTS[:2], cache=False, progress=False)
     got = extract(sim, PROMPTS[:2], cache=False, progress=False)
     assert torch.equal(got.states, local.states)
+    with pytest.raises(InputError, match="local models only"):  # the server compiles nothing
+        extract(sim, PROMPTS[:2], cache=False, progress=False, compile=True)
 
 
 def test_remote_key_never_logged(remote: Any, caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
