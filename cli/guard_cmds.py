@@ -58,7 +58,7 @@ def _cv_figure(report: Any, title: str) -> Any:
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for c, accs in report.cv_accuracy_by_C.items():
         name = report.classifier if c == "None" else f"{report.classifier}, C={float(c):g}"
-        ax.plot(report.cv_layers, accs, marker="o", ms=3, label=f"{name} ({report.cv}-fold, out of fold)")
+        ax.plot(report.cv_layers, accs, marker="o", ms=3, label=f"{name} ({report.cv}-fold x {report.cv_repeats}, out of fold)")
     ax.axhline(report.target_accuracy, color="grey", ls="--", lw=1, label=f"target {report.target_accuracy:g}")
     ax.axvline(report.layer, color="tab:red", lw=1, label=f"guard layer {report.layer}")
     ax.set_xlabel("layer (0 = embeddings, l = output of block l)")
@@ -81,6 +81,7 @@ def fit_cmd(
     pool: Annotated[str, typer.Option(help="'mean' over the prompt's tokens or the 'last' token.")] = "mean",
     classifier: Annotated[str, typer.Option(help="logreg, svm or mlp.")] = "logreg",
     cv: Annotated[int, typer.Option(min=2, help="Folds of the layer search.")] = 5,
+    cv_repeats: Annotated[int, typer.Option(min=1, help="Times the folds are redrawn; results are averaged.")] = 3,
     evaluate: Annotated[bool, typer.Option("--evaluate/--no-evaluate",
                                            help="Score the bundled test split and jailbreaks (bundled data only).")] = True,
     device: DeviceOpt = None,
@@ -102,6 +103,7 @@ def fit_cmd(
     m = load(model, device, dtype, remote, host)
     guard = Guard.fit(m, train, layer=chosen, target_accuracy=target_accuracy,  # type: ignore[arg-type]
                       target_fpr=target_fpr, pool=pool, classifier=classifier, cv=cv,  # type: ignore[arg-type]
+                      cv_repeats=cv_repeats,
                       random_state=seed, batch_size=batch_size, progress=not quiet)
     bundle = guard.save(out / "guard")
     r = guard.report
@@ -110,8 +112,11 @@ def fit_cmd(
     lines = ["# ihs-sight guard fit", "",
              (f"- model: `{m.name}` (L={m.n_layers}); guard reads layer {r.layer} ({r.layer / m.n_layers:.0%} of "
               f"the blocks), pool `{r.pool}`, {r.classifier}"),
-             (f"- layer search: {r.cv}-fold accuracy {r.cv_accuracy[r.cv_layers.index(r.layer)]:.3f} "
-              + ("(target met)" if r.target_met else f"(no layer reached {r.target_accuracy:g}; earliest within one standard error of the best)")),
+             (f"- layer search: {r.cv}-fold accuracy ({r.cv_repeats} repeats) "
+              f"{r.cv_accuracy[r.cv_layers.index(r.layer)]:.3f} "
+              + ("(target met with one standard error to spare)" if r.target_met else
+                 f"(no layer reached {r.target_accuracy:g} with a standard error to spare; earliest within one "
+                 "standard error of the best)")),
              (f"- threshold {r.threshold:.4f} calibrated out of fold on {r.n_prompts} prompts: FPR "
               f"{r.calibration_fpr:.3f}, TPR {r.calibration_tpr:.3f}" + ("" if r.C is None else f"; C = {r.C:g}"))]
     payload: dict[str, Any] = {"command": "guard fit", "layer": r.layer, "threshold": r.threshold,

@@ -201,22 +201,25 @@ class GuardFitReport(BaseModel):
     target_fpr: float
     """False-positive rate the threshold was calibrated to."""
     target_met: bool
-    """Whether some layer reached ``target_accuracy`` (if not: the earliest layer within one
-    standard error of the best out-of-fold accuracy was taken)."""
+    """Whether some layer reached ``target_accuracy`` with one standard error to spare (if not:
+    the earliest layer within one standard error of the best out-of-fold accuracy was taken)."""
     C: float | None
     """Inverse L2 strength of the linear probe, chosen with the layer (``None`` for the MLP)."""
     cv: int
     """Folds of the layer search and of the out-of-fold calibration."""
+    cv_repeats: int = 1
+    """Times the ``cv``-fold split was redrawn; accuracies and calibration scores are averaged over them."""
     cv_layers: list[int]
     """Layers searched."""
     cv_accuracy: list[float]
-    """Out-of-fold accuracy of each searched layer, at the chosen ``C``."""
+    """Out-of-fold accuracy of each searched layer, at the chosen ``C`` (mean over repeats)."""
     cv_accuracy_by_C: dict[str, list[float]]
     """Out-of-fold accuracy of each searched layer for every ``C`` tried."""
     threshold: float
     """P(malicious) above which a prompt is flagged."""
     calibration_fpr: float
-    """Share of normal prompts flagged, out of fold (each scored by a probe that never saw it)."""
+    """Share of normal prompts flagged, out of fold (each scored by probes that never saw it,
+    averaged over repeats)."""
     calibration_tpr: float
     """Share of malicious prompts flagged, out of fold."""
     n_prompts: int
@@ -330,18 +333,39 @@ def _c_values(C: Any) -> list[float | None]:
     return [float(c) for c in values]
 
 
-def _folds(strata: Sequence[str], cv: int, random_state: int) -> list[np.ndarray[Any, Any]]:
-    """``cv`` test-index arrays, stratified by ``strata``, shuffled with ``random_state``."""
-    from sklearn.model_selection import StratifiedKFold
+def _folds(strata: Sequence[str], cv: int, repeats: int, random_state: int) -> list[list[np.ndarray[Any, Any]]]:
+    """``repeats`` lists of ``cv`` test-index arrays, stratified by ``strata`` (sklearn's ``RepeatedStratifiedKFold``)."""
+    from sklearn.model_selection import RepeatedStratifiedKFold
 
     codes = np.unique(np.asarray(strata), return_inverse=True)[1]
-    splitter = StratifiedKFold(n_splits=cv, shuffle=True, random_state=random_state)
-    return [test for _, test in splitter.split(np.zeros(len(codes)), codes)]
+    splitter = RepeatedStratifiedKFold(n_splits=cv, n_repeats=repeats, random_state=random_state)
+    tests = [test for _, test in splitter.split(np.zeros(len(codes)), codes)]
+    return [tests[r * cv:(r + 1) * cv] for r in range(repeats)]
+
+
+def _pick_layer(accuracy: np.ndarray[Any, Any], n: int, target: float) -> tuple[int, bool]:
+    """Index of the guard layer in ``accuracy`` (one out-of-fold accuracy per searched layer) and whether it met ``target``.
+
+    The earliest layer whose accuracy reaches ``target`` with one binomial standard error
+    (``sqrt(a (1 - a) / n)``) to spare: the first crossing of a noisy accuracy curve sits,
+    more often than not, on an upward fluctuation, so a layer that only just reaches the
+    target tends to miss it on new prompts. If no layer does, the earliest layer within one
+    standard error of the best (a flat curve's maximum is mostly noise; earlier is cheaper).
+    """
+    se = np.sqrt(accuracy * (1 - accuracy) / n)
+    met = np.flatnonzero(accuracy - se >= target)
+    if len(met):
+        return int(met[0]), True
+    top = int(np.argmax(accuracy))
+    return int(np.flatnonzero(accuracy >= accuracy[top] - se[top])[0]), False
 
 
 def _out_of_fold(x: torch.Tensor, labels: list[str], folds: list[np.ndarray[Any, Any]], classifier: str,
                  c: float | None, random_state: int) -> np.ndarray[Any, Any]:
-    """(n, n_layers) P(malicious) of each prompt from probes fitted on the other folds (all layers at once)."""
+    """(n, n_layers) P(malicious) of each prompt from probes fitted on the other folds (all layers at once).
+
+    ``folds``: one split's ``cv`` test-index arrays (an element of :func:`_folds`).
+    """
     out = np.zeros((x.shape[0], x.shape[1]))
     kwargs: dict[str, Any] = {} if c is None else {"C": c}
     for test in folds:
@@ -407,8 +431,9 @@ class Guard:
         target_fpr: float = 0.05,
         pool: Pool = "mean",
         classifier: str = "logreg",
-        C: float | Sequence[float] = (0.01, 0.1, 1.0),
+        C: float | Sequence[float] = (0.003, 0.01, 0.03, 0.1),
         cv: int = 5,
+        cv_repeats: int = 3,
         random_state: int = 0,
         batch_size: int = 16,
         chat: bool = True,
@@ -420,11 +445,15 @@ class Guard:
 
         The labelled prompts (default: the canonical train split's normal and malicious
         prompts, look-alikes among the normals) are cut into ``cv`` folds stratified by label
-        and look-alike flag. Each fold is scored by probes fitted on the other folds, at every
-        searched layer and every ``C``, so every prompt gets an out-of-fold P(malicious). With
-        ``layer="auto"`` the earliest layer whose out-of-fold accuracy reaches
-        ``target_accuracy`` is taken, with its best ``C``; if none does, the earliest layer within
-        one binomial standard error of the best accuracy (with a warning). The threshold is set on the out-of-fold scores so that at most
+        and look-alike flag, ``cv_repeats`` times over. Each fold is scored by probes fitted on
+        the other folds, at every searched layer and every ``C``, so every prompt gets an
+        out-of-fold P(malicious) per repeat; accuracies and scores are averaged over repeats.
+        With ``layer="auto"`` the earliest layer whose out-of-fold accuracy reaches
+        ``target_accuracy`` with one binomial standard error to spare is taken, with its best
+        ``C`` (the first layer that only just reaches the target tends to fall short on new
+        prompts: on SmolLM2-aligned such a layer reached 0.957 out of fold and 0.943 TPR on the
+        test split); if none does, the earliest layer within one standard error of the best
+        accuracy (with a warning). The threshold is set on the out-of-fold scores so that at most
         ``target_fpr`` of the normal prompts are flagged, and the final probe is fitted on all
         prompts. Every prompt thus serves both for fitting and, as a held-out prompt, for
         calibration: with a few hundred prompts a separate calibration split would leave the
@@ -441,6 +470,8 @@ class Guard:
             classifier: ``"logreg"``, ``"svm"`` or ``"mlp"`` (torch engine of :class:`LayerProbe`).
             C: inverse L2 strength(s) of the linear probe to choose from (ignored for ``"mlp"``).
             cv: folds of the search and of the out-of-fold calibration.
+            cv_repeats: times the folds are redrawn (``RepeatedStratifiedKFold``); more repeats
+                make the layer choice and the threshold less dependent on one split.
             random_state: seeds the split, the folds and the probe.
             batch_size, chat, system_prompt, cache, progress: as in :func:`ihs_sight.extract`.
         """
@@ -462,6 +493,8 @@ class Guard:
             raise InputError(f"pool must be one of {list(POOLS)}, got {pool!r}.")
         if isinstance(cv, bool) or not isinstance(cv, int) or cv < 2:
             raise InputError(f"cv must be an integer >= 2, got {cv!r}.")
+        if isinstance(cv_repeats, bool) or not isinstance(cv_repeats, int) or cv_repeats < 1:
+            raise InputError(f"cv_repeats must be an integer >= 1, got {cv_repeats!r}.")
         if layer != "auto" and (isinstance(layer, bool) or not isinstance(layer, int)
                                 or not 1 <= layer <= model.n_layers):
             raise InputError(f"layer must be 'auto' or an integer in 1..{model.n_layers}, got {layer!r}.")
@@ -473,22 +506,18 @@ class Guard:
                            system_prompt=system_prompt, cache=cache, progress=progress)
         labels = [str(v) for v in prompts.labels]  # all normal or malicious (checked above)
         y = np.array([v == "malicious" for v in labels])
-        folds = _folds([f"{p.label}|{p.lookalike}" for p in prompts], cv, random_state)
-        oof = {c: _out_of_fold(x, labels, folds, classifier, c, random_state) for c in c_values}
-        acc = {c: ((p > 0.5) == y[:, None]).mean(0) for c, p in oof.items()}  # (n_search,) per C
+        splits = _folds([f"{p.label}|{p.lookalike}" for p in prompts], cv, cv_repeats, random_state)
+        oof, acc = {}, {}
+        for c in c_values:
+            runs = [_out_of_fold(x, labels, folds, classifier, c, random_state) for folds in splits]
+            acc[c] = np.mean([((p > 0.5) == y[:, None]).mean(0) for p in runs], 0)  # (n_search,)
+            oof[c] = np.mean(runs, 0)  # (n, n_search) each prompt's mean out-of-fold score
         best_per_layer = np.max(np.stack([acc[c] for c in c_values]), 0)
-        reached = [i for i, a in enumerate(best_per_layer) if a >= target_accuracy]
-        if reached:
-            pick = reached[0]
-        else:
-            # One-standard-error rule: the earliest layer within one binomial standard error of
-            # the best accuracy (a flat curve's maximum is mostly noise; earlier is cheaper).
-            top = float(best_per_layer.max())
-            se = float(np.sqrt(top * (1 - top) / len(y)))
-            pick = next(i for i, a in enumerate(best_per_layer) if a >= top - se)
-            log.warning("no layer reaches %.3f out-of-fold accuracy (best %.3f); taking layer %d (%.3f), the "
-                        "earliest within one standard error (%.3f) of the best", target_accuracy, top, search[pick],
-                        best_per_layer[pick], se)
+        pick, met = _pick_layer(best_per_layer, len(y), target_accuracy)
+        if not met:
+            log.warning("no layer reaches %.3f out-of-fold accuracy with a standard error to spare (best %.3f); "
+                        "taking layer %d (%.3f), the earliest within one standard error of the best",
+                        target_accuracy, best_per_layer.max(), search[pick], best_per_layer[pick])
         c_pick = max(c_values, key=lambda c: (acc[c][pick], -c_values.index(c)))
         chosen = search[pick]
         scores = oof[c_pick][:, pick]
@@ -497,7 +526,7 @@ class Guard:
         fitted = LayerProbe(classifier, random_state=random_state, **kwargs).fit(x[:, pick:pick + 1], labels)
         fit_report = GuardFitReport(
             layer=chosen, n_layers=model.n_layers, pool=pool, classifier=classifier,
-            target_accuracy=target_accuracy, target_fpr=target_fpr, target_met=bool(reached), C=c_pick, cv=cv,
+            target_accuracy=target_accuracy, target_fpr=target_fpr, target_met=met, C=c_pick, cv=cv, cv_repeats=cv_repeats,
             cv_layers=search, cv_accuracy=[round(float(a), 6) for a in acc[c_pick]],
             cv_accuracy_by_C={str(c): [round(float(a), 6) for a in acc[c]] for c in c_values},
             threshold=threshold, calibration_fpr=float((scores[~y] > threshold).mean()),

@@ -10,10 +10,21 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import RepeatedStratifiedKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 import ihs_sight as ihs
 from ihs_sight.errors import InputError
-from ihs_sight.guard import Guard, ModelMismatchError, _threshold_at_fpr, layer_features, template_prefix
+from ihs_sight.guard import (
+    Guard,
+    ModelMismatchError,
+    _pick_layer,
+    _threshold_at_fpr,
+    layer_features,
+    template_prefix,
+)
 from ihs_sight.probe import LayerProbe
 from ihs_sight.prompts import encode
 
@@ -91,9 +102,12 @@ def test_layer_search_and_calibration(guard: Guard, guard_train: ihs.PromptSet, 
                                       states_cache: Path) -> None:
     r = guard.report
     assert r.cv_layers == list(range(1, model.n_layers + 1)) and r.n_prompts == len(guard_train)
-    assert set(r.cv_accuracy_by_C) == {"0.01", "0.1", "1.0"} and r.cv_accuracy == r.cv_accuracy_by_C[str(r.C)]
+    assert set(r.cv_accuracy_by_C) == {"0.003", "0.01", "0.03", "0.1"} and r.cv_repeats == 3
+    assert r.cv_accuracy == r.cv_accuracy_by_C[str(r.C)]
     best = np.max([v for v in r.cv_accuracy_by_C.values()], 0)
-    reached = [layer for layer, acc in zip(r.cv_layers, best) if acc >= r.target_accuracy]
+    # The earliest layer meeting the target with one binomial standard error to spare.
+    reached = [layer for layer, acc in zip(r.cv_layers, best)
+               if acc - np.sqrt(acc * (1 - acc) / r.n_prompts) >= r.target_accuracy]
     assert r.target_met == bool(reached)
     if reached:
         assert guard.layer == reached[0]
@@ -103,11 +117,20 @@ def test_layer_search_and_calibration(guard: Guard, guard_train: ihs.PromptSet, 
         assert best[guard.layer - 1] < best.max() or guard.layer == r.cv_layers[int(np.argmax(best))]
     assert r.cv_accuracy[guard.layer - 1] == best[guard.layer - 1]
     assert r.calibration_fpr <= r.target_fpr
+    # The reported out-of-fold accuracy at the guard layer, recomputed with sklearn: repeated
+    # folds stratified by label and look-alike flag, a standardised logistic regression per fold.
+    feats = layer_features(model, guard_train, r.cv_layers, cache=states_cache, progress=False)[:, guard.layer - 1]
+    y = np.array([lab == "malicious" for lab in guard_train.labels])
+    strata = np.unique([f"{p.label}|{p.lookalike}" for p in guard_train], return_inverse=True)[1]
+    folds = RepeatedStratifiedKFold(n_splits=r.cv, n_repeats=r.cv_repeats, random_state=r.random_state)
+    est = make_pipeline(StandardScaler(), LogisticRegression(C=r.C, tol=1e-10, max_iter=10_000))
+    hits = [est.fit(feats[tr].numpy(), y[tr]).predict(feats[te].numpy()) == y[te]
+            for tr, te in folds.split(feats.numpy(), strata)]
+    assert abs(sum(h.sum() for h in hits) / (r.cv_repeats * len(y)) - r.cv_accuracy[guard.layer - 1]) <= 1.5 / len(y)
     # The final probe is fitted on every prompt at the chosen layer with the chosen C: the same
     # fit, made here directly, predicts the same.
     # Same features as the fit (read back from the shared cache: recomputed in other batches they
     # would differ in the last float bits).
-    feats = layer_features(model, guard_train, r.cv_layers, cache=states_cache, progress=False)[:, guard.layer - 1]
     again = LayerProbe("logreg", C=r.C).fit(feats[:, None], list(guard_train.labels))
     np.testing.assert_allclose(again.predict_proba(feats[:, None]), guard.probe.predict_proba(feats[:, None]),
                                atol=1e-6)
@@ -116,6 +139,14 @@ def test_layer_search_and_calibration(guard: Guard, guard_train: ihs.PromptSet, 
     s = guard.score(guard_train)
     normal = [f for f, lab in zip(s.flagged, guard_train.labels) if lab == "normal"]
     assert np.mean(normal) <= r.calibration_fpr + 0.05
+
+
+def test_pick_layer_needs_a_standard_error_to_spare() -> None:
+    acc = np.array([0.90, 0.955, 0.96, 0.99])  # n = 100: standard errors 0.030, 0.021, 0.020, 0.010
+    assert _pick_layer(acc, 100, 0.95) == (3, True)  # 0.955 and 0.96 only just reach 0.95
+    assert _pick_layer(acc, 10_000, 0.95) == (1, True)  # with 10,000 prompts 0.955 - 0.002 is enough
+    flat = np.array([0.80, 0.88, 0.90, 0.89])  # best 0.90, standard error 0.03
+    assert _pick_layer(flat, 100, 0.95) == (1, False)  # earliest within one standard error of the best
 
 
 def test_threshold_at_fpr_by_hand() -> None:
@@ -178,6 +209,7 @@ def test_load_refuses_another_model(guard: Guard, tmp_path: Path) -> None:
         ({"target_accuracy": 0}, "target_accuracy"),
         ({"pool": "max"}, "pool must be"),
         ({"cv": 1}, "cv must be"),
+        ({"cv_repeats": 0}, "cv_repeats must be"),
         ({"C": [0.1, -1]}, "C must be"),
         ({"classifier": "forest"}, "classifier must be"),
     ],
