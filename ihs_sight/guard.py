@@ -208,7 +208,7 @@ class GuardFitReport(BaseModel):
     cv: int
     """Folds of the layer search and of the out-of-fold calibration."""
     cv_repeats: int = 1
-    """Times the ``cv``-fold split was redrawn; accuracies and calibration scores are averaged over them."""
+    """Times the ``cv``-fold split was redrawn; accuracies are averaged over them, calibration pools them."""
     cv_layers: list[int]
     """Layers searched."""
     cv_accuracy: list[float]
@@ -218,10 +218,10 @@ class GuardFitReport(BaseModel):
     threshold: float
     """P(malicious) above which a prompt is flagged."""
     calibration_fpr: float
-    """Share of normal prompts flagged, out of fold (each scored by probes that never saw it,
-    averaged over repeats)."""
+    """Share of normal prompts flagged, out of fold (each scored by a probe that never saw it),
+    over all repeats."""
     calibration_tpr: float
-    """Share of malicious prompts flagged, out of fold."""
+    """Share of malicious prompts flagged, out of fold, over all repeats."""
     n_prompts: int
     """Labelled prompts: the final probe is fitted on all of them."""
     random_state: int
@@ -447,15 +447,15 @@ class Guard:
         prompts, look-alikes among the normals) are cut into ``cv`` folds stratified by label
         and look-alike flag, ``cv_repeats`` times over. Each fold is scored by probes fitted on
         the other folds, at every searched layer and every ``C``, so every prompt gets an
-        out-of-fold P(malicious) per repeat; accuracies and scores are averaged over repeats.
+        out-of-fold P(malicious) per repeat; accuracies are averaged over repeats.
         With ``layer="auto"`` the earliest layer whose out-of-fold accuracy reaches
         ``target_accuracy`` with one binomial standard error to spare is taken, with its best
         ``C`` (the first layer that only just reaches the target tends to fall short on new
-        prompts: on SmolLM2-aligned such a layer reached 0.957 out of fold and 0.943 TPR on the
-        test split); if none does, the earliest layer within one standard error of the best
-        accuracy (with a warning). The threshold is set on the out-of-fold scores so that at most
-        ``target_fpr`` of the normal prompts are flagged, and the final probe is fitted on all
-        prompts. Every prompt thus serves both for fitting and, as a held-out prompt, for
+        prompts: on SmolLM2-aligned, in ``scripts/guard_heldout.py``'s folds of the train split,
+        the rule gave held-out TPR 0.973 where reaching the bare target gave 0.962); if none does, the earliest layer within one standard error of the best
+        accuracy (with a warning). The threshold is set on the out-of-fold scores of all repeats,
+        pooled, so that at most ``target_fpr`` of them on normal prompts are flagged, and the final
+        probe is fitted on all prompts. Every prompt thus serves both for fitting and, as a held-out prompt, for
         calibration: with a few hundred prompts a separate calibration split would leave the
         threshold noisy (on SmolLM2, a 25% split calibrated to 5% gave 9% on the test split;
         cross-fitting gave 2-4%).
@@ -509,9 +509,8 @@ class Guard:
         splits = _folds([f"{p.label}|{p.lookalike}" for p in prompts], cv, cv_repeats, random_state)
         oof, acc = {}, {}
         for c in c_values:
-            runs = [_out_of_fold(x, labels, folds, classifier, c, random_state) for folds in splits]
-            acc[c] = np.mean([((p > 0.5) == y[:, None]).mean(0) for p in runs], 0)  # (n_search,)
-            oof[c] = np.mean(runs, 0)  # (n, n_search) each prompt's mean out-of-fold score
+            oof[c] = np.stack([_out_of_fold(x, labels, folds, classifier, c, random_state) for folds in splits])
+            acc[c] = ((oof[c] > 0.5) == y[None, :, None]).mean((0, 1))  # (n_search,) mean over repeats
         best_per_layer = np.max(np.stack([acc[c] for c in c_values]), 0)
         pick, met = _pick_layer(best_per_layer, len(y), target_accuracy)
         if not met:
@@ -520,8 +519,12 @@ class Guard:
                         target_accuracy, best_per_layer.max(), search[pick], best_per_layer[pick])
         c_pick = max(c_values, key=lambda c: (acc[c][pick], -c_values.index(c)))
         chosen = search[pick]
-        scores = oof[c_pick][:, pick]
-        threshold = _threshold_at_fpr(scores[~y], target_fpr)
+        # Calibrated on every repeat's scores pooled: each is one probe's score on a prompt it
+        # never saw, as the final probe's will be. (Averaged over repeats they would be less
+        # spread than one probe's, and the cut too low: on held-out train folds, FPR 0.052
+        # against 0.043 pooled, at the target 0.05.)
+        scores = oof[c_pick][:, :, pick]  # (repeats, n)
+        threshold = _threshold_at_fpr(scores[:, ~y].ravel(), target_fpr)
         kwargs: dict[str, Any] = {} if c_pick is None else {"C": c_pick}
         fitted = LayerProbe(classifier, random_state=random_state, **kwargs).fit(x[:, pick:pick + 1], labels)
         fit_report = GuardFitReport(
@@ -529,8 +532,8 @@ class Guard:
             target_accuracy=target_accuracy, target_fpr=target_fpr, target_met=met, C=c_pick, cv=cv, cv_repeats=cv_repeats,
             cv_layers=search, cv_accuracy=[round(float(a), 6) for a in acc[c_pick]],
             cv_accuracy_by_C={str(c): [round(float(a), 6) for a in acc[c]] for c in c_values},
-            threshold=threshold, calibration_fpr=float((scores[~y] > threshold).mean()),
-            calibration_tpr=float((scores[y] > threshold).mean()), n_prompts=len(prompts),
+            threshold=threshold, calibration_fpr=float((scores[:, ~y] > threshold).mean()),
+            calibration_tpr=float((scores[:, y] > threshold).mean()), n_prompts=len(prompts),
             random_state=random_state, fit_seconds=round(time.perf_counter() - t0, 3),
         )
         return cls(model, fitted, layer=chosen, threshold=threshold, pool=pool, chat=chat,

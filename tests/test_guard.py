@@ -124,9 +124,15 @@ def test_layer_search_and_calibration(guard: Guard, guard_train: ihs.PromptSet, 
     strata = np.unique([f"{p.label}|{p.lookalike}" for p in guard_train], return_inverse=True)[1]
     folds = RepeatedStratifiedKFold(n_splits=r.cv, n_repeats=r.cv_repeats, random_state=r.random_state)
     est = make_pipeline(StandardScaler(), LogisticRegression(C=r.C, tol=1e-10, max_iter=10_000))
-    hits = [est.fit(feats[tr].numpy(), y[tr]).predict(feats[te].numpy()) == y[te]
-            for tr, te in folds.split(feats.numpy(), strata)]
-    assert abs(sum(h.sum() for h in hits) / (r.cv_repeats * len(y)) - r.cv_accuracy[guard.layer - 1]) <= 1.5 / len(y)
+    normal_scores, hits = [], 0
+    for tr, te in folds.split(feats.numpy(), strata):
+        p = est.fit(feats[tr].numpy(), y[tr]).predict_proba(feats[te].numpy())[:, 1]
+        hits += ((p > 0.5) == y[te]).sum()
+        normal_scores += list(p[~y[te]])
+    assert abs(hits / (r.cv_repeats * len(y)) - r.cv_accuracy[guard.layer - 1]) <= 1.5 / len(y)
+    # The threshold: the cut at target_fpr of every repeat's out-of-fold normal scores, pooled.
+    assert len(normal_scores) == r.cv_repeats * (~y).sum()
+    assert guard.threshold == pytest.approx(_threshold_at_fpr(np.array(normal_scores), r.target_fpr), abs=1e-4)
     # The final probe is fitted on every prompt at the chosen layer with the chosen C: the same
     # fit, made here directly, predicts the same.
     # Same features as the fit (read back from the shared cache: recomputed in other batches they
