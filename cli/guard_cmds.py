@@ -81,7 +81,7 @@ def fit_cmd(
     pool: Annotated[str, typer.Option(help="'mean' over the prompt's tokens or the 'last' token.")] = "mean",
     classifier: Annotated[str, typer.Option(help="logreg, svm or mlp.")] = "logreg",
     cv: Annotated[int, typer.Option(min=2, help="Folds of the layer search.")] = 5,
-    cv_repeats: Annotated[int, typer.Option(min=1, help="Times the folds are redrawn; results are averaged.")] = 3,
+    cv_repeats: Annotated[int, typer.Option(min=1, help="Times the folds are redrawn (accuracies averaged, calibration pooled).")] = 3,
     evaluate: Annotated[bool, typer.Option("--evaluate/--no-evaluate",
                                            help="Score the bundled test split and jailbreaks (bundled data only).")] = True,
     device: DeviceOpt = None,

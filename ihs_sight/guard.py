@@ -2,9 +2,10 @@
 
 If early layers already separate malicious from normal prompts, a guard needs only blocks
 ``1..layer`` of one forward pass. :meth:`Guard.fit` picks the earliest layer whose
-cross-validated accuracy meets a target, fits a probe there and calibrates its threshold at a
-chosen false-positive rate on a held-back part of the training prompts; :meth:`Guard.score`
-runs each batch up to that layer (nnsight's ``tracer.stop()``) and decides.
+cross-validated accuracy meets a target (with one standard error to spare), fits a probe there
+and calibrates its threshold at a chosen false-positive rate on out-of-fold scores of the
+training prompts; :meth:`Guard.score` runs each batch up to that layer (nnsight's
+``tracer.stop()``) and decides.
 
 Features. ``pool="last"`` reads the last real token's state, the paper's object;
 ``pool="mean"`` (the default) averages the layer's states over the prompt's own tokens:
@@ -448,17 +449,19 @@ class Guard:
         and look-alike flag, ``cv_repeats`` times over. Each fold is scored by probes fitted on
         the other folds, at every searched layer and every ``C``, so every prompt gets an
         out-of-fold P(malicious) per repeat; accuracies are averaged over repeats.
+
         With ``layer="auto"`` the earliest layer whose out-of-fold accuracy reaches
         ``target_accuracy`` with one binomial standard error to spare is taken, with its best
-        ``C`` (the first layer that only just reaches the target tends to fall short on new
-        prompts: on SmolLM2-aligned, in ``scripts/guard_heldout.py``'s folds of the train split,
-        the rule gave held-out TPR 0.973 where reaching the bare target gave 0.962); if none does, the earliest layer within one standard error of the best
-        accuracy (with a warning). The threshold is set on the out-of-fold scores of all repeats,
-        pooled, so that at most ``target_fpr`` of them on normal prompts are flagged, and the final
-        probe is fitted on all prompts. Every prompt thus serves both for fitting and, as a held-out prompt, for
-        calibration: with a few hundred prompts a separate calibration split would leave the
-        threshold noisy (on SmolLM2, a 25% split calibrated to 5% gave 9% on the test split;
-        cross-fitting gave 2-4%).
+        ``C``: the first layer that only just reaches the target sits, more often than not, on an
+        upward fluctuation. If none does, the earliest layer within one standard error of the
+        best accuracy is taken (with a warning).
+
+        The threshold is the cut that flags at most ``target_fpr`` of the normal prompts'
+        out-of-fold scores, all repeats pooled; the final probe is then fitted on all prompts.
+        Every prompt thus serves both for fitting and, held out, for calibration: with a few
+        hundred prompts a separate calibration split would leave the threshold noisy (on
+        SmolLM2, a 25% split calibrated to 5% gave 9% on the test split). How the whole
+        procedure does on prompts it never saw: ``scripts/guard_heldout.py``.
 
         Args:
             model: the model the guard reads.
@@ -520,9 +523,8 @@ class Guard:
         c_pick = max(c_values, key=lambda c: (acc[c][pick], -c_values.index(c)))
         chosen = search[pick]
         # Calibrated on every repeat's scores pooled: each is one probe's score on a prompt it
-        # never saw, as the final probe's will be. (Averaged over repeats they would be less
-        # spread than one probe's, and the cut too low: on held-out train folds, FPR 0.052
-        # against 0.043 pooled, at the target 0.05.)
+        # never saw, as the final probe's will be. (Averaged over repeats, scores are less
+        # spread than one probe's, and the cut falls too low: more than target_fpr flagged.)
         scores = oof[c_pick][:, :, pick]  # (repeats, n)
         threshold = _threshold_at_fpr(scores[:, ~y].ravel(), target_fpr)
         kwargs: dict[str, Any] = {} if c_pick is None else {"C": c_pick}

@@ -114,12 +114,13 @@ def test_cli_guard_fit_then_score(tmp_path: Path, cli_env: dict[str, str], model
     prompts = tmp_path / "train.jsonl"
     train.to_jsonl(prompts)
     out = tmp_path / "fit"
-    result = run(["guard", "fit", "--prompts", str(prompts), "--cv", "2", "--layer", "6", "--out", str(out),
+    result = run(["guard", "fit", "--prompts", str(prompts), "--cv", "2", "--cv-repeats", "2", "--layer", "6", "--out", str(out),
                   "--quiet", "--json"], cli_env)
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     report = GuardFitReport.model_validate_json((out / "fit_report.json").read_text())
     assert payload["layer"] == report.layer == 6 and (out / "layers.png").exists()
+    assert (report.cv, report.cv_repeats) == (2, 2)
     guard = Guard.load(out / "guard", model)
     assert guard.threshold == report.threshold
 
