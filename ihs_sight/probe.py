@@ -426,7 +426,8 @@ def _fit_linear(z: torch.Tensor, y: torch.Tensor, n_classes: int, *, loss: str, 
     prompts, cheaper than a (D+1)-square Hessian while n is not much above D); softmax models,
     and binary ones on many more prompts than features, the explicit Hessian. Features of rank
     below D are first rotated onto their row space (exact: the optimal weights lie in it).
-    Float64 throughout; the results are cast back to ``z``'s dtype.
+    The solve runs in float64 (the standardised features it receives were computed in their own
+    dtype); the results are cast back to ``z``'s dtype.
     """
     n_layers, n, d = z.shape
     k_out = 1 if n_classes == 2 else n_classes
