@@ -49,8 +49,23 @@ def demo_cmd(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: usage errors (bad option values, unknown commands) as one line on stderr, exit 2."""
+    import sys
+
+    # Typer raises click's exceptions, from click itself or from the copy newer Typer versions vendor.
+    usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+    try:
+        code = app(standalone_mode=False)
+    except usage_error as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # a bare group: its help, as before
+            e.show()
+        else:
+            typer.echo(f"error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        typer.echo("Aborted.", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 __all__ = ["app", "main"]

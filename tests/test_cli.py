@@ -157,6 +157,13 @@ def test_cli_errors_have_documented_exit_codes(args: list[str], code: int, messa
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("args", [["guard", "fit", "--cv-repeats", "0"], ["extract", "--batch-size", "0"], ["nosuch"]])
+def test_cli_usage_errors_are_one_line(args: list[str], cli_env: dict[str, str]) -> None:
+    result = run(args, cli_env)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: ")
+
+
 def test_cli_bad_prompt_file_is_one_line(tmp_path: Path, cli_env: dict[str, str]) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"text": ""}\n', encoding="utf-8")
