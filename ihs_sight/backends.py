@@ -1,8 +1,16 @@
 """Where a trace runs: here, on NDIF, or here through NDIF's serialisation.
 
-Every analysis builds its nnsight trace the same way whatever the backend; the model's
-``remote`` value (``False``, ``True`` or ``"local"``) is all that differs. This module wraps
-each trace call (:func:`run`) with what a remote run needs:
+The only module that knows the difference. Every analysis builds its nnsight trace the same
+way whatever the backend and asks the model's :class:`Backend` (``model.runs_on``) the few
+things that differ, as nnsight's own ``Backend`` is "just a callable" the tracer hands its work to:
+
+* ``remote`` -- the ``remote=`` argument of nnsight's traces (``False``, ``True`` or ``"local"``);
+* ``ships_results`` -- results are serialised, so a trace saves host copies of its slices;
+* ``input_device`` -- where model inputs are built (the model's device, or the host for a request);
+* ``compiles`` -- whether ``torch.compile`` can apply (not on a server);
+* ``run(model, call)`` -- one trace call, with what a remote run needs (:class:`Remote`).
+
+A remote run (:class:`Remote`) adds:
 
 * **errors** — nnsight's and the network's exceptions become :class:`RemoteError` subclasses
   that say what happened and what to do: :class:`NoApiKeyError`, :class:`ModelNotServedError`,
@@ -29,9 +37,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
 
-from .errors import RemoteError
+import torch
+
+from .errors import InputError, ModelLoadError, RemoteError
 
 log = logging.getLogger(__name__)
 
@@ -188,23 +199,8 @@ def _watch(timeout: float, received: list[int]) -> Iterator[threading.Event]:
         RemoteBackend.finalize = original_finalize
 
 
-def run(model: Any, call: Callable[[], T], *, n_prompts: int = 0) -> T:
-    """Run one trace call with the model's backend, mapping remote failures to clear errors.
-
-    Local and simulated runs call ``call()`` directly. Remote runs retry network failures
-    :data:`RETRIES` times with exponential backoff, stop after :data:`TIMEOUT_S` seconds, and
-    add the result's size to ``model.bytes_received`` (logged per prompt).
-
-    Args:
-        model: an :class:`ihs_sight.models.Model`.
-        call: runs the trace and returns its result; called again on a retry.
-        n_prompts: prompts in the call, for the per-prompt byte count in the log.
-
-    Raises:
-        RemoteError: a subclass saying what failed (see the module docstring).
-    """
-    if model.backend != "remote":
-        return call()
+def _run_remote(model: Any, call: Callable[[], T], *, n_prompts: int) -> T:
+    """One remote trace call: retries, deadline, error mapping and the byte count."""
     attempt = 0
     while True:
         received: list[int] = []
@@ -231,3 +227,109 @@ def run(model: Any, call: Callable[[], T], *, n_prompts: int = 0) -> T:
         if n_prompts:
             log.info("received %d bytes for %d prompts (%.0f bytes per prompt)", size, n_prompts, size / n_prompts)
         return result
+
+
+BackendName = Literal["local", "remote", "simulate"]
+
+
+class Backend:
+    """Traces run in this process, on the model's own device."""
+
+    name: ClassVar[BackendName] = "local"
+    remote: ClassVar[bool | str] = False
+    """The ``remote=`` argument nnsight's traces take."""
+    ships_results: ClassVar[bool] = False
+    """Whether what a trace saves is serialised (then it saves host copies, taken in the trace)."""
+    compiles: ClassVar[bool] = True
+    """Whether ``torch.compile`` can run the blocks."""
+    weightless: ClassVar[bool] = False
+    """Whether the model is built without weights (they live on the server)."""
+
+    def input_device(self, model: Any) -> torch.device:
+        """Where model inputs are built: the model's device (no copy before the forward pass)."""
+        return model.device  # type: ignore[no-any-return]
+
+    def run(self, model: Any, call: Callable[[], T], *, n_prompts: int = 0) -> T:
+        """Run one trace call here."""
+        return call()
+
+    def bytes_since(self, model: Any, before: int) -> int | None:
+        """Result bytes received since ``before`` (``None``: nothing is received here)."""
+        return None
+
+    def build(self, hub_id: str, *, host: str | None) -> tuple[Any, str]:
+        """A weightless model for a server (only :class:`Remote` builds one)."""
+        raise InputError(f"The {self.name!r} backend runs a model loaded here; load it with weights.")
+
+
+class Simulated(Backend):
+    """NDIF's serialisation of every trace, run in this process (a test of what a server would get)."""
+
+    name: ClassVar[BackendName] = "simulate"
+    remote: ClassVar[bool | str] = "local"
+    ships_results: ClassVar[bool] = True
+    compiles: ClassVar[bool] = False
+
+    def input_device(self, model: Any) -> torch.device:
+        """A request ships host tensors."""
+        return torch.device("cpu")
+
+
+class Remote(Simulated):
+    """Traces run on NDIF (or a compatible server); the model here has no weights."""
+
+    name: ClassVar[BackendName] = "remote"
+    remote: ClassVar[bool | str] = True
+    weightless: ClassVar[bool] = True
+
+    def run(self, model: Any, call: Callable[[], T], *, n_prompts: int = 0) -> T:
+        """Run one trace call on the server: retries of network failures, a deadline, typed errors.
+
+        Raises:
+            RemoteError: a subclass saying what failed (see the module docstring).
+        """
+        return _run_remote(model, call, n_prompts=n_prompts)
+
+    def bytes_since(self, model: Any, before: int) -> int | None:
+        return int(model.bytes_received) - before
+
+    def build(self, hub_id: str, *, host: str | None) -> tuple[Any, str]:
+        """A weightless nnsight model whose traces run on the server, and its source string.
+
+        ``hub_id`` may also be a local model directory (for tests and private deployments that
+        serve the same directory): its path is then the model's identity on the server.
+        """
+        from nnsight import TransformersModel
+        from nnsight.modeling import huggingface as hf_modeling
+
+        configure(host)
+        local = Path(hub_id).expanduser()
+        try:
+            if local.is_dir():
+                from transformers import AutoTokenizer
+
+                path = str(local.resolve())
+                nn = TransformersModel(path, task="text-generation", tokenizer=AutoTokenizer.from_pretrained(path))
+                # The model key names the directory; no Hub lookup canonicalises it.
+                hf_modeling._ID_CACHE[nn.repo_id] = path
+            else:
+                nn = TransformersModel(hub_id, task="text-generation")
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"Could not build remote model {hub_id!r}: {e}") from e
+        return nn, (str(local.resolve()) if local.is_dir() else f"hub:{hub_id}")
+
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in (Backend(), Simulated(), Remote())}
+"""Every backend by name: ``local``, ``simulate`` and ``remote``."""
+
+
+def get_backend(name: Any) -> Backend:
+    """The backend called ``name``, or :class:`InputError` naming the choices."""
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise InputError(f"Unknown backend {name!r}; use 'local', 'remote' or 'simulate'.")
+    return BACKENDS[name]
+
+
+def run(model: Any, call: Callable[[], T], *, n_prompts: int = 0) -> T:
+    """Run one trace call with the model's backend (remote: retries, clear errors, byte count)."""
+    return model.runs_on.run(model, call, n_prompts=n_prompts)  # type: ignore[no-any-return]

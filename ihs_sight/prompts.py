@@ -10,6 +10,10 @@ Templating: a prompt is rendered through the tokenizer's own chat template with 
 prompt appended (or used as is in raw mode, ``chat=False``, for base models), tokenised once
 here, and handed to nnsight as token ids. The position every analysis reads is the **last
 token of the templated prompt** — the token after which the model's answer starts.
+
+Every analysis takes its prompts through :func:`as_prompts` (one coercion and one set of
+checks for a ``PromptSet`` or a list of strings) and :func:`encode_prompts`, which renders,
+tokenises and length-checks them once into an :class:`EncodedPrompts` value.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -498,3 +503,124 @@ def encode(tokenizer: Any, prompts: list[str], *, chat: bool = True, system_prom
 def sha(text: str) -> str:
     """Short stable hash of a string (prompt identities in caches and metadata)."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+# ---------------------------------------------------------------------------- coercion and encoding
+
+
+def _validated_texts(prompts: Any, what: str) -> list[str]:
+    if isinstance(prompts, str):
+        raise InputError(f"{what} must be a list of strings, not a single string; wrap it: [prompt].")
+    try:
+        items = list(prompts)
+    except TypeError:
+        raise InputError(f"{what} must be a list of strings, got {type(prompts).__name__}.") from None
+    if not items:
+        raise InputError(f"{what} is empty; pass at least one prompt.")
+    for i, p in enumerate(items):
+        if not isinstance(p, str):
+            raise InputError(f"{what}[{i}] is {type(p).__name__}, not a string.")
+        if not p.strip():
+            raise InputError(f"{what}[{i}] is an empty string; remove it.")
+    return items
+
+
+def is_prompt_set(prompts: Any) -> bool:
+    """Whether ``prompts`` carries labels, categories and families (a :class:`PromptSet` or alike)."""
+    return isinstance(prompts, PromptSet) or (hasattr(prompts, "texts") and hasattr(prompts, "labels"))
+
+
+def as_prompts(prompts: Any, *, what: str = "prompts") -> PromptSet:
+    """A :class:`PromptSet` from a ``PromptSet`` or a sequence of strings, checked: non-empty texts.
+
+    Args:
+        prompts: what a public function was given.
+        what: the parameter's name, for the messages (``targets``, ``set_a``, ...).
+
+    Raises:
+        InputError: a single string, an empty list, a non-string or a blank entry.
+    """
+    if isinstance(prompts, PromptSet):
+        _validated_texts(prompts.texts, what)
+        return prompts
+    if is_prompt_set(prompts):
+        texts = _validated_texts(list(prompts.texts), what)
+        labels, categories, families = list(prompts.labels), list(prompts.categories), list(prompts.families)
+        return PromptSet(items=[Prompt(text=t, label=lab, category=c, family=f)
+                                for t, lab, c, f in zip(texts, labels, categories, families)])
+    return PromptSet.from_texts(_validated_texts(prompts, what))
+
+
+@dataclass(frozen=True)
+class EncodedPrompts:
+    """Prompts rendered through one template and tokenised once: what every forward pass is built from."""
+
+    prompts: PromptSet
+    """The prompts, in order."""
+    labelled: bool
+    """Whether the caller gave a ``PromptSet`` (labels, categories and families travel into results)."""
+    ids: list[list[int]]
+    """(n_prompts,) token ids of each templated prompt, unpadded."""
+    template: str
+    """The template rendered around :data:`PLACEHOLDER`: exactly what wraps each prompt."""
+    hashes: list[str]
+    """(n_prompts,) :func:`sha` of each prompt text (row keys of caches and metadata)."""
+    chat: bool
+    """Whether the chat template was applied."""
+    system_prompt: str | None
+    """The system prompt passed (``None``: the template's own default)."""
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def texts(self) -> list[str]:
+        return self.prompts.texts
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(r) for r in self.ids]
+
+    def labels(self) -> list[str | None] | None:
+        """The labels when the prompts came as a ``PromptSet``, else ``None``."""
+        return list(self.prompts.labels) if self.labelled else None
+
+
+def encode_prompts(tokenizer: Any, prompts: Any, *, chat: bool, system_prompt: str | None, max_length: int,
+                   what: str = "prompts") -> EncodedPrompts:
+    """Check, template and tokenise prompts once; refuse any longer than ``max_length`` tokens.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        prompts: a ``PromptSet`` or a sequence of strings (checked by :func:`as_prompts`).
+        chat: apply the chat template (``False``: raw text).
+        system_prompt: ``None`` keeps the template's default.
+        max_length: the model's position limit.
+        what: the parameter's name, for the messages.
+    """
+    labelled = is_prompt_set(prompts)
+    prompt_set = as_prompts(prompts, what=what)
+    texts = prompt_set.texts
+    template = template_fingerprint(tokenizer, chat=chat, system_prompt=system_prompt)
+    ids = encode(tokenizer, texts, chat=chat, system_prompt=system_prompt)
+    for i, row in enumerate(ids):
+        if len(row) > max_length:
+            raise InputError(f"{what}[{i}] is {len(row)} tokens after templating; the model accepts at most "
+                             f"{max_length}. Shorten it.")
+        if not row:
+            raise InputError(f"{what}[{i}] tokenises to nothing.")
+    return EncodedPrompts(prompts=prompt_set, labelled=labelled, ids=ids, template=template,
+                          hashes=[sha(t) for t in texts], chat=chat, system_prompt=system_prompt)
+
+
+def template_prefix(tokenizer: Any, *, chat: bool, system_prompt: str | None) -> int:
+    """Number of leading template tokens every prompt shares (system prompt, user-turn opening).
+
+    Found by rendering two one-letter prompts and taking their common prefix, so it holds for
+    any tokenizer and template; 0 without a chat template.
+    """
+    a, b = encode(tokenizer, ["a", "b"], chat=chat, system_prompt=system_prompt)
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 if TYPE_CHECKING:
-    from .models import Model
+    from ..models import Model
 
 RECOMPILE_LIMIT = 64
 """Dynamo's per-function recompile limit is raised to at least this: batches of new shapes
@@ -49,7 +49,7 @@ def check_compilable(model: Model) -> None:
     Raises:
         InputError: for a non-local backend.
     """
-    if model.backend != "local":
+    if not model.runs_on.compiles:
         raise InputError(f"compile runs on local models only; this model runs on the {model.backend!r} backend.")
 
 
@@ -67,9 +67,7 @@ def compiled_blocks(model: Model, *, dynamic: bool | None = None) -> Iterator[No
             accelerate hooks inside the blocks.
     """
     check_compilable(model)
-    from .models import _resolve_attr
-
-    blocks = list(_resolve_attr(model.hf, model.arch.blocks))
+    blocks = model.block_modules()
     # nnsight's controller sits in each module's instance ``forward`` and runs ``state.body``,
     # the unbound class forward (nnsight 0.8).
     states: list[Any] = [getattr(block.__dict__.get("forward"), "state", None) for block in blocks]

@@ -14,13 +14,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+
+from .. import io
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +32,6 @@ def context_key(parts: dict[str, Any]) -> str:
     """A directory name for everything that changes the cached values."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()[:32]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class TensorCache:
@@ -111,10 +103,10 @@ class TensorCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         stem = self.dir / hashlib.sha256("|".join(hashes).encode()).hexdigest()[:32]
         data = st_save({k: v.contiguous() for k, v in tensors.items()})
-        _atomic_write(stem.with_suffix(".safetensors"), data)
+        io.write_bytes(stem.with_suffix(".safetensors"), data)
         meta = {"version": FORMAT_VERSION, "rows": hashes, "sha256": hashlib.sha256(data).hexdigest(),
                 "context": self.context}
-        _atomic_write(stem.with_suffix(".json"), json.dumps(meta, default=str).encode("utf-8"))
+        io.write_json(stem.with_suffix(".json"), meta, indent=None)
 
     def entries(self) -> list[Path]:
         """The safetensors files of this context (for inspection and tests)."""

@@ -1,4 +1,9 @@
-"""Sequence packing: several prompts share one row of a forward pass, with no padding between them.
+"""How prompts become model inputs: left-padded batches, or packed rows with no padding between prompts.
+
+Padding (:func:`pad_batch`): prompts of similar length (:func:`length_batches`) are left-padded,
+so every row's last column is its last real token, and given mask-derived ``position_ids``.
+
+Packing (the rest of this module): several prompts share one row of a forward pass.
 
 A padded batch spends compute on pad tokens and runs many short forwards; on a GPU that caps
 throughput well below peak. Packing puts prompts end to end in rows of ``width`` tokens
@@ -13,23 +18,46 @@ Exactness needs a model that takes its positions from ``position_ids`` and honou
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .errors import IhsSightError, InputError
+from ..errors import IhsSightError, InputError
+from . import traces
 
 if TYPE_CHECKING:
-    from .models import Model
+    from ..models import Model
 
 DEFAULT_WIDTH = 256
 """Row width used by ``pack=True``. Wider rows waste attention work on masked blocks (SDPA with
 a dense mask is quadratic in the row); 256 was the fastest of 256/512/1024 on an H200."""
 
+_CHECKED: weakref.WeakSet[Any] = weakref.WeakSet()
+"""Models that passed :func:`check_packing` in this process (dropped with the model)."""
+
 CHECK_RATIO = 0.1
 """A packed prompt must differ from the same prompt run alone by less than this fraction of
 how much a neighbour's tokens would change it (see :func:`check_packing`)."""
+
+
+def pad_batch(rows: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left-pad token ids; ``position_ids`` count each row from its first real token."""
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        input_ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r):] = 1
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    return {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids}
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def pack_rows(lengths: Sequence[int], width: int) -> list[list[int]]:
@@ -154,22 +182,20 @@ def check_packing(model: Model) -> None:
         InputError: the model mixes packed prompts, or fails on packed input (ALiBi built from
             a 2D mask, for one).
     """
-    if model._packing_checked:
+    if model in _CHECKED:
         return
-    from .extract import pad_batch, trace_batch
-
     first, second = _probe_ids(model)
     inputs, last = packed_batch([[first, second]], model.pad_id, mask=mask_kind(model), dtype=model.dtype)
     name = type(model.hf).__name__
     with torch.no_grad():
         try:
-            packed = trace_batch(model, inputs, last=last)["states"][1, -1]
+            packed = traces.last_token_states(model, inputs, last=last)["states"][1, -1]
         except IhsSightError:  # remote failures keep their own type
             raise
         except Exception as e:  # whatever the model's code raises, packing is unsupported
             raise InputError(f"{name} cannot run packed rows ({type(e).__name__}: {e}); it does not take "
                              "position_ids and a 4D mask. Extract with pack=False.") from e
-        plain = trace_batch(model, pad_batch([second, first + second], model.pad_id))["states"][:, -1]
+        plain = traces.last_token_states(model, pad_batch([second, first + second], model.pad_id))["states"][:, -1]
     alone, mixed = plain[0], plain[1]
     error = float((packed - alone).norm())
     contamination = float((mixed - alone).norm())
@@ -177,20 +203,26 @@ def check_packing(model: Model) -> None:
         raise InputError(f"{name} does not keep packed prompts apart (a packed prompt's last state "
                          f"moved {error:.3g}, against {contamination:.3g} for a neighbour it should not see): its "
                          "positions or mask do not follow position_ids and a 4D mask. Extract with pack=False.")
-    model._packing_checked = True
+    _CHECKED.add(model)
 
 
-def pack_width(pack: Any, lengths: Sequence[int]) -> int | None:
-    """Row width for ``extract(pack=...)``: ``None`` (no packing), :data:`DEFAULT_WIDTH` or the int given.
-
-    Rows are widened to the longest prompt when it does not fit.
-    """
+def check_pack(pack: Any) -> int | None:
+    """The row width a ``pack=`` argument asks for: ``None`` (no packing), :data:`DEFAULT_WIDTH` or the int given."""
     if pack is False or pack is None:
         return None
     if pack is True:
-        width = DEFAULT_WIDTH
-    elif isinstance(pack, int) and not isinstance(pack, bool) and pack > 0:
-        width = pack
-    else:
-        raise InputError(f"pack must be True, False or a positive row width in tokens, got {pack!r}.")
-    return max(width, max(lengths))
+        return DEFAULT_WIDTH
+    if isinstance(pack, int) and not isinstance(pack, bool) and pack > 0:
+        return pack
+    raise InputError(f"pack must be True, False or a positive row width in tokens, got {pack!r}.")
+
+
+def pack_width(pack: Any, lengths: Sequence[int]) -> int | None:
+    """Row width for ``pack=...`` and these prompt lengths: rows are widened to the longest prompt."""
+    width = check_pack(pack)
+    return None if width is None else max(width, max(lengths))
+
+
+def forget_checks() -> None:
+    """Forget which models passed :func:`check_packing` (tests that change a model's attention)."""
+    _CHECKED.clear()
