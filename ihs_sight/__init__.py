@@ -19,7 +19,7 @@ from .errors import (
 )
 from .extract import ExtractMeta, HiddenStates, extract
 from .graft import GraftResult, SweepResult, graft, graft_sweep
-from .guard import Guard, GuardFitReport, GuardScores, JailbreakSignal
+from .guard import Guard, GuardEvaluation, GuardFitReport, GuardScores, JailbreakSignal
 from .judge import PhraseJudge, RefusalJudge
 from .lens import Consistency, LensResult, compare_consistency, logit_lens
 from .models import ARCHITECTURES, ArchSpec, Model, load_model
@@ -35,6 +35,7 @@ __all__ = [
     "ExtractMeta",
     "GraftResult",
     "Guard",
+    "GuardEvaluation",
     "GuardFitReport",
     "GuardScores",
     "HiddenStates",

@@ -60,8 +60,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from tqdm.auto import tqdm
 
+from . import checks
 from .errors import InputError
+from .layers import band_layers, check_band, middle_band
+from .prompts import encode_prompts
+from .runtime import traces
+from .runtime.batches import Batch, run_batches
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -470,17 +476,6 @@ class InducedLexicon(BaseModel):
         return induced_plot(self, n=n, names=names)
 
 
-def _prompt_texts(prompts: Any, what: str) -> list[str]:
-    from .extract import _validate_prompts
-
-    if hasattr(prompts, "texts") and hasattr(prompts, "labels"):
-        prompts = list(prompts.texts)
-    try:
-        return _validate_prompts(prompts)
-    except InputError as e:
-        raise InputError(f"{what}: {e}") from None
-
-
 def induce_lexicon(
     model: Model,
     set_a: Any,
@@ -521,37 +516,24 @@ def induce_lexicon(
         >>> induced = induce_lexicon(model, data.malicious.head(40), data.normal.head(40), layers=(15, 22))
         >>> [t.token for t in induced.a[:5]]
     """
-    from tqdm.auto import tqdm
+    band = middle_band(model.n_layers) if layers is None else check_band(layers, model.n_layers)
+    top = int(checks.number("top", top, low=1, integer=True))
+    batch_size = checks.batch_size(batch_size)
+    encoded = [encode_prompts(model.tokenizer, prompts, chat=chat, system_prompt=system_prompt,
+                              max_length=model.max_length, what=what)
+               for prompts, what in ((set_a, "set_a"), (set_b, "set_b"))]
+    sum_layers = band_layers(band)
 
-    from .extract import length_batches, pad_batch, prepare, trace_batch
-    from .lens import _check_band, middle_band
+    def step(batch: Batch) -> dict[str, torch.Tensor]:
+        out = traces.last_token_states(model, batch.inputs, last=batch.last, states=False,
+                                       prob_sum_layers=sum_layers)
+        return {"prob_sum": out["prob_sum"].double()}
 
-    texts_a, texts_b = _prompt_texts(set_a, "set_a"), _prompt_texts(set_b, "set_b")
-    band = middle_band(model.n_layers) if layers is None else _check_band(layers, model.n_layers)
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise InputError(f"top must be a positive integer, got {top!r}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    band_layers = list(range(band[0], band[1] + 1))
-    pad_id = model.pad_id
     means = []
-    with (
-        torch.no_grad(),
-        tqdm(total=len(texts_a) + len(texts_b), desc="induce", unit="prompt", disable=not progress) as bar,
-    ):
-        for texts in (texts_a, texts_b):
-            ids, _ = prepare(model, texts, chat=chat, system_prompt=system_prompt)
-            sums = []
-            for batch in length_batches([len(r) for r in ids], batch_size):
-                out = trace_batch(
-                    model,
-                    pad_batch([ids[i] for i in batch], pad_id),
-                    states=False,
-                    prob_sum_layers=band_layers,
-                )
-                sums.append(out["prob_sum"].double())
-                bar.update(len(batch))
-            means.append(torch.stack(sums).sum(0) / (len(texts) * len(band_layers)))
+    with tqdm(total=sum(len(e) for e in encoded), desc="induce", unit="prompt", disable=not progress) as bar:
+        for enc in encoded:
+            run = run_batches(model, enc, step, batch_size=batch_size, reduce=("prob_sum",), dedupe=False, bar=bar)
+            means.append(run.sums["prob_sum"] / (len(enc) * len(sum_layers)))
     mean_a, mean_b = means
     diff = mean_a - mean_b
     ranking = diff.clone()
@@ -578,8 +560,8 @@ def induce_lexicon(
 
     return InducedLexicon(
         band=band,
-        n_a=len(texts_a),
-        n_b=len(texts_b),
+        n_a=len(encoded[0]),
+        n_b=len(encoded[1]),
         a=side(1.0),
         b=side(-1.0),
         model_name=model.name,

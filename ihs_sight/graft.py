@@ -21,21 +21,27 @@ block ``l``); ``graft(..., layer=l)`` overwrites the same state ``HiddenStates.l
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from .backends import run
+from . import checks
+from .emotions import resolve_lexicon
 from .errors import InputError
-from .extract import HiddenStates, _validate_prompts, _versions, extract, length_batches, pad_batch, prepare
+from .extract import HiddenStates, encode_for, extract
 from .judge import PhraseJudge, RefusalJudge, judge_name
+from .layers import check_layer, check_layers
 from .models import Model
+from .prompts import EncodedPrompts
+from .runtime import traces
+from .runtime.batches import Batch, run_batches
+from .runtime.compiled import check_compilable
+from .runtime.packing import check_pack
+from .runtime.provenance import dtype_name, versions
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -250,15 +256,6 @@ class SweepResult(BaseModel):
 
 
 @dataclass(frozen=True)
-class _Targets:
-    texts: list[str]
-    ids: list[list[int]]
-    template: str
-    batches: list[list[int]]
-    pad_id: int
-
-
-@dataclass(frozen=True)
 class _Source:
     kind: Literal["prompts", "states", "tensor"]
     n: int
@@ -279,61 +276,43 @@ class _Source:
         return vecs.contiguous()
 
 
-def _target_texts(targets: Any) -> list[str]:
-    if hasattr(targets, "texts") and hasattr(targets, "labels"):
-        targets = list(targets.texts)
-    if isinstance(targets, (list, tuple)) and not targets:
-        raise InputError("targets is empty; pass at least one target prompt.")
-    try:
-        return _validate_prompts(targets)
-    except InputError as e:
-        raise InputError(f"targets: {e}") from None
+def check_graft_layer(layer: Any, n_layers: int, mode: str) -> int:
+    """A graft layer: ``0..L`` (``seed`` skips a block, so ``1..L``)."""
+    return check_layer(layer, n_layers, low=1 if mode == "seed" else 0)
 
 
-def _prepare_targets(
-    model: Model, targets: Any, *, chat: bool, system_prompt: str | None, batch_size: int
-) -> _Targets:
-    texts = _target_texts(targets)
-    ids, template = prepare(model, texts, chat=chat, system_prompt=system_prompt)
-    pad_id = model.pad_id
-    batches = length_batches([len(r) for r in ids], batch_size)
-    return _Targets(texts=texts, ids=ids, template=template, batches=batches, pad_id=int(pad_id))
+@dataclass(frozen=True)
+class _Options:
+    """The scalar options of :func:`graft` and :func:`graft_sweep`, checked once."""
 
+    mode: Mode
+    pairing: Pairing
+    scale: float
+    generate: int | None
+    top_k: int
+    batch_size: int
+    judge: RefusalJudge | None
+    pack: int | None
+    compile: bool
 
-def _check_layer(model: Model, layer: Any, mode: str) -> int:
-    if isinstance(layer, bool) or not isinstance(layer, int):
-        raise InputError(f"layer must be an integer layer index, got {layer!r}.")
-    low = 1 if mode == "seed" else 0
-    if not low <= layer <= model.n_layers:
-        what = "a block number" if mode == "seed" else "0 (block 1's input) to L (the last block's output)"
-        raise InputError(
-            f"layer={layer} is out of range for mode={mode!r}: use {what}, here {low}..{model.n_layers}."
-        )
-    return layer
-
-
-def _check_options(
-    mode: Any, pairing: Any, scale: Any, generate: Any, top_k: Any, batch_size: Any, judge: Any
-) -> None:
-    if mode not in MODES:
-        raise InputError(f"mode={mode!r} is unknown; use one of {', '.join(MODES)}.")
-    if pairing not in PAIRINGS:
-        raise InputError(f"pairing={pairing!r} is unknown; use 'mean' or 'paired'.")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise InputError(f"scale must be a finite number, got {scale!r}.")
-    bad_generate = isinstance(generate, bool) or not isinstance(generate, int) or generate <= 0
-    if generate is not None and bad_generate:
-        raise InputError(
-            f"generate must be None (no generation) or a positive number of new tokens, got {generate!r}."
-        )
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
-        raise InputError(f"top_k must be a positive integer, got {top_k!r}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    if judge is not None and not callable(judge):
-        raise InputError(
-            f"judge must be a callable text -> bool (e.g. PhraseJudge()), got {type(judge).__name__}."
-        )
+    @classmethod
+    def check(cls, model: Model, *, mode: Any, pairing: Any, scale: Any, generate: Any, top_k: Any,
+              batch_size: Any, judge: Any, pack: Any, compile: Any) -> _Options:
+        mode = checks.one_of("mode", mode, MODES)
+        pairing = checks.one_of("pairing", pairing, PAIRINGS)
+        scale = checks.finite("scale", scale)
+        if generate is not None:
+            generate = int(checks.number("generate", generate, low=1, integer=True))
+        top_k = checks.positive_int("top_k", top_k)
+        batch_size = checks.batch_size(batch_size)
+        if judge is not None and not callable(judge):
+            raise InputError(
+                f"judge must be a callable text -> bool (e.g. PhraseJudge()), got {type(judge).__name__}."
+            )
+        width = check_pack(pack)
+        if compile:
+            check_compilable(model)
+        return cls(mode, pairing, scale, generate, top_k, batch_size, judge, width, bool(compile))
 
 
 def _check_tensor(model: Model, source: torch.Tensor, pairing: str, n_targets: int) -> torch.Tensor:
@@ -420,16 +399,7 @@ def _resolve_source(
 
 def _lexicon_ids(model: Model, lexicon: str | Lexicon) -> tuple[str, torch.Tensor, torch.Tensor]:
     """(name, negative ids, positive ids): distinct ids the logits can index."""
-    from .emotions import Lexicon, load_lexicon
-
-    if isinstance(lexicon, str):
-        lex = load_lexicon(lexicon)
-    elif isinstance(lexicon, Lexicon):
-        lex = lexicon
-    else:
-        raise InputError(
-            f"lexicon must be a version string such as 'v1' or a Lexicon, got {type(lexicon).__name__}."
-        )
+    lex = resolve_lexicon(lexicon)
     ids = lex.token_ids(model.tokenizer)
     vocab = int(getattr(model.config, "vocab_size", 0) or len(model.tokenizer))
 
@@ -442,158 +412,40 @@ def _lexicon_ids(model: Model, lexicon: str | Lexicon) -> tuple[str, torch.Tenso
     return name, clean(ids["negative"]), clean(ids["positive"])
 
 
-# ---------------------------------------------------------------------------- traces
+# ---------------------------------------------------------------------------- runs
 
 
-def _trace_batch(
-    model: Model,
-    batch: dict[str, torch.Tensor],
-    *,
-    mode: str | None,
-    layer: int,
-    vecs: torch.Tensor,
-    neg_ids: torch.Tensor,
-    pos_ids: torch.Tensor,
-    top_k: int,
-    keep_logits: bool,
-) -> dict[str, torch.Tensor]:
-    """Next-token top-k and lexicon masses of one left-padded batch, from one trace.
+def _next_token(model: Model, targets: EncodedPrompts, opts: _Options, *, mode: str | None, layer: int,
+                vecs: torch.Tensor | None, neg_ids: torch.Tensor, pos_ids: torch.Tensor, keep_logits: bool,
+                bar: Any) -> dict[str, torch.Tensor]:
+    """Next-token top-k and lexicon masses of every target (``mode=None``: clean), in target order."""
 
-    ``mode=None`` runs clean. The body uses only torch and nnsight operations (it is shipped
-    as is to NDIF, where ihs_sight is not installed, so it calls no helper of ours); vectors
-    and ids are cast to the model's device and dtype inside it.
-    """
-    import nnsight
+    def step(batch: Batch) -> dict[str, torch.Tensor]:
+        rows = vecs[batch.indices] if vecs is not None else torch.zeros(0)
+        return traces.grafted_next_token(model, batch.inputs, last=batch.last, mode=mode, layer=layer, vecs=rows,
+                                         neg_ids=neg_ids, pos_ids=pos_ids, top_k=opts.top_k,
+                                         keep_logits=keep_logits)
 
-    blocks = model.blocks()
-    index = model.arch.output_index
-    # The body reads the envoy, not `model`: an ihs_sight object would have to be unpickled
-    # on the server, where ihs_sight is not installed.
-    root = model.nn
-    with model.nn.trace(batch, remote=model.remote):
-        if mode == "seed":
-            # The original code's graft: block `layer` runs (so a KV cache would come from the
-            # un-grafted input) but its output is replaced by its input, last position overwritten.
-            block = blocks[layer - 1]
-            seeded = block.input.clone()
-            seeded[:, -1] = vecs.to(seeded.device, seeded.dtype)
-            out = block.output
-            hidden = out if index is None else out[index]
-            hidden[:] = seeded
-        elif mode is not None:
-            if layer == 0:
-                hidden = blocks[0].input
-            else:
-                out = blocks[layer - 1].output
-                hidden = out if index is None else out[index]
-            if mode == "replace":
-                hidden[:, -1] = vecs.to(hidden.device, hidden.dtype)
-            else:
-                hidden[:, -1] += vecs.to(hidden.device, hidden.dtype)
-        logits = root.output.logits[:, -1].float()
-        probs = logits.softmax(-1)
-        top = probs.topk(top_k, dim=-1)
-        top_ids = nnsight.save(top.indices.detach().cpu())
-        top_probs = nnsight.save(top.values.detach().cpu())
-        neg_mass = nnsight.save(probs[:, neg_ids.to(probs.device)].sum(-1).detach().cpu())
-        pos_mass = nnsight.save(probs[:, pos_ids.to(probs.device)].sum(-1).detach().cpu())
-        if keep_logits:
-            full = nnsight.save(logits.detach().cpu().clone())  # a copy: the slice views [B, T, V]
-    found = {"top_ids": top_ids, "top_probs": top_probs, "neg_mass": neg_mass, "pos_mass": pos_mass}
-    if keep_logits:
-        found["logits"] = full
-    return found
+    return run_batches(model, targets, step, batch_size=opts.batch_size, pack=opts.pack, compile=opts.compile,
+                       dedupe=False, bar=bar).rows
 
 
-def _generate_batch(
-    model: Model,
-    batch: dict[str, torch.Tensor],
-    *,
-    mode: str | None,
-    layer: int,
-    vecs: torch.Tensor,
-    max_new_tokens: int,
-    pad_id: int,
-) -> torch.Tensor:
-    """(B, width + new) greedy token ids of one left-padded batch, grafted at the prefill only.
+def _generation(model: Model, targets: EncodedPrompts, opts: _Options, *, mode: str | None, layer: int,
+                vecs: torch.Tensor | None, max_new_tokens: int, bar: Any) -> list[list[int]]:
+    """Greedy continuations of every target (left-padded batches), each cut after its first EOS."""
+    eos = _eos_ids(model)
+    generated: dict[int, list[int]] = {}
 
-    The graft is the same as in :func:`_trace_batch` (repeated: trace bodies call no helper).
-    It is written without ``tracer.iter``, so it binds to the first forward — the prefill that
-    predicts the first new token; later steps see the grafted state only through the KV cache
-    of the blocks after the graft, as a prompt-level jailbreak would act.
-    """
-    import nnsight
+    def step(batch: Batch) -> dict[str, torch.Tensor]:
+        rows = vecs[batch.indices] if vecs is not None else torch.zeros(0)
+        out = traces.grafted_generation(model, batch.inputs, mode=mode, layer=layer, vecs=rows,
+                                        max_new_tokens=max_new_tokens, pad_id=model.pad_id)
+        for i, row in zip(batch.indices, out["generated"].tolist()):
+            generated[i] = _until_eos(row, eos)
+        return {}
 
-    blocks = model.blocks()
-    index = model.arch.output_index
-    # generate derives position ids from the mask itself and extends them step by step.
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    with model.nn.generate(
-        inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id, remote=model.remote
-    ) as tracer:
-        if mode == "seed":
-            block = blocks[layer - 1]
-            seeded = block.input.clone()
-            seeded[:, -1] = vecs.to(seeded.device, seeded.dtype)
-            out = block.output
-            hidden = out if index is None else out[index]
-            hidden[:] = seeded
-        elif mode is not None:
-            if layer == 0:
-                hidden = blocks[0].input
-            else:
-                out = blocks[layer - 1].output
-                hidden = out if index is None else out[index]
-            if mode == "replace":
-                hidden[:, -1] = vecs.to(hidden.device, hidden.dtype)
-            else:
-                hidden[:, -1] += vecs.to(hidden.device, hidden.dtype)
-        generated = nnsight.save(tracer.result.detach().cpu())
-    return generated  # type: ignore[no-any-return]
-
-
-def _run_all(
-    model: Model,
-    targets: _Targets,
-    *,
-    mode: str | None,
-    layer: int,
-    vecs: torch.Tensor | None,
-    neg_ids: torch.Tensor,
-    pos_ids: torch.Tensor,
-    top_k: int,
-    keep_logits: bool,
-    max_new_tokens: int | None,
-    bar: Any,
-) -> dict[str, Any]:
-    """Every batch of the targets; tensors come back in target order (generations as id lists)."""
-    n = len(targets.texts)
-    parts: dict[str, list[torch.Tensor]] = {}
-    order: list[int] = []
-    with torch.no_grad():
-        for rows in targets.batches:
-            batch = pad_batch([targets.ids[i] for i in rows], targets.pad_id)
-            vec_rows = vecs[rows] if vecs is not None else torch.zeros(0)
-            if max_new_tokens is None:
-                out = run(model, partial(
-                    _trace_batch, model, batch, mode=mode, layer=layer, vecs=vec_rows, neg_ids=neg_ids, pos_ids=pos_ids,
-                    top_k=top_k, keep_logits=keep_logits), n_prompts=len(rows))
-            else:
-                ids = run(model, partial(
-                    _generate_batch, model, batch, mode=mode, layer=layer, vecs=vec_rows, max_new_tokens=max_new_tokens,
-                    pad_id=targets.pad_id), n_prompts=len(rows))
-                out = {"generated": ids[:, batch["input_ids"].shape[1]:]}
-            for key, value in out.items():
-                parts.setdefault(key, []).append(value)
-            order += rows
-            bar.update(1)
-    inverse = torch.empty(n, dtype=torch.long)
-    inverse[torch.tensor(order)] = torch.arange(n)
-    if max_new_tokens is not None:
-        eos = _eos_ids(model)
-        rows_ids = [row for chunk in parts["generated"] for row in chunk.tolist()]
-        return {"generated": [_until_eos(rows_ids[int(j)], eos) for j in inverse]}
-    return {key: torch.cat(chunks, 0)[inverse] for key, chunks in parts.items()}
+    run_batches(model, targets, step, batch_size=opts.batch_size, dedupe=False, bar=bar)
+    return [generated[i] for i in range(len(targets))]
 
 
 def _eos_ids(model: Model) -> set[int]:
@@ -625,7 +477,7 @@ class _Clean:
 
 def _assemble(
     model: Model,
-    targets: _Targets,
+    targets: EncodedPrompts,
     *,
     layer: int,
     clean: _Clean,
@@ -713,45 +565,43 @@ def _sweep_core(
     model: Model,
     targets: Any,
     source: Any,
+    opts: _Options,
     *,
     layers: list[int],
-    pairing: str,
-    mode: str,
-    scale: float,
-    generate: int | None,
-    top_k: int,
-    judge: RefusalJudge | None,
     lexicon: str | Lexicon,
-    batch_size: int,
     chat: bool,
     system_prompt: str | None,
     cache: bool | str | Any,
     keep_logits: bool,
     progress: bool,
 ) -> list[GraftResult]:
-    prepared = _prepare_targets(model, targets, chat=chat, system_prompt=system_prompt, batch_size=batch_size)
-    n = len(prepared.texts)
+    encoded = encode_for(model, targets, chat=chat, system_prompt=system_prompt, what="targets")
+    n = len(encoded)
     lex_name, neg_ids, pos_ids = _lexicon_ids(model, lexicon)
     src = _resolve_source(
-        model, source, pairing=pairing, n_targets=n, chat=chat, system_prompt=system_prompt,
-        batch_size=batch_size, cache=cache, progress=progress,
+        model, source, pairing=opts.pairing, n_targets=n, chat=chat, system_prompt=system_prompt,
+        batch_size=opts.batch_size, cache=cache, progress=progress,
     )
-    vectors = {layer: src.vectors(layer, pairing, n, float(scale)) for layer in layers}
+    vectors = {layer: src.vectors(layer, opts.pairing, n, opts.scale) for layer in layers}
+    generate = opts.generate
+    judge = opts.judge
     if judge is None and generate is not None:
         judge = PhraseJudge()
-    top_k = min(top_k, int(getattr(model.config, "vocab_size", top_k) or top_k))
+    top_k = min(opts.top_k, int(getattr(model.config, "vocab_size", opts.top_k) or opts.top_k))
+    opts = _Options(opts.mode, opts.pairing, opts.scale, generate, top_k, opts.batch_size, judge, opts.pack,
+                    opts.compile)
     meta = GraftMeta(
         model_name=model.name,
         model_class=type(model.hf).__name__,
         weights_hash=model.weights_hash,
-        dtype=str(model.dtype).removeprefix("torch."),
+        dtype=dtype_name(model),
         n_layers=model.n_layers,
         chat=chat,
         system_prompt=system_prompt,
-        template=prepared.template,
-        mode=mode,  # type: ignore[arg-type]
-        pairing=pairing,  # type: ignore[arg-type]
-        scale=float(scale),
+        template=encoded.template,
+        mode=opts.mode,
+        pairing=opts.pairing,
+        scale=opts.scale,
         source_kind=src.kind,
         n_source=src.n,
         top_k=top_k,
@@ -760,30 +610,27 @@ def _sweep_core(
         n_positive_ids=len(pos_ids),
         max_new_tokens=generate,
         judge=judge_name(judge) if judge is not None and generate is not None else None,
-        versions=_versions(),
+        versions=versions(),
     )
     runs = (1 + len(layers)) * (1 if generate is None else 2)
-    common: dict[str, Any] = {
-        "neg_ids": neg_ids, "pos_ids": pos_ids, "top_k": top_k, "keep_logits": keep_logits,
-    }
-    with tqdm(total=runs * len(prepared.batches), desc="graft", unit="batch", disable=not progress) as bar:
-        clean_effect = _run_all(model, prepared, mode=None, layer=0, vecs=None, max_new_tokens=None, bar=bar,
-                                **common)
+    masses: dict[str, Any] = {"neg_ids": neg_ids, "pos_ids": pos_ids, "keep_logits": keep_logits}
+    with tqdm(total=runs * n, desc="graft", unit="prompt", disable=not progress) as bar:
+        clean_effect = _next_token(model, encoded, opts, mode=None, layer=0, vecs=None, bar=bar, **masses)
         clean_gen = None
         if generate is not None:
-            clean_gen = _run_all(model, prepared, mode=None, layer=0, vecs=None, max_new_tokens=generate,
-                                 bar=bar, **common)["generated"]
+            clean_gen = _generation(model, encoded, opts, mode=None, layer=0, vecs=None, max_new_tokens=generate,
+                                    bar=bar)
         clean = _Clean(effect=clean_effect, generated=clean_gen)
         results = []
         for layer in layers:
-            effect = _run_all(model, prepared, mode=mode, layer=layer, vecs=vectors[layer],
-                              max_new_tokens=None, bar=bar, **common)
+            effect = _next_token(model, encoded, opts, mode=opts.mode, layer=layer, vecs=vectors[layer], bar=bar,
+                                 **masses)
             generated = None
             if generate is not None:
-                generated = _run_all(model, prepared, mode=mode, layer=layer, vecs=vectors[layer],
-                                     max_new_tokens=generate, bar=bar, **common)["generated"]
+                generated = _generation(model, encoded, opts, mode=opts.mode, layer=layer, vecs=vectors[layer],
+                                        max_new_tokens=generate, bar=bar)
             results.append(_assemble(
-                model, prepared, layer=layer, clean=clean, effect=effect, generated=generated,
+                model, encoded, layer=layer, clean=clean, effect=effect, generated=generated,
                 neg_ids=neg_ids, judge=judge, meta=meta, keep_logits=keep_logits,
             ))
             log.info("graft layer %d: flip rate %.3f, neg->nonneg %.3f", layer, results[-1].flip_rate,
@@ -810,6 +657,8 @@ def graft(
     cache: bool | str | Any = True,
     keep_logits: bool = False,
     progress: bool = True,
+    pack: bool | int = False,
+    compile: bool = False,
 ) -> GraftResult:
     """Graft a state onto each target's last token at one layer; compare next token and text.
 
@@ -846,6 +695,9 @@ def graft(
         cache: states cache for donor prompts, as in :func:`ihs_sight.extract`.
         keep_logits: also keep the full last-token logits (not serialised).
         progress: show a progress bar.
+        pack: pack the next-token traces' prompts into rows of this many tokens (``True``: 256),
+            as in :func:`ihs_sight.extract`; generation keeps left-padded batches.
+        compile: compile the blocks for this call, as in :func:`ihs_sight.extract`.
 
     Returns:
         :class:`GraftResult` with per-target top-k, lexicon masses, flips and (optionally)
@@ -856,14 +708,11 @@ def graft(
         >>> result = ihs.graft(model, data.test.malicious.head(8), data.train.normal, layer=16)
         >>> result.flip_rate, result.mean_neg_mass_before, result.mean_neg_mass_after
     """
-    _check_options(mode, pairing, scale, generate, top_k, batch_size, judge)
-    _check_layer(model, layer, mode)
-    return _sweep_core(
-        model, targets, source, layers=[layer], pairing=pairing, mode=mode, scale=scale, generate=generate,
-        top_k=top_k, judge=judge, lexicon=lexicon, batch_size=batch_size, chat=chat,
-        system_prompt=system_prompt,
-        cache=cache, keep_logits=keep_logits, progress=progress,
-    )[0]
+    opts = _Options.check(model, mode=mode, pairing=pairing, scale=scale, generate=generate, top_k=top_k,
+                          batch_size=batch_size, judge=judge, pack=pack, compile=compile)
+    layer = check_graft_layer(layer, model.n_layers, opts.mode)
+    return _sweep_core(model, targets, source, opts, layers=[layer], lexicon=lexicon, chat=chat,
+                       system_prompt=system_prompt, cache=cache, keep_logits=keep_logits, progress=progress)[0]
 
 
 def graft_sweep(
@@ -884,6 +733,8 @@ def graft_sweep(
     system_prompt: str | None = None,
     cache: bool | str | Any = True,
     progress: bool = True,
+    pack: bool | int = False,
+    compile: bool = False,
 ) -> SweepResult:
     """:func:`graft` at several layers: per-layer flip, negative-to-non-negative and refusal rates.
 
@@ -902,21 +753,12 @@ def graft_sweep(
         >>> sweep = ihs.graft_sweep(model, malicious, data.train.normal, layers=[8, 16, 24])
         >>> sweep.flip_rate
     """
-    _check_options(mode, pairing, scale, generate, top_k, batch_size, judge)
-    if layers is None:
-        chosen = list(range(1, model.n_layers + 1))
-    else:
-        if isinstance(layers, (str, int)):
-            raise InputError(f"layers must be a list of layer indices, got {layers!r}.")
-        chosen = [_check_layer(model, layer, mode) for layer in layers]
-        if not chosen:
-            raise InputError("layers is empty; pass at least one layer index (or None for all).")
-    results = _sweep_core(
-        model, targets, source, layers=chosen, pairing=pairing, mode=mode, scale=scale, generate=generate,
-        top_k=top_k, judge=judge, lexicon=lexicon, batch_size=batch_size, chat=chat,
-        system_prompt=system_prompt,
-        cache=cache, keep_logits=False, progress=progress,
-    )
+    opts = _Options.check(model, mode=mode, pairing=pairing, scale=scale, generate=generate, top_k=top_k,
+                          batch_size=batch_size, judge=judge, pack=pack, compile=compile)
+    chosen = check_layers(range(1, model.n_layers + 1) if layers is None else layers, model.n_layers,
+                          low=1 if opts.mode == "seed" else 0)
+    results = _sweep_core(model, targets, source, opts, layers=chosen, lexicon=lexicon, chat=chat,
+                          system_prompt=system_prompt, cache=cache, keep_logits=False, progress=progress)
     first = results[0]
     refusals = [r.refusal_rate_after for r in results]
     return SweepResult(

@@ -21,8 +21,6 @@ emotion mass was recognised but not converted into a refusal.
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import time
 import warnings
@@ -33,21 +31,36 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
-from tqdm.auto import tqdm
 
-from .cache import TensorCache
+from . import checks, io
 from .errors import InputError
-from .extract import _validate_prompts, length_batches, pad_batch, prepare
-from .models import Model, states_cache_dir
+from .extract import cache_root, encode_for
+from .layers import band_layers, check_band, check_layer, check_layers, conversion_band
+from .lens import logit_lens
+from .models import Model
 from .probe import LayerProbe
-from .prompts import PromptSet, encode, sha
+from .prompts import PromptSet, template_fingerprint
+from .prompts import template_prefix as _prefix_tokens
+from .runtime import traces
+from .runtime.batches import Batch, Store, run_batches
+from .runtime.cache import TensorCache
+from .runtime.compiled import check_compilable
+from .runtime.packing import check_pack
+from .runtime.provenance import dtype_name
 
 log = logging.getLogger(__name__)
 
 GUARD_FORMAT = "ihs-sight.guard"
 GUARD_FORMAT_VERSION = 1
 Pool = Literal["last", "mean"]
-POOLS: tuple[str, ...] = ("last", "mean")
+POOLS: tuple[Pool, ...] = ("last", "mean")
+CLASSIFIERS: tuple[str, ...] = ("logreg", "svm", "mlp")
+"""The probes a guard can read its layer with (:class:`~ihs_sight.LayerProbe`'s torch engine)."""
+
+
+def check_guard_layer(layer: Any, n_layers: int) -> int:
+    """A guard's exit layer: ``1..L`` (layer 0, the embeddings, runs no block to exit after)."""
+    return check_layer(layer, n_layers, low=1)
 
 
 class ModelMismatchError(InputError):
@@ -60,60 +73,10 @@ class ModelMismatchError(InputError):
 def template_prefix(model: Model, *, chat: bool, system_prompt: str | None) -> int:
     """Number of leading template tokens every prompt shares (system prompt, user-turn opening).
 
-    Found by rendering two one-letter prompts and taking their common prefix, so it holds for
-    any tokenizer and template; 0 without a chat template.
+    :func:`ihs_sight.prompts.template_prefix` on the model's tokenizer; ``pool="mean"`` averages
+    the positions after it.
     """
-    a, b = encode(model.tokenizer, ["a", "b"], chat=chat, system_prompt=system_prompt)
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
-
-
-def _pool_weights(rows: Sequence[Sequence[int]], width: int, start: int) -> torch.Tensor:
-    """(B, width) weights of a left-padded batch: 1 / n on each row's own tokens, else 0."""
-    w = torch.zeros(len(rows), width)
-    for i, r in enumerate(rows):
-        first = width - len(r) + min(start, len(r) - 1)  # at least the last token
-        w[i, first:] = 1.0 / (width - first)
-    return w
-
-
-def _trace_features(
-    model: Model, batch: dict[str, torch.Tensor], layers: Sequence[int], weights: torch.Tensor | None
-) -> torch.Tensor:
-    """(B, len(layers), D) float32 features of one left-padded batch; the run stops after ``max(layers)``.
-
-    ``weights`` (B, T) averages each layer's states over positions (``pool="mean"``); ``None``
-    takes the last token. The trace body uses only torch and nnsight operations (it runs on NDIF).
-    """
-    import nnsight
-
-    from .extract import _forward_kwargs
-
-    blocks = model.blocks()
-    index = model.arch.output_index
-    wanted, last = set(layers), max(layers)
-    with model.nn.trace(batch, remote=model.remote, **_forward_kwargs(model)) as tracer:
-        saved = nnsight.save([])
-        for layer in range(last + 1):
-            if layer not in wanted:
-                continue
-            if layer == 0:
-                hidden = blocks[0].input
-            else:
-                out = blocks[layer - 1].output
-                hidden = out if index is None else out[index]
-            if weights is None:
-                feature = hidden[:, -1]
-            else:
-                w = weights.to(device=hidden.device, dtype=torch.float32)
-                feature = (hidden.float() * w[:, :, None]).sum(1)
-            saved.append(feature.detach().float().cpu().clone())
-        if last < len(blocks):
-            tracer.stop()
-    taken = sorted(wanted)  # the order the forward pass reached them
-    return torch.stack(list(saved), 1)[:, [taken.index(x) for x in layers]]
+    return _prefix_tokens(model.tokenizer, chat=chat, system_prompt=system_prompt)
 
 
 def layer_features(
@@ -127,6 +90,8 @@ def layer_features(
     system_prompt: str | None = None,
     cache: bool | str | Path = True,
     progress: bool = True,
+    pack: bool | int = False,
+    compile: bool = False,
 ) -> torch.Tensor:
     """(n_prompts, len(layers), D) guard features; each batch's forward pass stops after ``max(layers)``.
 
@@ -135,51 +100,35 @@ def layer_features(
         prompts: strings or a :class:`PromptSet`.
         layers: layer indices (0 = embeddings, l = block l's output).
         pool: ``"last"`` token or ``"mean"`` over the prompt's own tokens (see the module doc).
-        batch_size: prompts per forward pass.
+        batch_size: prompts per forward pass (with ``pack``: packed rows per forward pass).
         chat, system_prompt: as in :func:`ihs_sight.extract`.
         cache: as in :func:`ihs_sight.extract`; rows are cached per (pool, layers).
         progress: show a progress bar.
+        pack, compile: as in :func:`ihs_sight.extract`.
     """
-    from .backends import run
-
-    texts = _validate_prompts(prompts.texts if isinstance(prompts, PromptSet) else prompts)
-    if pool not in POOLS:
-        raise InputError(f"pool must be one of {list(POOLS)}, got {pool!r}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    layer_list = [int(x) for x in layers]
-    if not layer_list or any(x < 0 or x > model.n_layers for x in layer_list):
-        raise InputError(f"layers must be indices in 0..{model.n_layers}, got {list(layers)!r}.")
-    ids, template = prepare(model, texts, chat=chat, system_prompt=system_prompt)
+    pool = checks.one_of("pool", pool, POOLS)
+    batch_size = checks.batch_size(batch_size)
+    width = check_pack(pack)
+    if compile:
+        check_compilable(model)
+    layer_list = check_layers(layers, model.n_layers)
+    root = cache_root(cache)
+    encoded = encode_for(model, prompts, chat=chat, system_prompt=system_prompt)
     start = template_prefix(model, chat=chat, system_prompt=system_prompt) if pool == "mean" else 0
-    hashes = [sha(t) for t in texts]
-    store = None
-    if cache is not False:
-        root = states_cache_dir() if cache is True else Path(cache)
-        store = TensorCache(root, {"kind": "guard_features", "pool": pool, "start": start, "layers": layer_list,
-                                   "weights": model.weights_hash, "template": template,
-                                   "system_prompt": system_prompt, "chat": chat,
-                                   "dtype": str(model.dtype).removeprefix("torch.")})
-    found = store.get(hashes) if store is not None else {}
-    first: dict[str, int] = {}
-    todo = [i for i, h in enumerate(hashes) if h not in found and first.setdefault(h, i) == i]
-    computed: dict[str, torch.Tensor] = {}
-    pad_id = model.pad_id
-    with torch.no_grad(), tqdm(total=len(todo), desc="guard", unit="prompt", disable=not progress or not todo) as bar:
-        for batch in (
-            [todo[j] for j in b] for b in length_batches([len(ids[i]) for i in todo], batch_size)
-        ):
-            rows = [ids[i] for i in batch]
-            padded = pad_batch(rows, pad_id)
-            weights = _pool_weights(rows, padded["input_ids"].shape[1], start) if pool == "mean" else None
-            feats = run(model, functools.partial(_trace_features, model, padded, layer_list, weights),
-                        n_prompts=len(batch))
-            batch_hashes = [hashes[i] for i in batch]
-            if store is not None:
-                store.put(batch_hashes, {"features": feats})
-            computed.update({h: feats[j] for j, h in enumerate(batch_hashes)})
-            bar.update(len(batch))
-    return torch.stack([found[h]["features"] if h in found else computed[h] for h in hashes], 0)
+    stores = []
+    if root is not None:
+        stores.append(Store(TensorCache(root, {
+            "kind": "guard_features", "pool": pool, "start": start, "layers": layer_list,
+            "weights": model.weights_hash, "template": encoded.template, "system_prompt": system_prompt,
+            "chat": chat, "dtype": dtype_name(model)}), ("features",)))
+
+    def step(batch: Batch) -> dict[str, torch.Tensor]:
+        weights = batch.mean_weights(start) if pool == "mean" else None
+        return traces.layer_features(model, batch.inputs, layer_list, last=batch.last, weights=weights)
+
+    run = run_batches(model, encoded, step, batch_size=batch_size, pack=width, compile=compile, stores=stores,
+                      desc="guard", progress=progress)
+    return run.rows["features"]
 
 
 # ---------------------------------------------------------------------------- results
@@ -330,16 +279,6 @@ class JailbreakSignal(BaseModel):
         return _rates(keys, self.signal)
 
 
-def conversion_band(n_layers: int) -> tuple[int, int]:
-    """The default band where recognition turns into a refusal: ``(3L // 4, L)``, inclusive.
-
-    The paper reads emotions in the middle layers of 7B-70B models. In the refusal-tuned
-    SmolLM2-135M (L = 30) the refusal forms later: over layers 15-22 91% of held-out malicious
-    prompts still lean positive, over 22-30 most lean negative; hence the last quarter.
-    """
-    return (3 * n_layers) // 4, n_layers
-
-
 def _rates(keys: Sequence[str | None], hits: Sequence[bool]) -> list[RateRow]:
     groups: dict[str, list[bool]] = {}
     for k, h in zip(keys, hits):
@@ -417,12 +356,6 @@ def _default_train() -> PromptSet:
 
     data = load_prompts().train
     return data.normal + data.malicious
-
-
-def _check_fraction(name: str, value: Any, low: float = 0.0, high: float = 1.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < float(value) < high:
-        raise InputError(f"{name} must be a number strictly between {low:g} and {high:g}, got {value!r}.")
-    return float(value)
 
 
 class Guard:
@@ -513,6 +446,14 @@ class Guard:
             batch_size, chat, system_prompt, cache, progress: as in :func:`ihs_sight.extract`.
         """
         t0 = time.perf_counter()
+        target_accuracy = checks.fraction("target_accuracy", target_accuracy)
+        target_fpr = checks.fraction("target_fpr", target_fpr)
+        pool = checks.one_of("pool", pool, POOLS)
+        cv = int(checks.number("cv", cv, low=2, integer=True))
+        cv_repeats = int(checks.number("cv_repeats", cv_repeats, low=1, integer=True))
+        if layer != "auto":
+            layer = check_guard_layer(layer, model.n_layers)
+        classifier = checks.one_of("classifier", classifier, CLASSIFIERS)
         prompts = _default_train() if prompts is None else prompts
         if not isinstance(prompts, PromptSet):
             raise InputError("prompts must be a labelled PromptSet (e.g. load_prompts().train), got "
@@ -522,21 +463,8 @@ class Guard:
             raise InputError(f"Guard.fit needs prompts labelled 'normal' or 'malicious'; found {bad}. Select them "
                              "first, e.g. data.normal + data.malicious.")
         counts = prompts.counts()
-        if min(counts.get("normal", 0), counts.get("malicious", 0)) < 2 * max(cv, 2):
-            raise InputError(f"Guard.fit needs at least {2 * max(cv, 2)} prompts of each label; got {counts}.")
-        target_accuracy = _check_fraction("target_accuracy", target_accuracy)
-        target_fpr = _check_fraction("target_fpr", target_fpr)
-        if pool not in POOLS:
-            raise InputError(f"pool must be one of {list(POOLS)}, got {pool!r}.")
-        if isinstance(cv, bool) or not isinstance(cv, int) or cv < 2:
-            raise InputError(f"cv must be an integer >= 2, got {cv!r}.")
-        if isinstance(cv_repeats, bool) or not isinstance(cv_repeats, int) or cv_repeats < 1:
-            raise InputError(f"cv_repeats must be an integer >= 1, got {cv_repeats!r}.")
-        if layer != "auto" and (isinstance(layer, bool) or not isinstance(layer, int)
-                                or not 1 <= layer <= model.n_layers):
-            raise InputError(f"layer must be 'auto' or an integer in 1..{model.n_layers}, got {layer!r}.")
-        if classifier not in ("logreg", "svm", "mlp"):
-            raise InputError(f"classifier must be 'logreg', 'svm' or 'mlp', got {classifier!r}.")
+        if min(counts.get("normal", 0), counts.get("malicious", 0)) < 2 * cv:
+            raise InputError(f"Guard.fit needs at least {2 * cv} prompts of each label; got {counts}.")
         c_values: list[float | None] = [None] if classifier == "mlp" else _c_values(C)
         search = list(range(1, model.n_layers + 1)) if layer == "auto" else [int(layer)]
         x = layer_features(model, prompts, search, pool=pool, batch_size=batch_size, chat=chat,
@@ -578,24 +506,26 @@ class Guard:
     # -- scoring
 
     def features(self, prompts: Any, *, batch_size: int = 16, cache: bool | str | Path = False,
-                 progress: bool = False) -> torch.Tensor:
+                 progress: bool = False, pack: bool | int = False, compile: bool = False) -> torch.Tensor:
         """(n, D) features at the guard layer (blocks ``1..layer`` run, then the pass stops)."""
         return layer_features(self.model, prompts, [self.layer], pool=self.pool, batch_size=batch_size,
                               chat=self.chat, system_prompt=self.system_prompt, cache=cache,
-                              progress=progress)[:, 0]
+                              progress=progress, pack=pack, compile=compile)[:, 0]
 
     def score(self, prompts: Any, *, batch_size: int = 16, cache: bool | str | Path = False,
-              progress: bool = False) -> GuardScores:
+              progress: bool = False, pack: bool | int = False, compile: bool = False) -> GuardScores:
         """P(malicious) and the decision for each prompt, reading only blocks ``1..layer``.
 
         Args:
             prompts: strings or a :class:`PromptSet` (labels and families travel along).
-            batch_size: prompts per forward pass.
+            batch_size: prompts per forward pass (with ``pack``: packed rows per forward pass).
             cache: ``False`` (default) runs every prompt; ``True`` or a path caches the features.
             progress: show a progress bar.
+            pack, compile: as in :func:`ihs_sight.extract`.
         """
         t0 = time.perf_counter()
-        x = self.features(prompts, batch_size=batch_size, cache=cache, progress=progress)
+        x = self.features(prompts, batch_size=batch_size, cache=cache, progress=progress, pack=pack,
+                          compile=compile)
         p = _p_malicious(self.probe, x[:, None])
         texts = list(prompts.texts) if isinstance(prompts, PromptSet) else list(prompts)
         return GuardScores(
@@ -641,11 +571,9 @@ class Guard:
         :func:`conversion_band`; one full pass). The emotion score is the mean over the band of
         the positive minus the negative lexicon's probability mass at the last token.
         """
-        from .lens import _check_band, logit_lens
-
-        lo, hi = _check_band(band, self.model.n_layers) if band is not None else conversion_band(self.model.n_layers)
+        lo, hi = check_band(band, self.model.n_layers) if band is not None else conversion_band(self.model.n_layers)
         s = self.score(prompts, batch_size=batch_size, progress=progress)
-        lens = logit_lens(self.model, prompts, top_k=1, layers=list(range(lo, hi + 1)), lexicon=lexicon,
+        lens = logit_lens(self.model, prompts, top_k=1, layers=band_layers((lo, hi)), lexicon=lexicon,
                           batch_size=batch_size, chat=self.chat, system_prompt=self.system_prompt,
                           progress=progress)
         cats = lens.categories
@@ -666,19 +594,16 @@ class Guard:
     def save(self, path: str | Path) -> Path:
         """Write the bundle into directory ``path``: ``guard.json`` and the probe (safetensors + JSON). No pickle."""
         root = Path(path)
-        root.mkdir(parents=True, exist_ok=True)
         self.probe.save(root / "probe")
         payload = {
             "format": GUARD_FORMAT, "version": GUARD_FORMAT_VERSION, "layer": self.layer,
             "threshold": self.threshold, "pool": self.pool, "chat": self.chat, "system_prompt": self.system_prompt,
             "model_name": self.model.name, "weights_hash": self.model.weights_hash,
-            "template": _template(self.model, self.chat, self.system_prompt),
+            "template": template_fingerprint(self.model.tokenizer, chat=self.chat, system_prompt=self.system_prompt),
             "prefix_tokens": template_prefix(self.model, chat=self.chat, system_prompt=self.system_prompt),
             "report": self.report.model_dump(),
         }
-        tmp = root / "guard.json.tmp"
-        tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
-        tmp.replace(root / "guard.json")
+        io.write_json(root / "guard.json", payload)  # written last: the bundle's commit marker
         return root
 
     @classmethod
@@ -688,10 +613,7 @@ class Guard:
         meta_path = root / "guard.json"
         if not meta_path.is_file():
             raise InputError(f"{root} holds no guard.json; Guard.save() writes a directory with guard.json.")
-        try:
-            payload = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise InputError(f"Cannot read {meta_path}: {e}") from e
+        payload = io.read_json(meta_path)
         if not isinstance(payload, dict) or payload.get("format") != GUARD_FORMAT:
             raise InputError(f"{meta_path} is not an ihs-sight guard bundle.")
         if payload.get("version") != GUARD_FORMAT_VERSION:
@@ -707,9 +629,10 @@ class Guard:
             report = GuardFitReport.model_validate(payload["report"])
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"{meta_path} is incomplete or malformed: {e}") from e
-        if pool not in POOLS or not 0 <= layer <= model.n_layers:
+        if pool not in POOLS or not 1 <= layer <= model.n_layers:
             raise InputError(f"{meta_path} is malformed (pool {pool!r}, layer {layer}).")
-        if payload.get("template") != _template(model, chat, system_prompt) or payload.get("prefix_tokens") != (
+        template = template_fingerprint(model.tokenizer, chat=chat, system_prompt=system_prompt)
+        if payload.get("template") != template or payload.get("prefix_tokens") != (
             template_prefix(model, chat=chat, system_prompt=system_prompt)
         ):
             raise ModelMismatchError(f"The guard in {root} was fitted with another chat template or tokenizer "
@@ -720,12 +643,6 @@ class Guard:
                              f"{model.d_model}.")
         return cls(model, probe_, layer=layer, threshold=threshold, pool=pool, chat=chat,
                    system_prompt=system_prompt, report=report)
-
-
-def _template(model: Model, chat: bool, system_prompt: str | None) -> str:
-    from .prompts import template_fingerprint
-
-    return template_fingerprint(model.tokenizer, chat=chat, system_prompt=system_prompt)
 
 
 def _p_malicious(fitted: LayerProbe, x: torch.Tensor) -> np.ndarray[Any, Any]:

@@ -59,6 +59,15 @@ def write_json(path: str | Path, payload: Any, *, indent: int | None = 1) -> Pat
     return write_text(path, json.dumps(payload, indent=indent, default=str))
 
 
+def read_json(path: str | Path, *, what: str | None = None) -> Any:
+    """A JSON document, or :class:`InputError` naming the file when it cannot be read or parsed."""
+    target = Path(path)
+    try:
+        return json.loads(target.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise InputError(f"Cannot read {what or target}: {e}") from e
+
+
 def save_pair(stem: str | Path, payload: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], *,
               metadata: dict[str, str] | None = None) -> Path:
     """Write ``stem.safetensors`` (``tensors``, with optional string ``metadata``) then ``stem.json``.
@@ -89,10 +98,7 @@ def load_pair(stem: str | Path, *, writer: str = "save()", what: str = "results"
     for suffix in (".json", ".safetensors"):
         if not base.with_suffix(suffix).is_file():
             raise InputError(f"Missing {base.with_suffix(suffix)}; {writer} writes a .json and a .safetensors file.")
-    try:
-        payload = json.loads(base.with_suffix(".json").read_text(encoding="utf-8"))
-    except (ValueError, OSError) as e:
-        raise InputError(f"Cannot read {what} at {base.with_suffix('.json')}: {e}") from e
+    payload = read_json(base.with_suffix(".json"), what=f"{what} at {base.with_suffix('.json')}")
     if not isinstance(payload, dict):
         raise InputError(f"Cannot read {what} at {base.with_suffix('.json')}: not a JSON object.")
     path = str(base.with_suffix(".safetensors"))

@@ -27,9 +27,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import torch
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, model_validator
-from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
+from . import checks, io
 from .emotions import (
     CATEGORIES,
     EmotionProfile,
@@ -41,18 +40,15 @@ from .emotions import (
     resolve_lexicon,
 )
 from .errors import InputError
-from .extract import (
-    ExtractMeta,
-    HiddenStates,
-    _validate_prompts,
-    extract_meta,
-    length_batches,
-    pad_batch,
-    prepare,
-    trace_batch,
-    with_bytes,
-)
-from .models import Model, _resolve_attr
+from .extract import encode_for, register_reader
+from .layers import check_band, check_layers, middle_band
+from .models import Model
+from .prompts import EncodedPrompts
+from .runtime import traces
+from .runtime.batches import Batch, run_batches
+from .runtime.compiled import check_compilable
+from .runtime.packing import check_pack
+from .runtime.provenance import ExtractMeta, run_meta, with_bytes
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -84,59 +80,13 @@ FloatTensor = Annotated[
 _TENSOR_FIELDS = ("token_ids", "probs", "logits", "emotion_mass", "emotion_counts")
 
 
-def middle_band(n_layers: int) -> tuple[int, int]:
-    """The default "middle layers" band ``(L // 2, 3L // 4)``, inclusive.
-
-    For the 32-layer models of the paper this is 16..24, the band of its lens figures; for
-    SmolLM2-135M (L = 30) it is 15..22.
-    """
-    return n_layers // 2, (3 * n_layers) // 4
-
-
-def _check_band(band: Any, n_layers: int) -> tuple[int, int]:
-    try:
-        lo, hi = band
-    except (TypeError, ValueError):
-        raise InputError(f"A layer band is a pair (lo, hi), got {band!r}.") from None
-    for v in (lo, hi):
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise InputError(f"Band limits must be integers, got {band!r}.")
-    if not 0 <= lo <= hi <= n_layers:
-        raise InputError(f"Band {band!r} must satisfy 0 <= lo <= hi <= {n_layers} (layer 0 = embeddings).")
-    return int(lo), int(hi)
-
-
-def _check_top_k(top_k: Any, vocab_size: int) -> int:
+def check_top_k(top_k: Any, vocab_size: int) -> int:
+    """``top_k`` as an integer in ``1..vocab_size``, else :class:`InputError`."""
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= vocab_size:
         raise InputError(
             f"top_k must be an integer between 1 and the vocabulary size {vocab_size}, got {top_k!r}."
         )
     return top_k
-
-
-def _check_layers(layers: Any, n_layers: int) -> list[int]:
-    if layers is None:
-        return list(range(n_layers + 1))
-    if isinstance(layers, int) and not isinstance(layers, bool):
-        layers = [layers]
-    try:
-        values = list(layers)
-    except TypeError:
-        raise InputError(f"layers must be None, an integer or a list of integers, got {layers!r}.") from None
-    if not values:
-        raise InputError("layers is empty; pass None for every layer.")
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= n_layers:
-            raise InputError(f"Layer {v!r} is out of range: layers go from 0 (embeddings) to {n_layers}.")
-    return sorted(set(values))
-
-
-def _vocab_size(model: Model) -> int:
-    """Rows of the unembedding (the lens distribution's size); may exceed the tokenizer's vocabulary."""
-    weight = getattr(_resolve_attr(model.hf, model.arch.unembed), "weight", None)
-    if isinstance(weight, torch.Tensor) and weight.dim() == 2:
-        return int(weight.shape[0])
-    return int(getattr(model.config, "vocab_size", 0) or len(model.tokenizer))
 
 
 class TokenCount(BaseModel):
@@ -294,7 +244,8 @@ class LensResult(BaseModel):
     def __len__(self) -> int:
         return len(self.prompts)
 
-    def _index(self, layer: int) -> int:
+    def index_of(self, layer: int) -> int:
+        """Position of a layer index (negative: counted from the last layer) along the tensors' dimension 1."""
         if isinstance(layer, bool) or not isinstance(layer, int):
             raise InputError(f"layer must be an integer, got {layer!r}.")
         if layer < 0:
@@ -314,7 +265,7 @@ class LensResult(BaseModel):
             layer: layer index (0 = embeddings; negative counts from the last layer).
             n: keep only the ``n`` most frequent (default: all).
         """
-        j = self._index(layer)
+        j = self.index_of(layer)
         ids, counts = torch.unique(self.token_ids[:, j].reshape(-1), return_counts=True)
         order = torch.sort(-counts, stable=True).indices
         if n is not None:
@@ -339,7 +290,7 @@ class LensResult(BaseModel):
 
         See :class:`Consistency` for the formula.
         """
-        band = middle_band(self.meta.n_layers) if band is None else _check_band(band, self.meta.n_layers)
+        band = middle_band(self.meta.n_layers) if band is None else check_band(band, self.meta.n_layers)
         in_band = [j for j, layer in enumerate(self.layers) if band[0] <= layer <= band[1]]
         if not in_band:
             raise InputError(f"No lens layer lies in the band {band}; this result has layers {self.layers}.")
@@ -415,33 +366,15 @@ class LensResult(BaseModel):
         return cls.model_validate({**payload, **{name: tensors[name] for name in _TENSOR_FIELDS}})
 
     def save(self, path: str | Path) -> Path:
-        """Write ``path.safetensors`` (the tensors) and ``path.json`` (everything else)."""
-        stem = Path(path).with_suffix("")
-        stem.parent.mkdir(parents=True, exist_ok=True)
+        """Write ``path.safetensors`` (the tensors) and ``path.json`` (everything else), atomically."""
         payload, tensors = self.to_parts()
-        save_file(tensors, str(stem.with_suffix(".safetensors")))
-        stem.with_suffix(".json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
-        return stem
+        return io.save_pair(path, payload, tensors)
 
     @classmethod
     def load(cls, path: str | Path) -> LensResult:
         """Read what :meth:`save` wrote."""
-        stem = Path(path).with_suffix("")
-        for suffix in (".json", ".safetensors"):
-            if not stem.with_suffix(suffix).is_file():
-                raise InputError(
-                    f"Missing {stem.with_suffix(suffix)}; save() writes a .json and a .safetensors file."
-                )
-        try:
-            payload = json.loads(stem.with_suffix(".json").read_text(encoding="utf-8"))
-            tensors = load_file(str(stem.with_suffix(".safetensors")))
-        except (ValueError, OSError) as e:
-            raise InputError(f"Cannot read a lens result at {stem}: {e}") from e
+        payload, tensors, _ = io.load_pair(path, what="a lens result")
         return cls.from_parts(payload, tensors)
-
-
-# HiddenStates.lens is annotated with LensResult; complete that model now that it exists.
-HiddenStates.model_rebuild()
 
 
 @dataclass
@@ -469,17 +402,10 @@ class LensSpec:
         }
 
     def trace_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`ihs_sight.extract.trace_batch` for this lens."""
+        """Keyword arguments of :func:`ihs_sight.runtime.traces.last_token_states` for this lens."""
         return {"lens_layers": self.layers, "top_k": self.top_k, "category_ids": self.category_tensors}
 
-    def build(
-        self,
-        rows: dict[str, torch.Tensor],
-        *,
-        prompts: list[str],
-        labels: list[str | None] | None,
-        meta: ExtractMeta,
-    ) -> LensResult:
+    def build(self, rows: dict[str, torch.Tensor], *, encoded: EncodedPrompts, meta: ExtractMeta) -> LensResult:
         """A :class:`LensResult` from the stacked trace outputs of every prompt."""
         ids = rows["lens_ids"]
         unique = sorted(set(ids.reshape(-1).tolist()))
@@ -499,8 +425,8 @@ class LensSpec:
             token_category=category_of_ids(unique, self.token_ids),
             lexicon_version=self.lexicon.version,
             lexicon_sizes={cat: len(t) for cat, t in zip(CATEGORIES, self.category_tensors)},
-            prompts=prompts,
-            labels=labels,
+            prompts=encoded.texts,
+            labels=encoded.labels(),
             meta=meta,
         )
 
@@ -512,18 +438,23 @@ def hash_ids(token_ids: dict[str, list[int]]) -> str:
 
 def lens_spec_for(model: Model, top_k: Any, *, lexicon: str | Lexicon = "v1", layers: Any = None) -> LensSpec:
     """Validate lens arguments against ``model`` and resolve the lexicon's token ids."""
-    vocab_size = _vocab_size(model)
-    k = _check_top_k(top_k, vocab_size)
+    vocab_size = model.vocab_size
+    k = check_top_k(top_k, vocab_size)
     lex = resolve_lexicon(lexicon)
     return LensSpec(
         top_k=k,
-        layers=_check_layers(layers, model.n_layers),
+        layers=sorted(set(check_layers(layers, model.n_layers))),
         lexicon=lex,
         token_ids=lex.token_ids(model.tokenizer),
         category_tensors=category_id_tensors(lex, model.tokenizer, vocab_size),
         vocab_size=vocab_size,
         tokenizer=model.tokenizer,
     )
+
+
+# extract(..., lens_top_k=k) reads the lens in the states' own forward pass through this hook.
+register_reader("lens", lambda model, k: lens_spec_for(model, k), lambda payload, tensors: LensResult.from_parts(
+    payload, tensors))
 
 
 def logit_lens(
@@ -537,6 +468,8 @@ def logit_lens(
     chat: bool = True,
     system_prompt: str | None = None,
     progress: bool = True,
+    pack: bool | int = False,
+    compile: bool = False,
 ) -> LensResult:
     """Top-k lens tokens and emotion masses of every prompt's last token at every layer.
 
@@ -551,10 +484,12 @@ def logit_lens(
         top_k: tokens kept per prompt and layer.
         layers: layer indices (0 = embeddings, l = block l's output); ``None`` is all ``0..L``.
         lexicon: emotion lexicon version or object for the masses and top-k counts.
-        batch_size: prompts per forward pass.
+        batch_size: prompts per forward pass (with ``pack``: packed rows per forward pass).
         chat: apply the chat template.
         system_prompt: ``None`` keeps the template's default.
         progress: show a progress bar.
+        pack: pack prompts into rows of this many tokens (``True``: 256), as in :func:`ihs_sight.extract`.
+        compile: compile the blocks for this call, as in :func:`ihs_sight.extract`.
 
     Returns:
         :class:`LensResult` with ``token_ids`` of shape (n_prompts, n_layers, top_k).
@@ -565,35 +500,21 @@ def logit_lens(
         >>> [t.token for t in lens.top_tokens(20, n=5)]
         >>> lens.emotions().mass["negative"][20], lens.consistency().band_mean
     """
-    labels = None
-    if hasattr(prompts, "texts") and hasattr(prompts, "labels"):
-        labels = list(prompts.labels)
-        prompts = list(prompts.texts)
-    texts = _validate_prompts(prompts)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    batch_size = checks.batch_size(batch_size)
+    width = check_pack(pack)
+    if compile:
+        check_compilable(model)
     spec = lens_spec_for(model, top_k, lexicon=lexicon, layers=layers)
-    ids, template = prepare(model, texts, chat=chat, system_prompt=system_prompt)
-    meta = extract_meta(model, texts, chat=chat, system_prompt=system_prompt, template=template)
-    pad_id = model.pad_id
-    # Batches are formed by length; each prompt's rows go back to its own position.
-    order: list[int] = []
-    parts: dict[str, list[torch.Tensor]] = {key: [] for key in spec.row_keys}
-    received_before = model.bytes_received
-    with torch.no_grad(), tqdm(total=len(texts), desc="lens", unit="prompt", disable=not progress) as bar:
-        for batch in length_batches([len(r) for r in ids], batch_size):
-            out = trace_batch(
-                model, pad_batch([ids[i] for i in batch], pad_id), states=False, **spec.trace_kwargs()
-            )
-            order += batch
-            for key in spec.row_keys:
-                parts[key].append(out[key])
-            bar.update(len(batch))
-    inverse = torch.empty(len(order), dtype=torch.long)
-    inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
-    stacked = {key: torch.cat(values, 0)[inverse] for key, values in parts.items()}
-    meta = with_bytes(meta, model, received_before, len(texts))
-    return spec.build(stacked, prompts=texts, labels=labels, meta=meta)
+    encoded = encode_for(model, prompts, chat=chat, system_prompt=system_prompt)
+    meta = run_meta(model, encoded)
+    kwargs = spec.trace_kwargs()
+
+    def step(batch: Batch) -> dict[str, torch.Tensor]:
+        return traces.last_token_states(model, batch.inputs, last=batch.last, states=False, **kwargs)
+
+    run = run_batches(model, encoded, step, batch_size=batch_size, pack=width, compile=compile, dedupe=False,
+                      desc="lens", progress=progress)
+    return spec.build(run.rows, encoded=encoded, meta=with_bytes(meta, run.received, len(encoded)))
 
 
 def compare_consistency(

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import pytest
 import torch
 
 import ihs_sight as ihs
-from ihs_sight import packing
 from ihs_sight.prompts import encode
+from ihs_sight.runtime import packing
 
 from .test_extract import VARIED, assert_matches_reference
 from .test_models import PROMPTS, _tiny, tokenizer  # noqa: F401 (the tokenizer fixture)
@@ -80,7 +81,7 @@ def test_check_packing_refuses_a_model_that_mixes_prompts(model: ihs.Model, monk
         return inputs, last
 
     monkeypatch.setattr(packing, "packed_batch", leaky)
-    monkeypatch.setattr(model, "_packing_checked", False)
+    monkeypatch.setattr(packing, "_CHECKED", weakref.WeakSet())
     with pytest.raises(ihs.InputError, match="does not keep packed prompts apart"):
         ihs.extract(model, VARIED[:3], pack=True, cache=False, progress=False)
 

@@ -222,7 +222,7 @@ def test_remote_server_error_keeps_finished_batches(
     with pytest.raises(ServerError, match="injected failure"):
         extract(remote, PROMPTS[:2], batch_size=1, cache=tmp_path, progress=False)
     control(server, fail="none")  # also resets the job count
-    with caplog.at_level(logging.INFO, logger="ihs_sight.extract"):
+    with caplog.at_level(logging.INFO, logger="ihs_sight.runtime.batches"):
         done = extract(remote, PROMPTS[:2], batch_size=1, cache=tmp_path, progress=False)
     assert "1 of 2 prompts loaded" in caplog.text
     assert control(server)["jobs"] == 1  # only the missing batch was run again

@@ -57,7 +57,7 @@ def lens_heatmap(
     for one prompt it holds that prompt's rank-r token and its probability, shaded by it. The
     hue is the token's emotion category.
     """
-    wanted = list(lens.layers) if layers is None else [lens.layers[lens._index(layer)] for layer in layers]
+    wanted = list(lens.layers) if layers is None else [lens.layers[lens.index_of(layer)] for layer in layers]
     k, n = lens.top_k, len(lens)
     single = n == 1
     grid = []
