@@ -134,7 +134,7 @@ def run_seed(hf: Any, ids: list[list[int]], device: str) -> torch.Tensor:
 
 
 def run_hf(hf: Any, ids: list[list[int]], device: str, batch_size: int, pad_id: int) -> torch.Tensor:
-    from ihs_sight.extract import length_batches, pad_batch
+    from ihs_sight.runtime.packing import length_batches, pad_batch
 
     result: list[Any] = [None] * len(ids)
     with torch.no_grad():
@@ -148,11 +148,11 @@ def run_hf(hf: Any, ids: list[list[int]], device: str, batch_size: int, pad_id: 
 
 
 def packed_batch(ids: list[list[int]], capacity: int, pad_id: int, device: str) -> dict[str, Any]:
-    """The library's packing (:mod:`ihs_sight.packing`: first-fit decreasing rows, restarting position
+    """The library's packing (:mod:`ihs_sight.runtime.packing`: first-fit decreasing rows, restarting position
     ids, a block-diagonal causal bool mask [R, 1, P, P]), with ``last``: each prompt's flat
     last-token index, in the prompts' own order."""
-    from ihs_sight.packing import pack_rows, pack_width
-    from ihs_sight.packing import packed_batch as library_packed_batch
+    from ihs_sight.runtime.packing import pack_rows, pack_width
+    from ihs_sight.runtime.packing import packed_batch as library_packed_batch
 
     lengths = [len(r) for r in ids]
     rows = pack_rows(lengths, pack_width(capacity, lengths))
@@ -183,12 +183,12 @@ def run_packed_nn(model: Any, pb: dict[str, Any]) -> torch.Tensor:
     """The packed batch through one nnsight trace, slices kept on the device until the end."""
     import nnsight
 
-    from ihs_sight.extract import _forward_kwargs
+    from ihs_sight.runtime.traces import forward_kwargs
 
     blocks = model.blocks()
     last = pb["last"]
     inputs = {k: pb[k] for k in ("input_ids", "position_ids", "attention_mask")}
-    with torch.no_grad(), model.nn.trace(inputs, **_forward_kwargs(model)):
+    with torch.no_grad(), model.nn.trace(inputs, **forward_kwargs(model)):
         saved = nnsight.save([])
         for layer in range(len(blocks) + 1):
             h = blocks[0].input if layer == 0 else blocks[layer - 1].output
@@ -241,13 +241,11 @@ def main() -> None:
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     args = parser.parse_args()
 
-    import importlib
 
     import ihs_sight as ihs
-
-    ihs_extract = importlib.import_module("ihs_sight.extract")  # the module (ihs.extract is the function)
     from ihs_sight.models import weights_hash
     from ihs_sight.prompts import encode
+    from ihs_sight.runtime.packing import length_batches
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16
@@ -349,7 +347,7 @@ def main() -> None:
         for bs in sizes or args.batch_sizes:
             times, st = timed(lambda bs=bs: run_hf(hf, ids, device, bs, pad_id), device, args.reps)
             states[f"hf_bs{bs}{suffix}"] = st
-            padded = sum(max(lengths[i] for i in b) * len(b) for b in ihs_extract.length_batches(lengths, bs))
+            padded = sum(max(lengths[i] for i in b) * len(b) for b in length_batches(lengths, bs))
             record(f"hf_bs{bs}{suffix}", times, {"padded_tokens": padded})
 
     section("hf", hf_batched)
@@ -407,13 +405,18 @@ def main() -> None:
 
     # (c) ihs_sight.extract: the library as it is, and with the per-layer host copy it had before
     def ihs_runs() -> None:
-        original = ihs_extract._saves_to_host
+        from ihs_sight.backends import Backend
+
+        class HostCopies(Backend):  # a local backend whose traces copy each slice to the host as taken
+            ships_results = True
+
+        original = model.runs_on
         variants = [("ihs", None), ("ihs_sync", True)]
         if args.sections is not None:
             variants = [v for v in variants if v[0] in args.sections]
         for variant, to_host in variants:
             if to_host is not None:
-                ihs_extract._saves_to_host = lambda m: True  # type: ignore[assignment]
+                model.runs_on = HostCopies()
             try:
                 for bs in args.batch_sizes:
                     fn = lambda bs=bs: ihs.extract(model, texts, batch_size=bs, chat=False, cache=False,
@@ -422,7 +425,7 @@ def main() -> None:
                     states[f"{variant}_bs{bs}"] = st
                     record(f"{variant}_bs{bs}" + (" (default)" if bs == 16 and variant == "ihs" else ""), times)
             finally:
-                ihs_extract._saves_to_host = original
+                model.runs_on = original
 
     section("ihs", ihs_runs)
 

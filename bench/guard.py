@@ -33,8 +33,10 @@ def main() -> None:
     import torch
 
     import ihs_sight as ihs
-    from ihs_sight.extract import _forward_kwargs, length_batches, pad_batch, prepare
-    from ihs_sight.guard import Guard, _pool_weights, _trace_features, template_prefix
+    from ihs_sight.guard import Guard, layer_features
+    from ihs_sight.prompts import encode
+    from ihs_sight.runtime.packing import length_batches, pad_batch
+    from ihs_sight.runtime.traces import forward_kwargs
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -43,26 +45,22 @@ def main() -> None:
     layer = args.layer if args.layer == "auto" else int(args.layer)
     guard = Guard.fit(model, data.train.normal + data.train.malicious, layer=layer, progress=False)
     prompts = (data.test.normal + data.test.malicious).texts
-    ids, _ = prepare(model, prompts, chat=True, system_prompt=None)
-    batches = [pad_batch([ids[i] for i in b], model.tokenizer.pad_token_id)
+    ids = encode(model.tokenizer, prompts, chat=True, system_prompt=None)
+    batches = [pad_batch([ids[i] for i in b], model.pad_id)
                for b in length_batches([len(r) for r in ids], args.batch_size)]
-    start = template_prefix(model, chat=True, system_prompt=None)
-    weights = [_pool_weights([ids[i] for i in b], pb["input_ids"].shape[1], start) if guard.pool == "mean" else None
-               for b, pb in zip(length_batches([len(r) for r in ids], args.batch_size), batches)]
     n_real = sum(len(r) for r in ids)
 
     def full() -> None:  # inference_mode: the cheapest plain forward (a conservative baseline)
         with torch.inference_mode():
             for pb in batches:
-                model.hf(**pb, **_forward_kwargs(model))
+                model.hf(**pb, **forward_kwargs(model))
 
     def guard_run() -> None:
         guard.score(prompts, batch_size=args.batch_size)
 
     def no_stop() -> None:  # the same reads, but the pass runs on to the end (layer L read too)
-        with torch.no_grad():
-            for pb, w in zip(batches, weights):
-                _trace_features(model, pb, [guard.layer, model.n_layers], w)
+        layer_features(model, prompts, [guard.layer, model.n_layers], pool=guard.pool, batch_size=args.batch_size,
+                       cache=False, progress=False)
 
     def timed(fn: object) -> float:
         assert callable(fn)

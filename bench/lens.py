@@ -66,7 +66,7 @@ def flop_estimate(model: ihs.Model, token_ids: list[list[int]], batch_size: int)
     over every position of all L+1 hidden states. Ours: every block over the padded batches,
     the head on the last position only, and the lens head once per layer on the last token.
     """
-    from ihs_sight.extract import length_batches
+    from ihs_sight.runtime.packing import length_batches
 
     cfg = model.config
     d, ff, vocab, n_layers = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_hidden_layers

@@ -30,9 +30,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from . import checks
+from .donors import resolve_donors
 from .emotions import resolve_lexicon
 from .errors import InputError
-from .extract import HiddenStates, encode_for, extract
+from .extract import encode_for
 from .judge import PhraseJudge, RefusalJudge, judge_name
 from .layers import check_layer, check_layers
 from .models import Model
@@ -52,8 +53,8 @@ log = logging.getLogger(__name__)
 
 Mode = Literal["replace", "add", "seed"]
 Pairing = Literal["mean", "paired"]
-MODES: tuple[str, ...] = ("replace", "add", "seed")
-PAIRINGS: tuple[str, ...] = ("mean", "paired")
+MODES: tuple[Mode, ...] = ("replace", "add", "seed")
+PAIRINGS: tuple[Pairing, ...] = ("mean", "paired")
 
 
 # ---------------------------------------------------------------------------- results
@@ -255,27 +256,6 @@ class SweepResult(BaseModel):
 # ---------------------------------------------------------------------------- preparation
 
 
-@dataclass(frozen=True)
-class _Source:
-    kind: Literal["prompts", "states", "tensor"]
-    n: int
-    rows: torch.Tensor
-    """(n, L+1, D) donor states for prompts/states; (n, D) for a tensor (the same at every layer)."""
-
-    def vectors(self, layer: int, pairing: str, n_targets: int, scale: float) -> torch.Tensor:
-        """(n_targets, D) float32 graft vectors."""
-        rows = self.rows if self.kind == "tensor" else self.rows[:, layer]
-        rows = rows.float()
-        vecs = rows.mean(0, keepdim=True).expand(n_targets, -1) if pairing == "mean" else rows
-        vecs = scale * vecs
-        if not torch.isfinite(vecs).all():
-            raise InputError(
-                f"The graft vectors at layer {layer} contain NaN or inf (the source states overflowed); "
-                "use a float32 model or a smaller scale."
-            )
-        return vecs.contiguous()
-
-
 def check_graft_layer(layer: Any, n_layers: int, mode: str) -> int:
     """A graft layer: ``0..L`` (``seed`` skips a block, so ``1..L``)."""
     return check_layer(layer, n_layers, low=1 if mode == "seed" else 0)
@@ -313,88 +293,6 @@ class _Options:
         if compile:
             check_compilable(model)
         return cls(mode, pairing, scale, generate, top_k, batch_size, judge, width, bool(compile))
-
-
-def _check_tensor(model: Model, source: torch.Tensor, pairing: str, n_targets: int) -> torch.Tensor:
-    d = model.d_model
-    if not (torch.is_floating_point(source)):
-        raise InputError(
-            f"source tensor has dtype {source.dtype}; graft vectors must be floating point (e.g. .float())."
-        )
-    if source.ndim not in (1, 2) or source.shape[-1] != d or source.numel() == 0:
-        raise InputError(
-            f"source tensor has shape {tuple(source.shape)}; "
-            f"expected [{d}] (one vector) or [N, {d}] (one per row)."
-        )
-    if not torch.isfinite(source).all():
-        raise InputError("source tensor contains NaN or inf; pass finite values.")
-    rows = source.detach().to("cpu", torch.float32)
-    if rows.ndim == 1:
-        if pairing == "paired":
-            raise InputError(
-                f"pairing='paired' needs one source row per target ([{n_targets}, {d}]); "
-                "a single [D] vector goes with pairing='mean'."
-            )
-        rows = rows[None]
-    if pairing == "paired" and rows.shape[0] != n_targets:
-        raise InputError(
-            f"pairing='paired' needs one source row per target: "
-            f"got {rows.shape[0]} rows for {n_targets} targets."
-        )
-    return rows
-
-
-def _resolve_source(
-    model: Model,
-    source: Any,
-    *,
-    pairing: str,
-    n_targets: int,
-    chat: bool,
-    system_prompt: str | None,
-    batch_size: int,
-    cache: bool | str | Any,
-    progress: bool,
-) -> _Source:
-    if isinstance(source, torch.Tensor):
-        rows = _check_tensor(model, source, pairing, n_targets)
-        return _Source(kind="tensor", n=rows.shape[0], rows=rows)
-    if isinstance(source, HiddenStates):
-        if source.meta.weights_hash != model.weights_hash:
-            raise InputError(
-                "source HiddenStates were extracted from different weights; extract them with this model."
-            )
-        if source.meta.chat != chat or source.meta.system_prompt != system_prompt:
-            log.warning(
-                "source states were extracted with chat=%s, system_prompt=%r; the targets use chat=%s, %r",
-                source.meta.chat, source.meta.system_prompt, chat, system_prompt,
-            )
-        states = source.states
-        kind: Literal["prompts", "states"] = "states"
-    else:
-        if isinstance(source, str):
-            raise InputError("source must be a list of prompts, not a single string; wrap it: [prompt].")
-        if not (hasattr(source, "texts") or isinstance(source, (list, tuple))):
-            raise InputError(
-                f"source must be a PromptSet, a list of prompts, a HiddenStates or a tensor [D] / [N, D]; "
-                f"got {type(source).__name__}."
-            )
-        if len(source) == 0:
-            raise InputError("source is empty; pass at least one donor prompt.")
-        try:
-            states = extract(
-                model, source, batch_size=batch_size, chat=chat, system_prompt=system_prompt,
-                cache=cache, progress=progress,
-            ).states
-        except InputError as e:
-            raise InputError(f"source: {e}") from None
-        kind = "prompts"
-    if pairing == "paired" and states.shape[0] != n_targets:
-        raise InputError(
-            f"pairing='paired' needs one donor per target: "
-            f"got {states.shape[0]} donors for {n_targets} targets."
-        )
-    return _Source(kind=kind, n=states.shape[0], rows=states)
 
 
 def _lexicon_ids(model: Model, lexicon: str | Lexicon) -> tuple[str, torch.Tensor, torch.Tensor]:
@@ -578,7 +476,7 @@ def _sweep_core(
     encoded = encode_for(model, targets, chat=chat, system_prompt=system_prompt, what="targets")
     n = len(encoded)
     lex_name, neg_ids, pos_ids = _lexicon_ids(model, lexicon)
-    src = _resolve_source(
+    src = resolve_donors(
         model, source, pairing=opts.pairing, n_targets=n, chat=chat, system_prompt=system_prompt,
         batch_size=opts.batch_size, cache=cache, progress=progress,
     )

@@ -276,10 +276,10 @@ class JailbreakSignal(BaseModel):
         """Share of prompts with the signal per family (or label); prompts without one count as ``"-"``."""
         keys = self.families if by == "family" else self.labels
         keys = keys if keys is not None else [None] * len(self.prompts)
-        return _rates(keys, self.signal)
+        return flag_rates(keys, self.signal)
 
 
-def _rates(keys: Sequence[str | None], hits: Sequence[bool]) -> list[RateRow]:
+def flag_rates(keys: Sequence[str | None], hits: Sequence[bool]) -> list[RateRow]:
     groups: dict[str, list[bool]] = {}
     for k, h in zip(keys, hits):
         groups.setdefault(k or "-", []).append(bool(h))
@@ -557,7 +557,7 @@ class Guard:
         def rate(mask: np.ndarray[Any, Any]) -> float | None:
             return round(float(flags[mask].mean()), 4) if mask.any() else None
 
-        fam_rows = _rates([f"{lab[i]}/{f}" for i, f in enumerate(fam) if f is not None],
+        fam_rows = flag_rates([f"{lab[i]}/{f}" for i, f in enumerate(fam) if f is not None],
                           [bool(flags[i]) for i, f in enumerate(fam) if f is not None])
         return GuardEvaluation(layer=self.layer, threshold=self.threshold, tpr=rate(mal), fpr=rate(nor),
                                n_malicious=int(mal.sum()), n_normal=int(nor.sum()), lookalike_fpr=rate(nor & look),

@@ -19,7 +19,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from transformers import AutoTokenizer
 
 import ihs_sight as ihs
-from ihs_sight.models import gguf_to_safetensors, default_gguf_path
+from ihs_sight.models import default_gguf_path, gguf_to_safetensors
 
 
 def form_features(tok, texts):  # type: ignore[no-untyped-def]

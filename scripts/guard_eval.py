@@ -45,7 +45,7 @@ def main() -> None:
             t0 = time.perf_counter()
             guard = Guard.fit(model, train, pool=pool, progress=False)  # type: ignore[arg-type]
             ev = guard.evaluate(test, cache=True)
-            entry: dict[str, Any] = {"fit": guard.report.model_dump(), "test": ev}
+            entry: dict[str, Any] = {"fit": guard.report.model_dump(), "test": ev.model_dump(mode="json")}
             if pool == args.pools[0]:
                 sig = guard.jailbreak_signal(data.test.malicious + data.test.normal + data.jailbreak
                                              + data.wrapped_normal)
@@ -56,10 +56,10 @@ def main() -> None:
             r = guard.report
             print(f"\n## {name}, pool={pool}: layer {r.layer}/{r.n_layers}, threshold {r.threshold:.4f} "
                   f"(calibration FPR {r.calibration_fpr:.3f}, TPR {r.calibration_tpr:.3f}; target met: {r.target_met})")
-            print(f"test: malicious TPR {ev['tpr']:.3f} (n={ev['n_malicious']}), normal FPR {ev['fpr']:.3f} "
-                  f"(n={ev['n_normal']}), look-alike FPR {ev['lookalike_fpr']:.3f} (n={ev['n_lookalike']})")
-            for row in ev["by_family"]:
-                print(f"  {row['group']:32s} flagged {row['rate']:.3f} (n={row['n']})")
+            print(f"test: malicious TPR {ev.tpr:.3f} (n={ev.n_malicious}), normal FPR {ev.fpr:.3f} "
+                  f"(n={ev.n_normal}), look-alike FPR {ev.lookalike_fpr:.3f} (n={ev.n_lookalike})")
+            for row in ev.by_family:
+                print(f"  {row.group:32s} flagged {row.rate:.3f} (n={row.n})")
             if "jailbreak_signal" in entry:
                 print(f"recognised-but-not-converted signal (layers {sig.band[0]}-{sig.band[1]}):")
                 for row in entry["jailbreak_signal"]["rates"]:
@@ -72,10 +72,10 @@ def main() -> None:
 
 
 def _by_label_family(sig: Any) -> list[Any]:
-    from ihs_sight.guard import _rates
+    from ihs_sight.guard import flag_rates
 
     keys = [f"{lab}/{fam or 'direct'}" for lab, fam in zip(sig.labels or [], sig.families or [])]
-    return _rates(keys, sig.signal)
+    return flag_rates(keys, sig.signal)
 
 
 if __name__ == "__main__":

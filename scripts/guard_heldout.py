@@ -59,8 +59,8 @@ def main() -> None:
             guard = Guard.fit(model, fit_set, layer=s, pool=args.pool, target_fpr=args.target_fpr,  # type: ignore[arg-type]
                               progress=False)
             ev = guard.evaluate(held, cache=True)
-            rows[str(s)].append({"layer": guard.layer, "tpr": ev["tpr"], "fpr": ev["fpr"],
-                                 "n_malicious": ev["n_malicious"], "n_normal": ev["n_normal"]})
+            rows[str(s)].append({"layer": guard.layer, "tpr": ev.tpr, "fpr": ev.fpr,
+                                 "n_malicious": ev.n_malicious, "n_normal": ev.n_normal})
         auto = rows["auto"][-1]
         print(f"outer fold {k}: auto layer {auto['layer']}, held-out TPR {auto['tpr']:.3f} FPR {auto['fpr']:.3f}",
               flush=True)

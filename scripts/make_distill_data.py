@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 
 import ihs_sight as ihs
-from ihs_sight.extract import length_batches, pad_batch
 from ihs_sight.judge import PhraseJudge
 from ihs_sight.prompts import encode
+from ihs_sight.runtime.packing import length_batches, pad_batch
 
 DATA = Path(__file__).resolve().parents[1] / "ihs_sight" / "data"
 OUT = DATA / "distill_normal.jsonl"

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import ihs_sight as ihs
-from ihs_sight.runtime.packing import length_batches, pad_batch
 from ihs_sight.prompts import encode
+from ihs_sight.runtime.packing import length_batches, pad_batch
 
 from .conftest import FP32_REL_TOL
 

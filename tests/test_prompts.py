@@ -14,7 +14,6 @@ import pytest
 import ihs_sight as ihs
 from ihs_sight.prompts import encode, render, wrappers
 
-
 # ------------------------------------------------------------------ bundled data
 
 

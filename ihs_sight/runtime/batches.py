@@ -29,7 +29,15 @@ from tqdm.auto import tqdm
 
 from .cache import TensorCache
 from .compiled import compiled_blocks
-from .packing import check_packing, check_window, length_batches, mask_kind, pack_rows, packed_batch, pad_batch
+from .packing import (
+    check_packing,
+    check_window,
+    length_batches,
+    mask_kind,
+    pack_rows,
+    packed_batch,
+    pad_batch,
+)
 
 if TYPE_CHECKING:
     from ..models import Model
