@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from .deprecations import IhsSightDeprecationWarning, moved
 from .emotions import EmotionProfile, InducedLexicon, Lexicon, induce_lexicon, load_lexicon
 from .errors import (
     DefaultModelNotInstalledError,
@@ -34,6 +35,7 @@ __all__ = [
     "EmotionProfile",
     "ExtractMeta",
     "GraftResult",
+    "IhsSightDeprecationWarning",
     "Guard",
     "GuardEvaluation",
     "GuardFitReport",
@@ -70,3 +72,6 @@ __all__ = [
     "wrap",
 ]
 __version__ = "0.1.0"
+
+# Modules that moved into ihs_sight.runtime (the shared batch loop and its parts).
+__getattr__ = moved(__name__, {name: ("ihs_sight.runtime", name) for name in ("packing", "compiled", "cache")})

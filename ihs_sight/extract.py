@@ -27,6 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from . import checks, io
+from .deprecations import moved, warn
 from .errors import InputError
 from .models import Model, states_cache_dir
 from .prompts import EncodedPrompts, encode_prompts
@@ -47,6 +48,12 @@ else:
 log = logging.getLogger(__name__)
 
 __all__ = ["ExtractMeta", "HiddenStates", "extract", "register_reader"]
+
+__getattr__ = moved(__name__, {
+    "pad_batch": ("ihs_sight.runtime.packing", "pad_batch"),
+    "length_batches": ("ihs_sight.runtime.packing", "length_batches"),
+    "LENS_ROWS": ("ihs_sight.runtime.traces", "LENS_ROWS"),
+})
 
 
 # ---------------------------------------------------------------------------- same-pass readers
@@ -177,6 +184,14 @@ def cache_root(cache: Any) -> Path | None:
     if isinstance(cache, (str, Path)):
         return Path(cache)
     raise InputError(f"cache must be True, False or a directory path, got {cache!r}.")
+
+
+def prepare(model: Model, prompts: list[str], *, chat: bool, system_prompt: str | None) -> tuple[
+        list[list[int]], str]:
+    """Deprecated: token ids and rendered template of prompts; use :func:`encode_for` (an ``EncodedPrompts``)."""
+    warn("ihs_sight.extract.prepare", "ihs_sight.extract.encode_for")
+    encoded = encode_for(model, prompts, chat=chat, system_prompt=system_prompt)
+    return encoded.ids, encoded.template
 
 
 def trace_batch(model: Model, batch: dict[str, torch.Tensor], **kwargs: Any) -> dict[str, torch.Tensor]:

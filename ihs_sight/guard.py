@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +32,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from . import checks, io
+from .deprecations import warn
 from .errors import InputError
 from .extract import cache_root, encode_for
 from .layers import band_layers, check_band, check_layer, check_layers, conversion_band
@@ -243,8 +243,7 @@ class GuardEvaluation(BaseModel):
 
     def __getitem__(self, key: str) -> Any:
         """Dict-style access, as when ``evaluate`` returned a dict (deprecated: use the attribute)."""
-        warnings.warn(f"GuardEvaluation[{key!r}] is deprecated; use the attribute .{key} instead.",
-                      DeprecationWarning, stacklevel=2)
+        warn(f"GuardEvaluation[{key!r}]", f"the attribute .{key}")
         return self.model_dump(mode="json")[key]
 
 
