@@ -151,3 +151,66 @@ def test_compiled_extract_matches_hf_and_restores_nnsight(tokenizer: Any) -> Non
     with model.nn.trace(torch.tensor([[1, 2, 3]])):  # a submodule is reachable again
         mlp_out = nnsight.save(model.nn.model.layers[1].mlp.output)
     assert mlp_out.shape == (1, 3, 64)
+
+
+# ------------------------------------------------------------------ pack= and compile= in the other analyses
+
+
+def _padded_and_packed(model: ihs.Model, **run: Any) -> dict[str, tuple[Any, Any]]:
+    """logit_lens, graft (next token) and guard features of PROMPTS, left-padded and then with ``run``."""
+    from ihs_sight.guard import layer_features
+
+    kw: dict[str, Any] = {"chat": False, "progress": False, "batch_size": 2}
+    out: dict[str, tuple[Any, Any]] = {}
+    for name, fn in {
+        "lens": lambda **o: ihs.logit_lens(model, PROMPTS, top_k=5, **kw, **o),
+        "graft": lambda **o: ihs.graft(model, PROMPTS, PROMPTS[:3], layer=2, keep_logits=True, cache=False,
+                                       **kw, **o),
+        "graft_seed": lambda **o: ihs.graft(model, PROMPTS, PROMPTS[:3], layer=2, mode="seed", keep_logits=True,
+                                            cache=False, **kw, **o),
+        "mean": lambda **o: layer_features(model, PROMPTS, [1, 3], pool="mean", cache=False, **kw, **o),
+        "last": lambda **o: layer_features(model, PROMPTS, [3, 1], pool="last", cache=False, **kw, **o),
+    }.items():
+        out[name] = (fn(), fn(**run))
+    return out
+
+
+def _assert_same_results(results: dict[str, tuple[Any, Any]], tol: float) -> None:
+    padded, other = results["lens"]
+    # Sorted top-k probabilities and full-vocabulary masses: robust to near-tied ids swapping.
+    torch.testing.assert_close(other.probs, padded.probs, atol=tol, rtol=tol)
+    torch.testing.assert_close(other.emotion_mass, padded.emotion_mass, atol=tol, rtol=tol)
+    for name in ("graft", "graft_seed"):
+        padded, other = results[name]
+        torch.testing.assert_close(other.logits_before, padded.logits_before, atol=tol, rtol=tol)
+        torch.testing.assert_close(other.logits_after, padded.logits_after, atol=tol, rtol=tol)
+        assert [t.prompt for t in other.targets] == PROMPTS
+    for name in ("mean", "last"):
+        padded, other = results[name]
+        assert other.shape == padded.shape == (len(PROMPTS), 2, padded.shape[-1])
+        torch.testing.assert_close(other, padded, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("cls_name", sorted(ihs.ARCHITECTURES))
+def test_packed_lens_graft_and_guard_equal_padded_for_tiny_random_model(cls_name: str, tokenizer: Any) -> None:  # noqa: F811
+    model = ihs.load_model(_tiny(cls_name), tokenizer=tokenizer)
+    _assert_same_results(_padded_and_packed(model, pack=True), tol=1e-4)
+
+
+def test_compiled_lens_graft_and_guard_equal_padded(tokenizer: Any) -> None:  # noqa: F811
+    model = ihs.load_model(_tiny("LlamaForCausalLM"), tokenizer=tokenizer)
+    _assert_same_results(_padded_and_packed(model, pack=True, compile=True), tol=1e-4)
+
+
+def test_packed_analyses_equal_padded_on_the_default_model(model: ihs.Model) -> None:
+    """The bundled model with its chat template: the mean pool skips the template's common prefix."""
+    from ihs_sight.guard import layer_features
+
+    prompts = VARIED[:6]
+    for pool in ("mean", "last"):
+        padded = layer_features(model, prompts, [4, 9], pool=pool, batch_size=3, cache=False, progress=False)
+        packed = layer_features(model, prompts, [4, 9], pool=pool, pack=True, cache=False, progress=False)
+        torch.testing.assert_close(packed, padded, atol=1e-4, rtol=1e-4)
+    padded_lens = ihs.logit_lens(model, prompts, top_k=5, layers=[10, 20, 30], progress=False)
+    packed_lens = ihs.logit_lens(model, prompts, top_k=5, layers=[10, 20, 30], pack=True, progress=False)
+    torch.testing.assert_close(packed_lens.probs, padded_lens.probs, atol=1e-5, rtol=0)
