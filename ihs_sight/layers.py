@@ -24,7 +24,7 @@ def _is_index(value: Any) -> bool:
     if isinstance(value, bool):
         return False
     try:
-        return int(value.__index__()) == value
+        return bool(int(value.__index__()) == value)
     except (AttributeError, TypeError):
         return False
 
