@@ -263,3 +263,11 @@ def test_evaluate_reports_rates(guard: Guard, data: ihs.PromptSet) -> None:
     mal = [f for f, p in zip(s.flagged, test) if p.label == "malicious"]
     assert ev["tpr"] == pytest.approx(np.mean(mal)) and ev["n_malicious"] == 10 and ev["n_normal"] == 10
     assert sum(r["n"] for r in ev["by_family"]) == 4
+
+
+def test_score_packed_equals_padded(guard: Guard, data: ihs.PromptSet) -> None:
+    prompts = data.test.normal.sample(5, random_state=2) + data.test.malicious.sample(5, random_state=2)
+    padded = guard.score(prompts, batch_size=4)
+    packed = guard.score(prompts, pack=True)
+    np.testing.assert_allclose(packed.p_malicious, padded.p_malicious, atol=1e-5)
+    assert packed.prompts == padded.prompts == prompts.texts and packed.labels == padded.labels

@@ -242,7 +242,7 @@ def test_layer_probe_linear_gram_and_hessian_newton_agree(name: str, train_state
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     # Binary probes take the n x n Gram-matrix Newton unless there are many more prompts than
     # features; forcing the explicit-Hessian Newton must give the same optimum.
-    module = importlib.import_module("ihs_sight.probe")
+    module = importlib.import_module("ihs_sight.probe.solvers")
     gram = LayerProbe(name, layers=[1, 9, 24]).fit(train_states)
     monkeypatch.setattr(module, "NEWTON_KERNEL_RATIO", 0.0)
     hessian = LayerProbe(name, layers=[1, 9, 24]).fit(train_states)
