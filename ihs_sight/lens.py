@@ -6,7 +6,7 @@ Mental model:
    head what it would predict from it: ``softmax(unembed(final_norm(h)))``, the final norm
    applied exactly once and the config's logit soft-capping applied where set. At ``l = L`` this
    is the model's real next-token distribution.
-2. All of it runs inside the nnsight trace (:func:`ihs_sight.extract.trace_batch`): only the
+2. All of it runs inside the nnsight trace (:func:`ihs_sight.runtime.traces.last_token_states`): only the
    top-k ids, logits and probabilities (``[N, L+1, k]``) and each emotion category's
    full-vocabulary probability mass (``[N, L+1, 3]``) leave it, never ``[N, L+1, V]``.
 3. A :class:`LensResult` then answers the paper's questions per prompt and per dataset:
