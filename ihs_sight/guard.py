@@ -25,6 +25,7 @@ import functools
 import json
 import logging
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -263,6 +264,39 @@ class RateRow(BaseModel):
     n: int
     flagged: int
     rate: float
+
+
+class GuardEvaluation(BaseModel):
+    """Flag rates of a guard on a labelled prompt set (from :meth:`Guard.evaluate`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    layer: int
+    """Guard layer."""
+    threshold: float
+    """Decision threshold."""
+    tpr: float | None
+    """Share of direct malicious prompts flagged (``None`` without any)."""
+    fpr: float | None
+    """Share of direct normal prompts flagged (``None`` without any)."""
+    n_malicious: int
+    """Direct malicious prompts scored."""
+    n_normal: int
+    """Direct normal prompts scored (look-alikes included)."""
+    lookalike_fpr: float | None
+    """Share of look-alike normal prompts flagged (``None`` without any)."""
+    n_lookalike: int
+    """Look-alike normal prompts scored."""
+    by_family: list[RateRow]
+    """Flag rate per ``label/family`` of the wrapped prompts (jailbreaks and wrapped normals)."""
+    seconds: float
+    """Wall time of scoring."""
+
+    def __getitem__(self, key: str) -> Any:
+        """Dict-style access, as when ``evaluate`` returned a dict (deprecated: use the attribute)."""
+        warnings.warn(f"GuardEvaluation[{key!r}] is deprecated; use the attribute .{key} instead.",
+                      DeprecationWarning, stacklevel=2)
+        return self.model_dump(mode="json")[key]
 
 
 class JailbreakSignal(BaseModel):
@@ -573,11 +607,11 @@ class Guard:
         )
 
     def evaluate(self, prompts: PromptSet, *, batch_size: int = 16, cache: bool | str | Path = False,
-                 progress: bool = False) -> dict[str, Any]:
+                 progress: bool = False) -> GuardEvaluation:
         """Flag rates of a labelled set: TPR on malicious, FPR on normal, and per family / look-alikes.
 
-        Returns a JSON-ready dict: ``tpr``, ``fpr``, ``n_malicious``, ``n_normal``, ``by_family``
-        (jailbreak and wrapped-normal families, as :class:`RateRow` dicts), ``lookalike_fpr``.
+        Direct prompts (no family) give ``tpr`` and ``fpr``; jailbreak and wrapped-normal prompts
+        are reported per ``label/family`` in ``by_family``.
         """
         if not isinstance(prompts, PromptSet):
             raise InputError("evaluate() needs a labelled PromptSet.")
@@ -595,10 +629,9 @@ class Guard:
 
         fam_rows = _rates([f"{lab[i]}/{f}" for i, f in enumerate(fam) if f is not None],
                           [bool(flags[i]) for i, f in enumerate(fam) if f is not None])
-        return {"layer": self.layer, "threshold": self.threshold, "tpr": rate(mal), "fpr": rate(nor),
-                "n_malicious": int(mal.sum()), "n_normal": int(nor.sum()), "lookalike_fpr": rate(nor & look),
-                "n_lookalike": int((nor & look).sum()), "by_family": [r.model_dump() for r in fam_rows],
-                "seconds": s.seconds}
+        return GuardEvaluation(layer=self.layer, threshold=self.threshold, tpr=rate(mal), fpr=rate(nor),
+                               n_malicious=int(mal.sum()), n_normal=int(nor.sum()), lookalike_fpr=rate(nor & look),
+                               n_lookalike=int((nor & look).sum()), by_family=fam_rows, seconds=s.seconds)
 
     def jailbreak_signal(self, prompts: Any, *, band: tuple[int, int] | None = None, lexicon: str = "v1",
                          batch_size: int = 16, progress: bool = False) -> JailbreakSignal:
