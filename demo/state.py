@@ -38,6 +38,7 @@ from pathlib import Path
 import ihs_sight as ihs
 from ihs_sight.errors import IhsSightError, InputError
 from ihs_sight.guard import Guard
+from ihs_sight.io import replace_dir, write_text
 from ihs_sight.models import cache_dir
 from ihs_sight.probe import LayerProbe, ProbeReport, probe, probe_transfer
 from ihs_sight.prompts import sha, template_fingerprint
@@ -241,14 +242,13 @@ class Workbench:
     def _write_fit(self, fit: ProbeFit) -> None:
         self.probe_dir.mkdir(parents=True, exist_ok=True)
         stem = self.probe_dir / fit.key
-        # Written under temporary names and renamed, the report last: a reader never sees half a probe.
+        # The probe under a temporary stem, renamed into place (LayerProbe.save writes in place), then
+        # the report, atomically and last: it is the commit marker, so a reader never sees half a probe.
         tmp = self.probe_dir / f"{fit.key}-tmp-{os.getpid()}-{threading.get_ident()}"
         fit.probe.save(tmp)
         for suffix in (".safetensors", ".json"):
             os.replace(tmp.with_suffix(suffix), stem.with_suffix(suffix))
-        report_tmp = tmp.with_name(tmp.name + "-report.json")
-        report_tmp.write_text(fit.report.model_dump_json(), encoding="utf-8")
-        os.replace(report_tmp, stem.with_name(f"{fit.key}-report.json"))
+        write_text(stem.with_name(f"{fit.key}-report.json"), fit.report.model_dump_json())
 
     # ------------------------------------------------------------------ guard
 
@@ -273,13 +273,7 @@ class Workbench:
                 log.info("fitting the guard of %r on the canonical train split", name)
                 with self.running(name):
                     fitted = Guard.fit(model, self.train_set(), random_state=SEED, cache=self.cache, progress=False)
-                tmp = path.with_name(f"{path.name}-tmp-{os.getpid()}-{threading.get_ident()}")
-                fitted.save(tmp)
-                if path.exists():
-                    import shutil
-
-                    shutil.rmtree(path, ignore_errors=True)
-                os.replace(tmp, path)
+                replace_dir(path, fitted.save)  # built aside, then swapped in whole
             self._guards[name] = fitted
             return fitted
 
