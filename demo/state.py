@@ -34,10 +34,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import ihs_sight as ihs
 from ihs_sight.errors import IhsSightError, InputError
 from ihs_sight.guard import Guard
+from ihs_sight.io import replace_dir, write_text
 from ihs_sight.models import cache_dir
 from ihs_sight.probe import LayerProbe, ProbeReport, probe, probe_transfer
 from ihs_sight.prompts import sha, template_fingerprint
@@ -57,6 +59,8 @@ PROBE_FORMAT = 3  # bumped when the fast probe engine or the guard's fit changes
 """Bump when what goes into a cached probe changes, so old files are not reused."""
 
 Loader = Callable[[str], ihs.Model]
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,17 @@ class Workbench:
     def _lock(self, kind: str, name: str) -> threading.RLock:
         with self._guard:
             return self._locks.setdefault((kind, name), threading.RLock())
+
+    def _once(self, store: dict[K, V], key: K, lock: tuple[str, str], make: Callable[[], V]) -> V:
+        """``store[key]``, made by ``make()`` once: looked up again under the lock, so a hit never waits."""
+        found = store.get(key)
+        if found is not None:
+            return found
+        with self._lock(*lock):
+            found = store.get(key)
+            if found is None:
+                found = store[key] = make()
+            return found
 
     @contextmanager
     def running(self, name: str) -> Iterator[None]:
@@ -205,25 +220,20 @@ class Workbench:
 
     def probe_fit(self, name: str) -> ProbeFit:
         """Model ``name``'s probe: read from memory or disk, else fitted once on the train split."""
-        found = self._fits.get(name)
-        if found is not None:
-            return found
-        with self._lock("fit", name):
-            found = self._fits.get(name)
-            if found is not None:
-                return found
-            model = self.model(name)
-            key = self._probe_key(model)
-            fit = self._read_fit(key)
-            if fit is None:
-                log.info("fitting the %s probe of %r on the canonical train split", CLASSIFIER, name)
-                with self.running(name):
-                    states = ihs.extract(model, self.train_set(), cache=self.cache, progress=False)
-                report = probe(states, classifiers=[CLASSIFIER], random_state=SEED, progress=False)
-                fit = ProbeFit(probe=report.probes[CLASSIFIER], report=report, key=key, from_disk=False)
-                self._write_fit(fit)
-            self._fits[name] = fit
-            return fit
+        return self._once(self._fits, name, ("fit", name), lambda: self._fit_probe(name))
+
+    def _fit_probe(self, name: str) -> ProbeFit:
+        model = self.model(name)
+        key = self._probe_key(model)
+        fit = self._read_fit(key)
+        if fit is None:
+            log.info("fitting the %s probe of %r on the canonical train split", CLASSIFIER, name)
+            with self.running(name):
+                states = ihs.extract(model, self.train_set(), cache=self.cache, progress=False)
+            report = probe(states, classifiers=[CLASSIFIER], random_state=SEED, progress=False)
+            fit = ProbeFit(probe=report.probes[CLASSIFIER], report=report, key=key, from_disk=False)
+            self._write_fit(fit)
+        return fit
 
     def _read_fit(self, key: str) -> ProbeFit | None:
         stem = self.probe_dir / key
@@ -241,47 +251,33 @@ class Workbench:
     def _write_fit(self, fit: ProbeFit) -> None:
         self.probe_dir.mkdir(parents=True, exist_ok=True)
         stem = self.probe_dir / fit.key
-        # Written under temporary names and renamed, the report last: a reader never sees half a probe.
+        # The probe under a temporary stem, renamed into place (LayerProbe.save writes in place), then
+        # the report, atomically and last: it is the commit marker, so a reader never sees half a probe.
         tmp = self.probe_dir / f"{fit.key}-tmp-{os.getpid()}-{threading.get_ident()}"
         fit.probe.save(tmp)
         for suffix in (".safetensors", ".json"):
             os.replace(tmp.with_suffix(suffix), stem.with_suffix(suffix))
-        report_tmp = tmp.with_name(tmp.name + "-report.json")
-        report_tmp.write_text(fit.report.model_dump_json(), encoding="utf-8")
-        os.replace(report_tmp, stem.with_name(f"{fit.key}-report.json"))
+        write_text(stem.with_name(f"{fit.key}-report.json"), fit.report.model_dump_json())
 
     # ------------------------------------------------------------------ guard
 
     def guard(self, name: str) -> Guard:
         """Model ``name``'s early-exit guard: from memory or disk, else fitted once on the train split."""
-        found = self._guards.get(name)
-        if found is not None:
-            return found
-        with self._lock("guard", name):
-            found = self._guards.get(name)
-            if found is not None:
-                return found
-            model = self.model(name)
-            path = self.probe_dir / f"guard-{self._probe_key(model)}"
-            fitted = None
-            if (path / "guard.json").is_file():
-                try:
-                    fitted = Guard.load(path, model)
-                except InputError as e:
-                    log.warning("ignoring the cached guard %s (%s); fitting it again", path, e)
-            if fitted is None:
-                log.info("fitting the guard of %r on the canonical train split", name)
-                with self.running(name):
-                    fitted = Guard.fit(model, self.train_set(), random_state=SEED, cache=self.cache, progress=False)
-                tmp = path.with_name(f"{path.name}-tmp-{os.getpid()}-{threading.get_ident()}")
-                fitted.save(tmp)
-                if path.exists():
-                    import shutil
+        return self._once(self._guards, name, ("guard", name), lambda: self._fit_guard(name))
 
-                    shutil.rmtree(path, ignore_errors=True)
-                os.replace(tmp, path)
-            self._guards[name] = fitted
-            return fitted
+    def _fit_guard(self, name: str) -> Guard:
+        model = self.model(name)
+        path = self.probe_dir / f"guard-{self._probe_key(model)}"
+        if (path / "guard.json").is_file():
+            try:
+                return Guard.load(path, model)
+            except InputError as e:
+                log.warning("ignoring the cached guard %s (%s); fitting it again", path, e)
+        log.info("fitting the guard of %r on the canonical train split", name)
+        with self.running(name):
+            fitted = Guard.fit(model, self.train_set(), random_state=SEED, cache=self.cache, progress=False)
+        replace_dir(path, fitted.save)  # built aside, then swapped in whole
+        return fitted
 
     # ------------------------------------------------------------------ compare
 
@@ -293,18 +289,11 @@ class Workbench:
             per label in ``groups``) and the prompts it scored.
         """
         prompts = self.test_set(n)
-        key = (name, len(prompts))
-        found = self._reports.get(key)
-        if found is not None:
-            return found
-        with self._lock("report", name):
-            found = self._reports.get(key)
-            if found is not None:
-                return found
-            fit = self.probe_fit(name)
-            model = self.model(name)
+
+        def score() -> tuple[ProbeReport, ihs.PromptSet]:
+            fit, model = self.probe_fit(name), self.model(name)
             with self.running(name):
                 states = ihs.extract(model, prompts, cache=self.cache, progress=False)
-            report = probe_transfer(fit.probe, states, group_by=("label",), progress=False)
-            self._reports[key] = (report, prompts)
-            return report, prompts
+            return probe_transfer(fit.probe, states, group_by=("label",), progress=False), prompts
+
+        return self._once(self._reports, (name, len(prompts)), ("report", name), score)

@@ -10,9 +10,13 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import typer
+from ihs_sight_cli.options import BandOpt, ClassifiersOpt, LayersOpt, Mode, ModeOpt
 
 import ihs_sight as ihs
 
@@ -178,3 +182,107 @@ def test_cli_bad_prompt_file_is_one_line(tmp_path: Path, cli_env: dict[str, str]
 def test_cli_debug_shows_traceback(cli_env: dict[str, str]) -> None:
     result = run(["extract", "--prompts", "/nonexistent/p.txt", "--debug"], cli_env)
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+# ---------------------------------------------------------------------------- typed options
+# The option types of cli/options.py, as the commands declare them, on a tiny app: no model needed.
+
+
+def _options_app() -> Any:
+    app = typer.Typer()
+
+    @app.command()
+    def show(layers: LayersOpt = None, classifiers: ClassifiersOpt = None, band: BandOpt = None,
+             mode: ModeOpt = Mode("replace")) -> None:
+        typer.echo(json.dumps({"layers": layers, "classifiers": classifiers and [c.value for c in classifiers],
+                               "band": band, "mode": mode.value}))
+
+    return app
+
+
+def _parsed(args: list[str]) -> dict[str, Any]:
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(_options_app(), args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)  # type: ignore[no-any-return]
+
+
+def test_cli_list_options_take_repeats_or_comma_lists() -> None:
+    assert _parsed(["--layers", "4,8,12"])["layers"] == [4, 8, 12]
+    assert _parsed(["--layers", "4", "--layers", "8", "--layers", "12"])["layers"] == [4, 8, 12]
+    assert _parsed(["--layers", "4", "--layers", "8,12"])["layers"] == [4, 8, 12]
+    assert _parsed([])["layers"] is None
+    assert _parsed(["--classifiers", "svm,logreg"])["classifiers"] == ["svm", "logreg"]
+    assert _parsed(["--classifiers", "svm", "--classifiers", "logreg"])["classifiers"] == ["svm", "logreg"]
+
+
+def test_cli_band_parses_lo_hi() -> None:
+    assert _parsed(["--band", "10-20"])["band"] == [10, 20]
+
+
+def test_cli_choices_come_from_the_library() -> None:
+    from ihs_sight_cli.options import Classifier, Pool
+
+    from ihs_sight.graft import MODES
+    from ihs_sight.guard import POOLS
+    from ihs_sight.probe import CLASSIFIERS
+
+    assert [m.value for m in Mode] == list(MODES)
+    assert [p.value for p in Pool] == list(POOLS)
+    assert [c.value for c in Classifier] == list(CLASSIFIERS)
+    assert _parsed(["--mode", "add"])["mode"] == "add"
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["graft", "--mode", "sideways"], "--mode"),
+        (["graft", "--layers", "4,eight"], "--layers"),
+        (["lens", "--band", "10"], "--band"),
+        (["lens", "--band", "10-20-30"], "--band"),
+        (["probe", "--classifiers", "svm,forest"], "--classifiers"),
+        (["guard", "fit", "--pool", "max"], "--pool"),
+    ],
+)
+def test_cli_bad_option_values_exit_2_with_one_line(args: list[str], option: str) -> None:
+    result = run(args)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and option in lines[0], result.stderr
+    assert result.stdout == ""
+
+
+def test_cli_graft_sweeps_the_same_layers_given_repeated_or_comma(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    from ihs_sight.graft import SweepResult
+
+    sweeps = []
+    for i, layers in enumerate((["--layers", "4,8"], ["--layers", "4", "--layers", "8"])):
+        out = tmp_path / str(i)
+        result = run(["graft", *layers, "--targets", "1", "--sources", "1", "--out", str(out), "--quiet"], cli_env)
+        assert result.returncode == 0, result.stderr
+        sweeps.append(SweepResult.model_validate_json((out / "sweep.json").read_text()).layers)
+    assert sweeps == [[4, 8], [4, 8]]
+
+
+def test_cli_lens_band_reaches_the_library(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    from ihs_sight.lens import Consistency
+
+    result = run(["lens", "--band", "10-20", "--limit", "1", "--top-k", "1", "--out", str(tmp_path), "--quiet"], cli_env)
+    assert result.returncode == 0, result.stderr
+    assert Consistency.model_validate_json((tmp_path / "consistency_normal.json").read_text()).band == (10, 20)
+
+
+def test_cli_quiet_prints_nothing(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    # --quiet silences transformers' "Loading weights" bar, its logs and library warnings too.
+    result = run(["extract", "--limit", "2", "--split", "test", "--out", str(tmp_path), "--quiet"], cli_env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "" and result.stdout == ""
+    assert (tmp_path / "states.safetensors").is_file()
+
+
+def test_python_m_ihs_sight_runs_the_cli() -> None:
+    result = subprocess.run([sys.executable, "-m", "ihs_sight", "models", "--json"], capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["models"][0]["name"] == "default"

@@ -1,0 +1,142 @@
+"""Every shared option of the ``ihs-sight`` commands, declared once as an ``Annotated`` type.
+
+A command takes an option by naming its type, with the default in its own signature::
+
+    def extract_cmd(model: ModelOpt = "default", device: DeviceOpt = None, ...) -> None:
+
+so each option's flag, help, type and parser live here, and ``--help`` lists them in panels:
+Model, Prompts, Run and Output. Options that only one command has stay in that command.
+
+Choices are types built from the library's own tuples (``graft.MODES``, ``guard.POOLS``,
+``probe.CLASSIFIERS``), so Typer lists them in ``--help`` and refuses anything else (exit 2,
+one line on stderr) while the library stays their single source. Lists (``--layers``,
+``--classifiers``) take the option repeated or a comma list; ``--band`` takes ``LO-HI``.
+Ranges that depend on the model (a layer index in ``0..L``) are the library's to check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, TypeAlias, TypeVar
+
+import typer
+
+from ihs_sight.graft import MODES
+from ihs_sight.guard import POOLS
+from ihs_sight.probe import CLASSIFIERS
+
+T = TypeVar("T")
+
+MODEL, PROMPTS, RUN, OUTPUT = "Model", "Prompts", "Run", "Output"
+"""The ``--help`` panels."""
+
+
+def _choices(name: str, names: Sequence[str]) -> Any:
+    return Enum(name, [(n, n) for n in names], type=str)
+
+
+if TYPE_CHECKING:  # the members exist only at run time (built from the library's tuples); to mypy, plain Enums
+    Mode: TypeAlias = Enum
+    Pool: TypeAlias = Enum
+    Classifier: TypeAlias = Enum
+else:
+    Mode = _choices("Mode", MODES)
+    Pool = _choices("Pool", POOLS)
+    Classifier = _choices("Classifier", CLASSIFIERS)
+
+
+class Band(NamedTuple):
+    """A layer band ``lo..hi`` (both included), as the library's ``band=`` takes it."""
+
+    lo: int
+    hi: int
+
+
+# ---------------------------------------------------------------------------- parsers
+
+
+def _comma_list(item: Callable[[str], T], what: str) -> Callable[[str], list[T]]:
+    """One occurrence of a list option, ``a,b,c``, parsed item by item (empty items skipped)."""
+
+    def parse(text: str) -> list[T]:
+        try:
+            return [item(part.strip()) for part in str(text).split(",") if part.strip()]
+        except ValueError:
+            raise typer.BadParameter(f"expected {what} separated by commas, got {text!r}.") from None
+
+    return parse
+
+
+def _flatten(value: list[list[T]] | None) -> list[T] | None:
+    """The occurrences of a list option joined: ``--layers 4 --layers 8,12`` is ``[4, 8, 12]``."""
+    return None if value is None else [x for part in value for x in part]
+
+
+def _classifier(name: str) -> Any:
+    try:
+        return Classifier(name)
+    except ValueError:
+        raise typer.BadParameter(f"{name!r} is not one of {', '.join(CLASSIFIERS)}.") from None
+
+
+def _band(text: str) -> Band:
+    lo, _, hi = str(text).partition("-")
+    try:
+        return Band(int(lo), int(hi))
+    except ValueError:
+        raise typer.BadParameter(f"expected LO-HI, e.g. 10-20, got {text!r}.") from None
+
+
+# ---------------------------------------------------------------------------- model
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", rich_help_panel=MODEL,
+                                       help="'default', 'default-aligned', a local path, a .gguf file or a Hub id.")]
+DeviceOpt = Annotated[str | None, typer.Option(rich_help_panel=MODEL,
+                                               help="cpu, cuda, cuda:1 or auto (default: CUDA if available).")]
+# Not a choice: the library also takes fp32, bf16, fp16 and half, and checks the name itself.
+DtypeOpt = Annotated[str | None, typer.Option(rich_help_panel=MODEL,
+                                              help="float32, bfloat16 or float16 (default: float32 on CPU).")]
+RemoteOpt = Annotated[bool, typer.Option("--remote", rich_help_panel=MODEL,
+                                         help="Run traces on NDIF (needs NDIF_API_KEY).")]
+HostOpt = Annotated[str | None, typer.Option(rich_help_panel=MODEL, help="NDIF host (default: $NDIF_HOST or nnsight's).")]
+
+# ---------------------------------------------------------------------------- prompts
+
+PromptsOpt = Annotated[str | None, typer.Option("--prompts", rich_help_panel=PROMPTS,
+                                                help="A .txt/.csv/.tsv/.jsonl/.json file or dataset; default: bundled.")]
+LimitOpt = Annotated[int | None, typer.Option(min=1, rich_help_panel=PROMPTS,
+                                              help="Use at most this many prompts (seeded, label-balanced).")]
+ChatOpt = Annotated[bool, typer.Option("--chat/--raw", rich_help_panel=PROMPTS,
+                                       help="Apply the chat template (--raw for base models).")]
+SystemOpt = Annotated[str | None, typer.Option("--system-prompt", rich_help_panel=PROMPTS,
+                                               help="System prompt (default: the template's own).")]
+
+# ---------------------------------------------------------------------------- run
+
+BatchOpt = Annotated[int, typer.Option(min=1, rich_help_panel=RUN, help="Prompts per forward pass.")]
+SeedOpt = Annotated[int, typer.Option(rich_help_panel=RUN, help="Random seed for splits and classifiers.")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", rich_help_panel=RUN,
+                                          help="Neither read nor write the states cache.")]
+ModeOpt = Annotated[Mode, typer.Option(rich_help_panel=RUN, help="How the source state is grafted.")]
+PoolOpt = Annotated[Pool, typer.Option(rich_help_panel=RUN,
+                                       help="'mean' over the prompt's tokens or the 'last' token.")]
+ClassifierOpt = Annotated[Classifier, typer.Option(rich_help_panel=RUN, help="The probe at the guard layer.")]
+ClassifiersOpt = Annotated[list[Classifier] | None, typer.Option(
+    parser=_comma_list(_classifier, "classifier names"), callback=_flatten, rich_help_panel=RUN, show_default=False,
+    help=f"Probes to fit: repeat the option or give a comma list (default: all, {','.join(CLASSIFIERS)}).")]
+LayersOpt = Annotated[list[int] | None, typer.Option(
+    parser=_comma_list(int, "layer indices"), callback=_flatten, metavar="N[,N...]", rich_help_panel=RUN,
+    help="Sweep layers: repeat the option or give a comma list, e.g. 4,8,12,16 (default: every 2nd block).")]
+BandOpt = Annotated[Band | None, typer.Option(parser=_band, metavar="LO-HI", rich_help_panel=RUN,
+                                              help="Layer band for consistency and emotion means, e.g. 10-20.")]
+
+# ---------------------------------------------------------------------------- output
+
+OutOpt = Annotated[Path, typer.Option("--out", "-o", rich_help_panel=OUTPUT, help="Output directory.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel=OUTPUT,
+                                        help="No progress bars, summaries, warnings or library logs.")]
+JsonOpt = Annotated[bool, typer.Option("--json", rich_help_panel=OUTPUT,
+                                       help="Print the machine-readable result on stdout.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", rich_help_panel=OUTPUT, help="Show tracebacks.")]
