@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -251,12 +250,9 @@ class Workbench:
     def _write_fit(self, fit: ProbeFit) -> None:
         self.probe_dir.mkdir(parents=True, exist_ok=True)
         stem = self.probe_dir / fit.key
-        # The probe under a temporary stem, renamed into place (LayerProbe.save writes in place), then
-        # the report, atomically and last: it is the commit marker, so a reader never sees half a probe.
-        tmp = self.probe_dir / f"{fit.key}-tmp-{os.getpid()}-{threading.get_ident()}"
-        fit.probe.save(tmp)
-        for suffix in (".safetensors", ".json"):
-            os.replace(tmp.with_suffix(suffix), stem.with_suffix(suffix))
+        # The probe (each of its files written atomically), then the report, atomically and last: it is
+        # the commit marker, so a reader never sees half a probe.
+        fit.probe.save(stem)
         write_text(stem.with_name(f"{fit.key}-report.json"), fit.report.model_dump_json())
 
     # ------------------------------------------------------------------ guard
