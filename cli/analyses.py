@@ -8,9 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ihs_sight.io import write_text
-
-from .common import finish, handle_errors, load, load_data, write_figure
+from .common import finish, handle_errors, load, load_data, write_figure, write_text
 from .options import (
     BandOpt,
     BatchOpt,

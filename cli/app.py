@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from . import analyses, inspect_cmds
-from .guard_cmds import guard_app
 from .common import EXIT_CODES_HELP
+from .guard_cmds import guard_app
 
 app = typer.Typer(
     name="ihs-sight",

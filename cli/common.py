@@ -23,8 +23,6 @@ from typing import Any, TypeVar
 
 import typer
 
-from ihs_sight.io import write_bytes, write_text
-
 EXIT_CODES_HELP = "Exit codes: 0 ok, 2 bad arguments or input files, 3 model not found or not loadable, " \
                   "4 remote/network failure, 1 anything else."
 
@@ -116,13 +114,23 @@ def load_data(prompts: str | None) -> Any:
     return ihs.load_prompts(prompts)
 
 
+def write_text(path: Path, text: str) -> Path:
+    """Write a text file atomically (:func:`ihs_sight.io.write_text`; imported here, not at the
+    module's import, so ``--help`` and usage errors need no torch)."""
+    from ihs_sight import io
+
+    return io.write_text(path, text)
+
+
 def write_figure(path: Path, figure: Any) -> Path:
     """Save a matplotlib figure as a PNG, atomically."""
-    import io
+    import io as std_io
 
-    buf = io.BytesIO()
+    from ihs_sight import io
+
+    buf = std_io.BytesIO()
     figure.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return write_bytes(path, buf.getvalue())
+    return io.write_bytes(path, buf.getvalue())
 
 
 def finish(out: Path, files: list[Path], summary: str, payload: dict[str, Any], *, quiet: bool, as_json: bool) -> None:

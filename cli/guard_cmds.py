@@ -7,9 +7,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from ihs_sight.io import write_text
-
-from .common import EXIT_CODES_HELP, finish, handle_errors, load, load_data, write_figure
+from .common import EXIT_CODES_HELP, finish, handle_errors, load, load_data, write_figure, write_text
 from .options import (
     BatchOpt,
     Classifier,

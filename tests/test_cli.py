@@ -221,7 +221,7 @@ def test_cli_band_parses_lo_hi() -> None:
     assert _parsed(["--band", "10-20"])["band"] == [10, 20]
 
 
-def test_cli_choices_come_from_the_library() -> None:
+def test_cli_choices_equal_the_library_tuples() -> None:
     from ihs_sight_cli.options import Classifier, Pool
 
     from ihs_sight.graft import MODES
