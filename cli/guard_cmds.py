@@ -74,7 +74,6 @@ def fit_cmd(
     debug: DebugOpt = False,
 ) -> None:
     from ihs_sight.guard import Guard
-    from ihs_sight.plots.guard import layer_search_plot
 
     chosen = _layer(layer)
     data = load_data(prompts)
@@ -86,7 +85,7 @@ def fit_cmd(
     bundle = guard.save(out / "guard")
     r = guard.report
     files = [bundle / "guard.json", write_text(out / "fit_report.json", r.model_dump_json(indent=2)),
-             write_figure(out / "layers.png", layer_search_plot(r, title=f"{m.name}: guard layer search"))]
+             write_figure(out / "layers.png", r.plot(title=f"{m.name}: guard layer search"))]
     lines = ["# ihs-sight guard fit", "",
              (f"- model: `{m.name}` (L={m.n_layers}); guard reads layer {r.layer} ({r.layer / m.n_layers:.0%} of "
               f"the blocks), pool `{r.pool}`, {r.classifier}"),

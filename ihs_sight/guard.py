@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -47,6 +47,9 @@ from .runtime.cache import TensorCache
 from .runtime.compiled import check_compilable
 from .runtime.packing import check_pack
 from .runtime.provenance import dtype_name
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +182,12 @@ class GuardFitReport(BaseModel):
     """Seed of the split, the folds and the probe."""
     fit_seconds: float
     """Wall time of the whole fit, forward passes included."""
+
+    def plot(self, title: str | None = None) -> Figure:
+        """Out-of-fold accuracy of each searched layer (per ``C``), the target and the chosen layer."""
+        from .plots.guard import layer_search_plot
+
+        return layer_search_plot(self, title=title)
 
 
 class GuardScores(BaseModel):
