@@ -65,6 +65,16 @@ def finite(name: str, value: Any) -> float:
     return float(value)
 
 
+def as_list(name: str, value: Any, expected: str, *, hint: str = "") -> list[Any]:
+    """``value`` as a list; a lone string or a non-iterable raises ``InputError`` ("<name> must be <expected>")."""
+    if isinstance(value, str):
+        raise InputError(f"{name} must be {expected}, not a single string{hint}.")
+    try:
+        return list(value)
+    except TypeError:
+        raise InputError(f"{name} must be {expected}, got {type(value).__name__}.") from None
+
+
 def one_of(name: str, value: Any, choices: Sequence[T]) -> T:
     """``value`` if it is one of ``choices`` (compared with ``==``), else ``InputError`` listing them."""
     for choice in choices:

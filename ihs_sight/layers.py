@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from .checks import as_list
 from .errors import InputError
 
 
@@ -63,12 +64,7 @@ def check_layers(layers: Any, n_layers: int, *, low: int = 0, what: str = "layer
         return list(range(low, n_layers + 1))
     if _is_index(layers):
         layers = [layers]
-    if isinstance(layers, str):
-        raise InputError(f"{what} must be None, an integer or a list of integers, got {layers!r}.")
-    try:
-        values = list(layers)
-    except TypeError:
-        raise InputError(f"{what} must be None, an integer or a list of integers, got {layers!r}.") from None
+    values = as_list(what, layers, "None, an integer or a list of integers")
     if not values:
         raise InputError(f"{what} is empty; pass None for every layer.")
     return [check_layer(v, n_layers, low=low, what="layer") for v in values]

@@ -32,6 +32,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from . import checks
 from .errors import InputError
 
 log = logging.getLogger(__name__)
@@ -509,12 +510,7 @@ def sha(text: str) -> str:
 
 
 def _validated_texts(prompts: Any, what: str) -> list[str]:
-    if isinstance(prompts, str):
-        raise InputError(f"{what} must be a list of strings, not a single string; wrap it: [prompt].")
-    try:
-        items = list(prompts)
-    except TypeError:
-        raise InputError(f"{what} must be a list of strings, got {type(prompts).__name__}.") from None
+    items = checks.as_list(what, prompts, "a list of strings", hint="; wrap it: [prompt]")
     if not items:
         raise InputError(f"{what} is empty; pass at least one prompt.")
     for i, p in enumerate(items):
