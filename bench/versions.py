@@ -12,8 +12,8 @@ What the other benches time on the library's side, timed for two versions of ihs
 
 Each repetition runs one process per version, the versions alternating (old, new, old, ...), each
 importing its own checkout of ``ihs_sight`` (the earlier commit is checked out into a temporary
-git worktree). Model loading, the weights hash and the first call's warm-up are outside the
-timings. The result is each task's median time per version and the ratio of speeds
+git worktree). Model loading, the weights hash and a warm-up call are outside the timings; each
+task runs three times per process and its median counts. The result is each task's median time per version and the ratio of speeds
 ``old_time / new_time`` (>= 1: the new code is faster).
 
     python bench/versions.py --old 99d2750            # 3 repetitions each
@@ -46,11 +46,14 @@ model.weights_hash  # computed once, outside the timings
 data = ihs.load_prompts()
 out = {"version_file": os.path.realpath(ihs.__file__)}
 
-def timed(name, fn, texts):
+def timed(name, fn, texts, runs=3):
     fn(texts[:4])  # warm-up (lexicon ids, decoded vocabulary, first-call allocations)
-    t0 = time.perf_counter()
-    fn(texts)
-    out[name] = time.perf_counter() - t0
+    seconds = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn(texts)
+        seconds.append(time.perf_counter() - t0)
+    out[name] = sorted(seconds)[runs // 2]  # the median of the runs in this process
 
 texts = (data.test.normal + data.test.malicious).sample(100, random_state=0).texts
 if "extract" in tasks:
@@ -62,11 +65,7 @@ if "probe" in tasks:
     pairs = data.normal + data.malicious
     train = ihs.extract(model, pairs.train, progress=False)
     test = ihs.extract(model, pairs.test, progress=False)
-    out["probe"] = 0.0
-    ihs.probe(train, test=test, classifiers=("svm", "mlp"), progress=False)  # warm-up
-    t0 = time.perf_counter()
-    ihs.probe(train, test=test, classifiers=("svm", "mlp"), progress=False)
-    out["probe"] = time.perf_counter() - t0
+    timed("probe", lambda _: ihs.probe(train, test=test, classifiers=("svm", "mlp"), progress=False), [None] * 4)
 if "guard" in tasks:
     train = data.train.normal + data.train.malicious
     guard = Guard.fit(model, train, layer=14, cv=2, cv_repeats=1, C=0.01, progress=False)
