@@ -13,7 +13,9 @@ What the other benches time on the library's side, timed for two versions of ihs
 Each repetition runs one process per version, the versions alternating (old, new, old, ...), each
 importing its own checkout of ``ihs_sight`` (the earlier commit is checked out into a temporary
 git worktree). Model loading, the weights hash and a warm-up call are outside the timings; each
-task runs three times per process and its median counts. The result is each task's median time per version and the ratio of speeds
+task runs three times per process and its median counts. By default torch runs one thread and the
+clock is the process's CPU time: the work each version does, little disturbed by other jobs on a
+shared machine (``--threads 0 --clock wall`` for wall-clock time with torch's threads). The result is each task's median time per version and the ratio of speeds
 ``old_time / new_time`` (>= 1: the new code is faster).
 
     python bench/versions.py --old 99d2750            # 3 repetitions each
@@ -41,6 +43,9 @@ import ihs_sight as ihs
 from ihs_sight.guard import Guard
 
 tasks = sys.argv[1].split(",")
+if int(sys.argv[2]):
+    torch.set_num_threads(int(sys.argv[2]))
+clock = time.process_time if sys.argv[3] == "cpu" else time.perf_counter
 model = ihs.load_model()
 model.weights_hash  # computed once, outside the timings
 data = ihs.load_prompts()
@@ -50,9 +55,9 @@ def timed(name, fn, texts, runs=3):
     fn(texts[:4])  # warm-up (lexicon ids, decoded vocabulary, first-call allocations)
     seconds = []
     for _ in range(runs):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn(texts)
-        seconds.append(time.perf_counter() - t0)
+        seconds.append(clock() - t0)
     out[name] = sorted(seconds)[runs // 2]  # the median of the runs in this process
 
 texts = (data.test.normal + data.test.malicious).sample(100, random_state=0).texts
@@ -81,11 +86,11 @@ def _checkout(rev: str, into: Path) -> Path:
     return into
 
 
-def _run(checkout: Path, tasks: str, env: dict[str, str]) -> dict[str, float]:
+def _run(checkout: Path, tasks: str, env: dict[str, str], threads: int, clock: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as path:
         # ihs_sight from this checkout only: a folder whose one entry links to its package.
         (Path(path) / "ihs_sight").symlink_to(checkout / "ihs_sight")
-        proc = subprocess.run([sys.executable, "-c", WORKER, tasks], env={**env, "PYTHONPATH": path},
+        proc = subprocess.run([sys.executable, "-c", WORKER, tasks, str(threads), clock], env={**env, "PYTHONPATH": path},
                               capture_output=True, text=True, check=False, cwd=path)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
@@ -102,6 +107,10 @@ def main() -> None:
     ap.add_argument("--old", required=True, help="the earlier commit (any git revision)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--tasks", default="extract,lens,probe,guard")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                    help="process CPU time (default: with one thread, the work done, little affected by other "
+                         "jobs on the machine) or wall-clock time")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
@@ -117,7 +126,7 @@ def main() -> None:
         try:
             for rep in range(args.reps):
                 for side, checkout in (("old", old), ("new", ROOT)):
-                    for task, seconds in _run(checkout, args.tasks, env).items():
+                    for task, seconds in _run(checkout, args.tasks, env, args.threads, args.clock).items():
                         times[side].setdefault(task, []).append(seconds)
                     print(f"rep {rep + 1}/{args.reps} {side}: " + ", ".join(
                         f"{k} {v[-1]:.2f} s" for k, v in times[side].items()), flush=True)
@@ -129,7 +138,7 @@ def main() -> None:
         summary[task] = {"old_s": round(t_old, 3), "new_s": round(t_new, 3), "speed_ratio_new_over_old":
                          round(t_old / t_new, 3), "old_runs": [round(x, 3) for x in times["old"][task]],
                          "new_runs": [round(x, 3) for x in times["new"][task]]}
-    result = {"old": old_rev, "new": new_rev + (" (+ uncommitted changes)" if dirty else ""), "reps": args.reps,
+    result = {"old": old_rev, "new": new_rev + (" (+ uncommitted changes)" if dirty else ""), "reps": args.reps, "torch_threads": args.threads, "clock": args.clock,
               "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.platform()}",
               "python": platform.python_version(), "tasks": summary}
     print(json.dumps(result, indent=1))
