@@ -39,6 +39,7 @@ from .layers import band_layers, check_band, check_layer, check_layers, conversi
 from .lens import logit_lens
 from .models import Model
 from .probe import LayerProbe
+from .probe.baselines import BaselineScores, surface_baselines
 from .prompts import PromptSet, template_fingerprint
 from .prompts import template_prefix as _prefix_tokens
 from .runtime import traces
@@ -180,6 +181,10 @@ class GuardFitReport(BaseModel):
     """Labelled prompts: the final probe is fitted on all of them."""
     random_state: int
     """Seed of the split, the folds and the probe."""
+    cv_baselines: BaselineScores | None = None
+    """Surface baselines (bag-of-words, form only) out of fold on the same folds, mean over repeats."""
+    cv_lift: list[float] | None = None
+    """(n_searched,) ``cv_accuracy`` minus the best surface baseline's accuracy: what the layer adds."""
     fit_seconds: float
     """Wall time of the whole fit, forward passes included."""
 
@@ -359,6 +364,17 @@ def _out_of_fold(x: torch.Tensor, labels: list[str], folds: list[np.ndarray[Any,
     return out
 
 
+def _surface_baselines(texts: list[str], y: np.ndarray[Any, Any], splits: list[list[np.ndarray[Any, Any]]],
+                       random_state: int) -> BaselineScores:
+    """The surface baselines' out-of-fold accuracy on the guard's own folds, averaged over repeats."""
+    n = len(texts)
+    per_repeat = [surface_baselines(texts, y.astype(np.int64), [(np.setdiff1d(np.arange(n), test), test)
+                                                              for test in folds], pooled=True,
+                                    random_state=random_state) for folds in splits]
+    return BaselineScores(accuracy={name: float(np.mean([r.accuracy[name] for r in per_repeat]))
+                                    for name in per_repeat[0].accuracy})
+
+
 def _default_train() -> PromptSet:
     from .prompts import load_prompts
 
@@ -484,6 +500,7 @@ class Guard:
         for c in c_values:
             oof[c] = np.stack([_out_of_fold(x, labels, folds, classifier, c, random_state) for folds in splits])
             acc[c] = ((oof[c] > 0.5) == y[None, :, None]).mean((0, 1))  # (n_search,) mean over repeats
+        baselines = _surface_baselines(prompts.texts, y, splits, random_state)
         best_per_layer = np.max(np.stack([acc[c] for c in c_values]), 0)
         pick, met = _pick_layer(best_per_layer, len(y), target_accuracy)
         if not met:
@@ -506,7 +523,9 @@ class Guard:
             cv_accuracy_by_C={str(c): [round(float(a), 6) for a in acc[c]] for c in c_values},
             threshold=threshold, calibration_fpr=float((scores[:, ~y] > threshold).mean()),
             calibration_tpr=float((scores[:, y] > threshold).mean()), n_prompts=len(prompts),
-            random_state=random_state, fit_seconds=round(time.perf_counter() - t0, 3),
+            random_state=random_state, cv_baselines=baselines,
+            cv_lift=[round(float(a) - baselines.best, 6) for a in acc[c_pick]],
+            fit_seconds=round(time.perf_counter() - t0, 3),
         )
         return cls(model, fitted, layer=chosen, threshold=threshold, pool=pool, chat=chat,
                    system_prompt=system_prompt, report=fit_report)

@@ -271,3 +271,25 @@ def test_score_packed_equals_padded(guard: Guard, data: ihs.PromptSet) -> None:
     packed = guard.score(prompts, pack=True)
     np.testing.assert_allclose(packed.p_malicious, padded.p_malicious, atol=1e-5)
     assert packed.prompts == padded.prompts == prompts.texts and packed.labels == padded.labels
+
+
+def test_fit_report_carries_surface_baselines_on_the_same_folds(guard: Guard, guard_train: ihs.PromptSet) -> None:
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    r = guard.report
+    assert r.cv_baselines is not None and r.cv_lift is not None and set(r.cv_baselines.accuracy) == {
+        "bag_of_words", "form"}
+    # Bag-of-words recomputed with sklearn on the guard's own repeated folds (label x look-alike strata).
+    texts, y = np.array(guard_train.texts), np.array([lab == "malicious" for lab in guard_train.labels])
+    strata = np.unique([f"{p.label}|{p.lookalike}" for p in guard_train], return_inverse=True)[1]
+    folds = RepeatedStratifiedKFold(n_splits=r.cv, n_repeats=r.cv_repeats, random_state=r.random_state)
+    bow = make_pipeline(CountVectorizer(), LogisticRegression(max_iter=5000, random_state=r.random_state))
+    hits = sum(int((bow.fit(texts[tr], y[tr]).predict(texts[te]) == y[te]).sum())
+               for tr, te in folds.split(texts, strata))
+    assert r.cv_baselines.accuracy["bag_of_words"] == pytest.approx(hits / (r.cv_repeats * len(y)), abs=1e-9)
+    best = max(r.cv_baselines.accuracy.values())
+    np.testing.assert_allclose(r.cv_lift, np.array(r.cv_accuracy) - best, atol=1e-6)
+    fig = r.plot()
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert any(label.startswith("bag-of-words baseline") for label in labels)
+    assert any(label.startswith("form baseline") for label in labels)

@@ -440,3 +440,43 @@ def test_probe_report_plot_writes_png(held_out: ProbeReport, transfer_states: ih
     families.savefig(output_dir / "probe_transfer_families.png")
     assert (output_dir / "probe_accuracy.png").stat().st_size > 10_000
     assert (output_dir / "probe_transfer_families.png").stat().st_size > 10_000
+
+
+# ---------------------------------------------------------------------------- surface baselines
+
+
+def _bow() -> Any:
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    return make_pipeline(CountVectorizer(), LogisticRegression(max_iter=5000, random_state=0))
+
+
+def test_probe_reports_surface_baselines_and_lift(held_out: ProbeReport, train_states: ihs.HiddenStates,
+                                                  test_states: ihs.HiddenStates) -> None:
+    base = held_out.baselines
+    assert base is not None and set(base.accuracy) == {"bag_of_words", "form"}
+    # Bag-of-words fit on the training prompts' text and scored on the test prompts', with sklearn directly.
+    ref = _bow().fit(train_states.prompts, train_states.labels).score(test_states.prompts, test_states.labels)
+    assert base.accuracy["bag_of_words"] == pytest.approx(ref, abs=1e-12)
+    assert held_out.lift is not None
+    for name, s in held_out.scores.items():
+        np.testing.assert_allclose(held_out.lift[name], np.array(s.accuracy) - max(base.accuracy.values()), atol=1e-6)
+    assert ProbeReport.model_validate_json(held_out.model_dump_json()).baselines == base
+    assert "surface baselines" in held_out.summary()
+
+
+def test_probe_baselines_use_the_probes_folds(train_states: ihs.HiddenStates) -> None:
+    cv = probe(train_states, classifiers=("logreg",), cv=3, layers=[4], progress=False)
+    y = np.array(train_states.labels)
+    texts = np.array(train_states.prompts)
+    codes = np.unique(y, return_inverse=True)[1]  # the probe's folds are stratified on its class codes
+    folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=0).split(np.zeros(len(y)), codes)
+    accs = [_bow().fit(texts[tr], y[tr]).score(texts[te], y[te]) for tr, te in folds]
+    assert cv.baselines is not None and cv.baselines.accuracy_std is not None
+    assert cv.baselines.accuracy["bag_of_words"] == pytest.approx(np.mean(accs), abs=1e-12)
+    assert cv.baselines.accuracy_std["bag_of_words"] == pytest.approx(np.std(accs), abs=1e-12)
+    tensor_only = probe(train_states.states, list(train_states.labels), classifiers=("logreg",), layers=[4],
+                        progress=False)
+    assert tensor_only.baselines is None and tensor_only.lift is None  # no texts, no baseline
+    labels = [line.get_label() for line in cv.plot().axes[0].get_lines()]
+    assert any(label.startswith("bag-of-words baseline") for label in labels)

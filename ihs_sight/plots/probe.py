@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from matplotlib.figure import Figure
 
@@ -18,6 +18,18 @@ _LINESTYLES = ("-", "--", ":", "-.")
 METRICS = ("accuracy", "f1", "roc_auc", "fpr", "fnr", "positive_rate")
 _TITLES = {"accuracy": "accuracy", "f1": "F1", "roc_auc": "ROC-AUC", "fpr": "false-positive rate",
            "fnr": "false-negative rate", "positive_rate": "share flagged positive"}
+
+
+BASELINE_STYLES = {"bag_of_words": ("tab:brown", ":"), "form": ("tab:gray", "-.")}
+"""Colour and line style of each surface baseline's horizontal line."""
+
+
+def draw_baselines(ax: Any, accuracy: dict[str, float]) -> None:
+    """Each surface baseline's accuracy as a horizontal line: what the prompts' text alone gives."""
+    for name, acc in accuracy.items():
+        colour, style = BASELINE_STYLES.get(name, ("0.6", ":"))
+        ax.axhline(acc, color=colour, linestyle=style, linewidth=1.2,
+                   label=f"{name.replace('_', '-')} baseline {acc:.3f} (text only)")
 
 
 def _values(values: Sequence[float | None] | None) -> list[float]:
@@ -45,8 +57,8 @@ def plot_probe(
 
     Returns:
         A :class:`matplotlib.figure.Figure`; cv reports get a ±1 std band, accuracy plots a
-        dashed line at the report's threshold and a marker at each classifier's first layer
-        reaching it.
+        dashed line at the report's threshold, a marker at each classifier's first layer
+        reaching it, and the surface baselines (bag-of-words, form only) as horizontal lines.
     """
     from ..errors import InputError
 
@@ -100,6 +112,7 @@ def plot_probe(
         if metric == "accuracy":
             ax.axhline(report.threshold, color="0.4", linestyle="--", linewidth=1,
                        label=f"threshold {report.threshold:g}")
+            draw_baselines(ax, report.baselines.accuracy if report.baselines is not None else {})
         ylabel = _TITLES[metric]
         default_title = f"Probe {_TITLES[metric]} per layer, {report.evaluation} evaluation"
     ax.set_xlabel(LAYER_AXIS_LABEL)

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from .. import checks
 from ..errors import InputError
 from ..extract import ExtractMeta, HiddenStates
+from .baselines import BaselineScores, surface_baselines
 from .estimator import (
     ENGINES,
     PRESETS,
@@ -117,6 +118,12 @@ class ProbeReport(BaseModel):
     """Evaluation label -> trained class, for labels the probes never saw (e.g. jailbreak -> malicious)."""
     fit_seconds: float
     """() wall time spent fitting all probes (all classifiers and folds)."""
+    baselines: BaselineScores | None = None
+    """Surface baselines (bag-of-words, form only) fit and scored on the same prompts as the probes;
+    ``None`` when the states carried no prompt texts (a tensor) and for :func:`probe_transfer`, which
+    has fitted probes but not the texts they were fitted on."""
+    lift: dict[str, list[float]] | None = None
+    """Classifier -> (n_layers,) accuracy minus the best surface baseline's: what the hidden states add."""
     meta: ExtractMeta | None = None
     """Provenance of the training states, when they were a HiddenStates."""
     test_meta: ExtractMeta | None = None
@@ -156,10 +163,15 @@ class ProbeReport(BaseModel):
         """A few lines: per classifier, the best layer and the first layer reaching ``threshold``."""
         lines = [(f"{self.evaluation} evaluation, {self.n_train} train / {self.n_test} scored prompts, "
                   f"classes {self.classes}, fit {self.fit_seconds:.1f} s")]
+        if self.baselines is not None:
+            lines.append("surface baselines (same prompts): " + ", ".join(
+                f"{name} {acc:.3f}" for name, acc in self.baselines.accuracy.items()))
         for name, s in self.scores.items():
             best = s.accuracy[self.layers.index(s.best_layer)]
             first = "none" if s.first_layer is None else str(s.first_layer)
-            lines.append(f"{name}: best layer {s.best_layer} ({best:.3f}); first layer >= {self.threshold:g}: {first}")
+            lift = "" if self.lift is None else f", lift {self.lift[name][self.layers.index(s.best_layer)]:+.3f}"
+            lines.append(f"{name}: best layer {s.best_layer} ({best:.3f}{lift}); first layer >= {self.threshold:g}: "
+                         f"{first}")
         return "\n".join(lines)
 
     @property
@@ -409,6 +421,17 @@ def _fit_folds(template: LayerProbe, train: TrainingSet, plan: _Plan, pos: int |
     return o
 
 
+def _baselines(train: TrainingSet, plan: _Plan, random_state: int) -> BaselineScores | None:
+    """The surface baselines on the probes' own folds, when both sides carry prompt texts."""
+    if train.hs is None or plan.ev.texts is None:
+        return None
+    scored = None if plan.evaluation != "transfer" else plan.ev
+    return surface_baselines(list(train.hs.prompts), train.codes, plan.folds,
+                             scored_texts=None if scored is None else scored.texts,
+                             scored_codes=None if scored is None else scored.codes,
+                             pooled=plan.evaluation == "category", random_state=random_state)
+
+
 def _report(outcomes: list[Outcome], ev: EvalSet, rows: IntArray, *, classes: list[str], layers: list[int],
             positive: str | None, groups: tuple[GroupField, ...], threshold: float, **fields: Any) -> ProbeReport:
     """The report of scored ``rows`` of ``ev``; it keeps the probes of single-fit outcomes."""
@@ -505,6 +528,7 @@ def probe(
                             random_state=random_state) for c in items]
     pos_name = positive_class(train.classes, positive)
     outcomes = _fit_and_score(templates, train, plan, _index_of(train.classes, pos_name), progress)
+    baselines = _baselines(train, plan, random_state)
     scored = np.unique(np.concatenate([te for _, te in plan.folds]))
     report = _report(
         outcomes, plan.ev, scored, classes=train.classes, layers=train.layers, positive=pos_name, groups=plan.groups,
@@ -514,8 +538,12 @@ def probe(
         test_size=test_size if plan.evaluation == "holdout" else None,
         random_state=SEED_RANDOM_STATE if preset == "seed" else random_state,
         engine="sklearn" if preset == "seed" else engine, preset=preset, label_map=plan.label_map,
-        meta=train.hs.meta if train.hs is not None else None, test_meta=plan.test_meta,
+        meta=train.hs.meta if train.hs is not None else None, test_meta=plan.test_meta, baselines=baselines,
     )
+    if baselines is not None:
+        report = report.model_copy(update={"lift": {name: [round(a - baselines.best, 6) for a in s.accuracy]
+                                                    for name, s in report.scores.items()}})
+        report._probes = {o.name: o.probe for o in outcomes if o.probe is not None}
     log.info("probe: %s in %.1f s\n%s", plan.evaluation, time.perf_counter() - start, report.summary())
     return report
 

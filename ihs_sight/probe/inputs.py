@@ -148,12 +148,13 @@ class EvalSet:
     x: torch.Tensor
     codes: IntArray
     raw_labels: list[str]
+    texts: list[str] | None
     categories: list[str | None] | None
     families: list[str | None] | None
 
     @classmethod
     def of(cls, x: torch.Tensor, codes: IntArray, raw_labels: list[str], hs: HiddenStates | None) -> EvalSet:
         """Features and codes, with the categories and families of the HiddenStates they came from."""
-        return cls(x=x, codes=codes, raw_labels=raw_labels,
+        return cls(x=x, codes=codes, raw_labels=raw_labels, texts=list(hs.prompts) if hs is not None else None,
                    categories=list(hs.categories) if hs is not None and hs.categories is not None else None,
                    families=list(hs.families) if hs is not None and hs.families is not None else None)
