@@ -35,6 +35,8 @@ OUT = Path(__file__).resolve().parents[1] / "docs" / "data_card_stats.json"
 N_FIRST_BATCH = 460
 CV_FOLDS = 5
 CV_SEED = 0
+N_CV_SEEDS = 10
+"""The CV figure is also reported over fold seeds 0-9 (mean, min, max) to show its spread."""
 N_CUES = 15
 TRACKED = ("fake", "sell", "hide", "secretly", "without", "cash", "get", "people", "him", "her")
 """Words whose train-split class counts the data card follows before and after."""
@@ -50,9 +52,9 @@ def first_batch(p: ihs.Prompt) -> bool:
     return base[:1] in ("n", "m") and base[1:].isdigit() and int(base[1:]) < N_FIRST_BATCH
 
 
-def cv_accuracy(train: ihs.PromptSet) -> float:
+def cv_accuracy(train: ihs.PromptSet, seed: int = CV_SEED) -> float:
     """5-fold stratified (shuffled, seeded) cross-validated accuracy of the frozen classifier on ``train``."""
-    folds = StratifiedKFold(CV_FOLDS, shuffle=True, random_state=CV_SEED)
+    folds = StratifiedKFold(CV_FOLDS, shuffle=True, random_state=seed)
     return float(cross_val_score(bow(), train.texts, train.labels, cv=folds).mean())
 
 
@@ -90,6 +92,11 @@ def held_out(data: ihs.PromptSet, tok: Any) -> dict[str, Any]:
     model = bow().fit(train.texts, train.labels)
     look = data.test.normal.select(lookalike=True)
     jb, wn = data.jailbreak, data.wrapped_normal
+    by_batch = {}
+    for batch, keep in (("first_batch", True), ("added", False)):
+        part = test.filter(lambda p, k=keep: first_batch(p) == k)
+        if len(part):
+            by_batch[batch] = {"n": len(part), "accuracy": round(float(model.score(part.texts, part.labels)), 3)}
     by_form = {}
     for form in sorted({str(p.form) for p in test}):
         part = test.filter(lambda p, f=form: str(p.form) == f)
@@ -106,6 +113,7 @@ def held_out(data: ihs.PromptSet, tok: Any) -> dict[str, Any]:
         "n_test": len(test),
         "bow_test_accuracy": round(float(model.score(test.texts, test.labels)), 3),
         "bow_test_lookalikes": {"n": len(look), "accuracy": round(float(model.score(look.texts, look.labels)), 3)},
+        "bow_test_by_batch": by_batch,
         "bow_test_by_form": by_form,
         "bow_jailbreaks_called_malicious": round(float(np.mean(model.predict(jb.texts) == "malicious")), 3),
         "bow_wrapped_normals_called_malicious": round(float(np.mean(model.predict(wn.texts) == "malicious")), 3),
@@ -143,12 +151,18 @@ def main() -> None:
             "forms": {label: base.select(label=label).counts("form") for label in ("normal", "malicious")},
             "bow_cv_accuracy_train": round(cv_accuracy(data.train), 3),
         }
+        spread = [cv_accuracy(data.train, seed) for seed in range(N_CV_SEEDS)]
+        fig["bow_cv_accuracy_train_fold_seeds"] = {"seeds": f"0-{N_CV_SEEDS - 1}", "mean": round(float(np.mean(spread)), 3),
+                                                   "min": round(min(spread), 3), "max": round(max(spread), 3)}
         fig.update(held_out(data, tok))
         fig["cue_words"] = cue_words(data.train)
         result[name] = fig
         print(f"[{name}] {fig['counts']}")
         print(f"  bag-of-words {CV_FOLDS}-fold CV accuracy on the train split: {fig['bow_cv_accuracy_train']:.3f}")
-        print(f"  bag-of-words logreg held-out accuracy: {fig['bow_test_accuracy']:.3f}")
+        cvs = fig["bow_cv_accuracy_train_fold_seeds"]
+        print(f"    over fold seeds {cvs['seeds']}: mean {cvs['mean']:.3f}, min {cvs['min']:.3f}, max {cvs['max']:.3f}")
+        print(f"  bag-of-words logreg held-out accuracy: {fig['bow_test_accuracy']:.3f} "
+              + ", ".join(f"{k} {v['accuracy']:.3f} (n={v['n']})" for k, v in fig["bow_test_by_batch"].items()))
         print(f"    on test look-alikes (all normal): {fig['bow_test_lookalikes']['accuracy']:.3f} "
               f"({fig['bow_test_lookalikes']['n']} prompts)")
         print(f"    jailbreaks called malicious: {fig['bow_jailbreaks_called_malicious']:.3f}")
