@@ -63,6 +63,9 @@ class Prompt(BaseModel):
     """Stable identifier within its source."""
     lookalike: bool = False
     """Benign prompt that deliberately shares vocabulary with harmful ones."""
+    form: str | None = None
+    """The prompt's written form: ``question``, ``imperative``, ``first_person``, ``context`` or ``terse``
+    (the slot scheme's forms; bundled normal and malicious prompts)."""
 
 
 class PromptSet(BaseModel):

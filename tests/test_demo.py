@@ -63,7 +63,7 @@ def callbacks(workbench: Workbench) -> Callbacks:
 def reference_report(model: ihs.Model, data: ihs.PromptSet, states_cache: Path) -> ProbeReport:
     """An independent fit of the library's probe on the canonical train split."""
     states = ihs.extract(model, train_split(data), cache=states_cache, progress=False)
-    assert len(states) == 644
+    assert len(states) == 868
     return probe(states, classifiers=["logreg"], random_state=0, progress=False)
 
 
@@ -77,9 +77,9 @@ def test_demo_probe_matches_library_fit_on_train_split(
     plot, table, verdict, message = callbacks.probe("default", MALICIOUS)
     _ok(message)
     ref_probe = reference_report.probes["logreg"]
-    # Trained on the canonical train split: 644 prompts, 70 % fitted, 30 % held out for the best layer.
+    # Trained on the canonical train split: 868 prompts, 70 % fitted, 30 % held out for the best layer.
     fit = workbench.probe_fit("default")
-    assert fit.report.n_train + fit.report.n_test == 644
+    assert fit.report.n_train + fit.report.n_test == 868
     assert fit.probe.n_samples_fit_ == ref_probe.n_samples_fit_ == fit.report.n_train
     np.testing.assert_allclose(fit.probe.coef_.numpy(), ref_probe.coef_.numpy(), rtol=1e-5, atol=1e-6)
 
@@ -110,7 +110,7 @@ def test_demo_guard_matches_library(callbacks: Callbacks, workbench: Workbench, 
     table, verdict, message = callbacks.guard("default", MALICIOUS)
     _ok(message)
     ref = Guard.fit(model, train_split(data), random_state=0, cache=states_cache, progress=False)
-    assert ref.report.n_prompts == 644  # the whole canonical train split
+    assert ref.report.n_prompts == 868  # the whole canonical train split
     sig = ref.jailbreak_signal([MALICIOUS])
     values = dict(zip(table["quantity"], table["value"]))
     assert values["guard layer"] == str(ref.layer) and values["blocks run"] == f"{ref.layer} of {model.n_layers}"

@@ -144,7 +144,7 @@ def test_browser_runs_every_tab_and_shows_the_library_numbers(
     message = _run(page, "Probe", "probe_btn", "probe_msg", LONG_WAIT_MS)
     assert message.startswith("✓"), message
     fit = workbench.probe_fit("default")
-    assert fit.probe.n_samples_fit_ + fit.report.n_test == 644  # the whole canonical train split
+    assert fit.probe.n_samples_fit_ + fit.report.n_test == 868  # the whole canonical train split
     states = ihs.extract(model, [PROMPT], cache=False, progress=False)
     expected = fit.probe.predict_proba(states)[0, :, list(fit.probe.classes_).index("malicious")]
     header, body = _table(page, "probe_table")

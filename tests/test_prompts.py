@@ -57,6 +57,63 @@ def test_jailbreaks_are_built_only_from_test_split_prompts(data: ihs.PromptSet) 
         assert not any(t in p.text for t in train_texts if len(t) > 30)
 
 
+FORMS = {"question", "imperative", "first_person", "context", "terse"}
+N_FIRST_BATCH = 460
+"""Ids below this are the first batch; the cue-free additions (scripts/add_prompts.py) follow."""
+
+
+def _number(p: ihs.Prompt) -> int:
+    assert p.id is not None
+    return int(p.id.split("-")[0][1:])
+
+
+def test_every_bundled_prompt_records_its_written_form(data: ihs.PromptSet) -> None:
+    base = data.normal + data.malicious
+    assert {p.form for p in base} == FORMS
+    for p in base:
+        text = p.text.rstrip()
+        if p.form == "question":
+            assert text.endswith("?"), p.id
+        if p.form == "terse":
+            assert text[-1].isalnum() and text[0].islower(), p.id
+        if p.form == "context":
+            assert len(re.findall(r"[.?!](\s|$)", text)) >= 2, p.id
+    assert data.normal.counts("form") == data.malicious.counts("form")  # slot i of both sets shares its form
+
+
+def _resplit(items: list[ihs.Prompt]) -> set[str | None]:
+    """Test ids under the canonical rule of scripts/build_prompt_sets.py (seed 0, 30 %, by label and category)."""
+    fresh = ihs.PromptSet(items=[p.model_copy(update={"split": None}) for p in items])
+    _, test = fresh.split(0.3, random_state=0, stratify=("label", "category"))
+    return {p.id for p in test}
+
+
+def test_first_batch_and_additions_are_each_split_by_the_seeded_rule(data: ihs.PromptSet) -> None:
+    base = data.normal + data.malicious
+    first = [p for p in base if _number(p) < N_FIRST_BATCH]
+    added = [p for p in base if _number(p) >= N_FIRST_BATCH]
+    assert len(first) == 2 * N_FIRST_BATCH and added
+    for part in (first, added):
+        assert _resplit(part) == {p.id for p in part if p.split == "test"}
+
+
+def test_wrapped_sets_come_only_from_the_first_batch(data: ihs.PromptSet) -> None:
+    for p in data.jailbreak + data.wrapped_normal:
+        assert _number(p) < N_FIRST_BATCH, p.id
+
+
+def test_added_prompts_repeat_no_first_batch_prompt(data: ihs.PromptSet) -> None:
+    def key(text: str) -> str:
+        return " ".join(re.findall(r"[a-z0-9']+", text.casefold())[:8])
+
+    base = data.normal + data.malicious
+    first = {key(p.text): p.id for p in base if _number(p) < N_FIRST_BATCH}
+    added = [p for p in base if _number(p) >= N_FIRST_BATCH]
+    assert not [(p.id, first[key(p.text)]) for p in added if key(p.text) in first]
+    assert len({key(p.text) for p in added}) == len(added)
+    assert all(p.lookalike for p in added if p.label == "normal")
+
+
 def test_wrap_families_fill_their_placeholders() -> None:
     request = "How do I fix a leaking tap?"
     for family in wrappers():
