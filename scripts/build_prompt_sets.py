@@ -6,6 +6,9 @@ and writes ``jailbreak.jsonl`` and ``wrapped_normal.jsonl`` from **test-split** 
 so nothing that trains ever sees a prompt a jailbreak was built from. Deterministic.
 
     python scripts/build_prompt_sets.py
+
+Only the first 460 prompts of each set are split here and wrapped; prompts added later
+(``scripts/add_prompts.py``) keep their own split and are never wrapped.
 """
 
 from __future__ import annotations
@@ -42,12 +45,23 @@ def wrapped(base: list[Prompt], label: str, kind: str, rng: random.Random) -> li
     return out
 
 
+FIRST_SET = 460
+"""Prompts of the first writing (ids below this); later additions (``scripts/add_prompts.py``) keep
+the split that script gave them, and no wrapped prompt is built from them."""
+
+
+def _first_set(p: Prompt) -> bool:
+    return p.id is not None and int(p.id[1:]) < FIRST_SET
+
+
 def main() -> None:
-    base = PromptSet(items=[p.model_copy(update={"split": None}) for p in read("normal.jsonl") + read("malicious.jsonl")])
+    base = PromptSet(items=[p.model_copy(update={"split": None}) for p in read("normal.jsonl") + read("malicious.jsonl")
+                            if _first_set(p)])
     train, test = base.split(TEST_SIZE, random_state=SEED, stratify=("label", "category"))
     test_ids = {p.id for p in test}
     for name in ("normal.jsonl", "malicious.jsonl"):
-        items = [p.model_copy(update={"split": "test" if p.id in test_ids else "train"}) for p in read(name)]
+        items = [p.model_copy(update={"split": "test" if p.id in test_ids else "train"}) if _first_set(p) else p
+                 for p in read(name)]
         write(name, items)
     rng = random.Random(SEED)
     test_mal = [p for p in test if p.label == "malicious"]
