@@ -1,0 +1,45 @@
+"""Every number the README quotes comes from a committed file written by a script: they must agree.
+
+Each check reads a README table (found by its header row) and the JSON file a script in
+``scripts/`` or ``bench/`` wrote, and compares the numbers at the README's precision.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def table(header_start: str, text: str = README) -> list[list[str]]:
+    """The body rows (cells stripped) of the markdown table whose header row starts with ``header_start``."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(header_start):
+            rows = []
+            for row in lines[i + 2:]:
+                if not row.startswith("|"):
+                    break
+                rows.append([cell.strip() for cell in row.strip().strip("|").split("|")])
+            return rows
+    pytest.fail(f"README has no table starting with {header_start!r}")
+
+
+def seconds(cell: str) -> float:
+    return float(cell.removesuffix(" s"))
+
+
+def test_readme_redesign_timings_equal_bench_versions_json() -> None:
+    result = json.loads((ROOT / "bench" / "versions.json").read_text(encoding="utf-8"))
+    rows = table("| task (the library side of) |")
+    order = ["extract", "extract_lens", "logit_lens", "probe", "guard_score"]
+    assert len(rows) == len(order)
+    assert f"commit `{result['old']}`" in README
+    for row, task in zip(rows, order):
+        got = result["tasks"][task]
+        assert (seconds(row[1]), seconds(row[2]), float(row[3])) == (
+            round(got["old_s"], 2), round(got["new_s"], 2), round(got["speed_ratio_new_over_old"], 3)), row
