@@ -12,6 +12,8 @@ import math
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
+from pydantic import ValidationError
+
 from .errors import InputError
 
 T = TypeVar("T")
@@ -82,3 +84,13 @@ def one_of(name: str, value: Any, choices: Sequence[T]) -> T:
             return choice
     listed = ", ".join(repr(c) for c in choices)
     raise InputError(f"{name} must be one of {listed}; got {value!r}.")
+
+
+def validation_message(error: ValidationError) -> str:
+    """A pydantic error as one line naming the field (``"meta.n_layers: Input should be a valid integer"``;
+    a model-level check names its fields in its own message)."""
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    message = str(first.get("msg", error)).removeprefix("Value error, ")
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{where + ': ' if where else ''}{message}{more}"

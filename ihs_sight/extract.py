@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from . import checks, io
 from .deprecations import moved, warn
@@ -127,6 +127,33 @@ class HiddenStates(BaseModel):
     """The logit lens (a :class:`~ihs_sight.LensResult`) of the same forward pass, when
     ``extract(..., lens_top_k=k)`` asked for it."""
 
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as e:  # pydantic wraps the validator's errors; say which field, as InputError
+            raise InputError(f"Invalid HiddenStates: {checks.validation_message(e)}") from None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HiddenStates:
+        s = self.states
+        if s.ndim != 3 or not torch.is_floating_point(s):
+            raise ValueError(f"states must be a float tensor (n_prompts, n_layers + 1, d_model), got {s.dtype} "
+                             f"{tuple(s.shape)}")
+        n = s.shape[0]
+        if len(self.prompts) != n:
+            raise ValueError(f"{len(self.prompts)} prompts for {n} rows of states")
+        for name in ("labels", "categories", "families"):
+            values = getattr(self, name)
+            if values is not None and len(values) != n:
+                raise ValueError(f"{len(values)} {name} for {n} prompts")
+        if (s.shape[1], s.shape[2]) != (self.meta.n_layers + 1, self.meta.d_model):
+            raise ValueError(f"states have shape {tuple(s.shape)}; the model has {self.meta.n_layers} blocks and "
+                             f"d_model {self.meta.d_model}")
+        if not bool(torch.isfinite(s).all()):
+            prompt, layer = (~torch.isfinite(s)).nonzero()[0, :2].tolist()
+            raise ValueError(f"states hold NaN or inf (first: prompt {prompt}, layer {layer})")
+        return self
+
     def __len__(self) -> int:
         return len(self.prompts)
 
@@ -156,13 +183,17 @@ class HiddenStates(BaseModel):
     def load(cls, path: str | Path) -> HiddenStates:
         """Read what :meth:`save` wrote."""
         payload, tensors, _ = io.load_pair(path, what="hidden states")
+        stem = Path(path).with_suffix("")
         if "states" not in tensors:
-            raise InputError(f"Cannot read hidden states at {Path(path).with_suffix('')}: no 'states' tensor.")
-        lens_payload = payload.pop("lens", None)
-        if lens_payload is not None:
-            lens_tensors = {k.removeprefix("lens."): v for k, v in tensors.items() if k.startswith("lens.")}
-            payload["lens"] = _reader("lens").from_parts(lens_payload, lens_tensors)
-        return cls(states=tensors["states"], **payload)
+            raise InputError(f"Cannot read hidden states at {stem}: no 'states' tensor.")
+        try:
+            lens_payload = payload.pop("lens", None)
+            if lens_payload is not None:
+                lens_tensors = {k.removeprefix("lens."): v for k, v in tensors.items() if k.startswith("lens.")}
+                payload["lens"] = _reader("lens").from_parts(lens_payload, lens_tensors)
+            return cls(states=tensors["states"], **payload)
+        except (InputError, TypeError) as e:
+            raise InputError(f"Cannot read hidden states at {stem}: {e}") from None
 
 
 # ---------------------------------------------------------------------------- extract
@@ -192,6 +223,18 @@ def prepare(model: Model, prompts: list[str], *, chat: bool, system_prompt: str 
     warn("ihs_sight.extract.prepare", "ihs_sight.extract.encode_for")
     encoded = encode_for(model, prompts, chat=chat, system_prompt=system_prompt)
     return encoded.ids, encoded.template
+
+
+def check_finite(states: torch.Tensor, indices: list[int], model: Model) -> None:
+    """Refuse NaN or inf states, naming the prompt, the first layer and the dtype (fp16 overflows on some models)."""
+    bad = ~torch.isfinite(states)
+    if bool(bad.any()):
+        row, layer = bad.nonzero()[0, :2].tolist()
+        dtype = str(model.dtype).removeprefix("torch.")
+        advice = ("float16 overflows on some models: load it with dtype='bfloat16' or 'float32'"
+                  if model.dtype == torch.float16 else "check the model's weights (nothing is cached)")
+        raise InputError(f"prompts[{indices[row]}] has NaN or inf states from layer {layer} on in {dtype}; "
+                         f"{advice}.")
 
 
 def trace_batch(model: Model, batch: dict[str, torch.Tensor], **kwargs: Any) -> dict[str, torch.Tensor]:
@@ -265,17 +308,20 @@ def extract(
     kwargs = reader.trace_kwargs() if reader is not None else {}
 
     def step(batch: Batch) -> dict[str, torch.Tensor]:
-        return trace_batch(model, batch.inputs, last=batch.last, **kwargs)
+        out = trace_batch(model, batch.inputs, last=batch.last, **kwargs)
+        check_finite(out["states"], batch.indices, model)  # before anything is cached
+        return out
 
     run = run_batches(model, encoded, step, batch_size=batch_size, pack=width, compile=compile, stores=stores,
                       desc="extract", progress=progress)
     meta = with_bytes(meta, run.received, run.n_computed)
     lens = reader.build(run.rows, encoded=encoded, meta=meta) if reader is not None else None
     labelled = encoded.labelled
+    labels = encoded.labels()
     return HiddenStates(
         states=run.rows["states"],
         prompts=encoded.texts,
-        labels=list(encoded.prompts.labels) if labelled else None,  # type: ignore[arg-type]
+        labels=labels if labels is not None and None not in labels else None,
         categories=list(encoded.prompts.categories) if labelled else None,
         families=list(encoded.prompts.families) if labelled else None,
         meta=meta,

@@ -21,6 +21,7 @@ emotion mass was recognised but not converted into a refusal.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -55,7 +56,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GUARD_FORMAT = "ihs-sight.guard"
-GUARD_FORMAT_VERSION = 1
+GUARD_FORMAT_VERSION = 2
+"""2: ``probe_sha256`` recorded and checked; bundles written whole under a temporary name."""
 Pool = Literal["last", "mean"]
 POOLS: tuple[Pool, ...] = ("last", "mean")
 CLASSIFIERS: tuple[str, ...] = ("logreg", "svm", "mlp")
@@ -621,7 +623,9 @@ class Guard:
     def save(self, path: str | Path) -> Path:
         """Write the bundle into directory ``path``: ``guard.json`` and the probe (safetensors + JSON). No pickle."""
         root = Path(path)
-        self.probe.save(root / "probe")
+        if root.exists() and (not root.is_dir() or (any(root.iterdir()) and not (root / "guard.json").is_file())):
+            raise InputError(f"{root} exists and is not a guard bundle; save the guard to a new or empty directory "
+                             "(an existing bundle there is replaced).")
         payload = {
             "format": GUARD_FORMAT, "version": GUARD_FORMAT_VERSION, "layer": self.layer,
             "threshold": self.threshold, "pool": self.pool, "chat": self.chat, "system_prompt": self.system_prompt,
@@ -630,8 +634,15 @@ class Guard:
             "prefix_tokens": template_prefix(self.model, chat=self.chat, system_prompt=self.system_prompt),
             "report": self.report.model_dump(),
         }
-        io.write_json(root / "guard.json", payload)  # written last: the bundle's commit marker
-        return root
+
+        def build(tmp: Path) -> None:
+            self.probe.save(tmp / "probe")
+            payload["probe_sha256"] = _sha256(tmp / "probe.safetensors")
+            io.write_json(tmp / "guard.json", payload)
+
+        # Built under a temporary name and renamed into place: a crash never pairs an old layer and
+        # threshold with a new probe, and an existing bundle is replaced only once the new one is whole.
+        return io.replace_dir(root, build)
 
     @classmethod
     def load(cls, path: str | Path, model: Model) -> Guard:
@@ -643,9 +654,10 @@ class Guard:
         payload = io.read_json(meta_path)
         if not isinstance(payload, dict) or payload.get("format") != GUARD_FORMAT:
             raise InputError(f"{meta_path} is not an ihs-sight guard bundle.")
-        if payload.get("version") != GUARD_FORMAT_VERSION:
-            raise InputError(f"{meta_path} has guard format version {payload.get('version')!r}; this ihs-sight "
-                             f"reads version {GUARD_FORMAT_VERSION}.")
+        version = payload.get("version")
+        if version not in (1, GUARD_FORMAT_VERSION):
+            raise InputError(f"{meta_path} has guard format version {version!r}; this ihs-sight reads versions 1 "
+                             f"and {GUARD_FORMAT_VERSION}.")
         if payload.get("weights_hash") != model.weights_hash:
             raise ModelMismatchError(
                 f"The guard in {root} was fitted on {payload.get('model_name')!r} (weights {payload.get('weights_hash')}); "
@@ -654,8 +666,16 @@ class Guard:
             chat, system_prompt = bool(payload["chat"]), payload["system_prompt"]
             layer, threshold, pool = int(payload["layer"]), float(payload["threshold"]), payload["pool"]
             report = GuardFitReport.model_validate(payload["report"])
+            probe_sha = str(payload["probe_sha256"]) if version != 1 else None
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"{meta_path} is incomplete or malformed: {e}") from e
+        if not 0.0 <= threshold <= 1.0:  # NaN fails too: a NaN threshold would never flag anything
+            raise InputError(f"{meta_path} is malformed: threshold {threshold!r} is not a probability in [0, 1].")
+        if probe_sha is None:
+            log.warning("%s is a version-1 guard bundle: its probe file is not checked; save it again", meta_path)
+        elif not (root / "probe.safetensors").is_file() or _sha256(root / "probe.safetensors") != probe_sha:
+            raise InputError(f"The probe in {root} is not the one guard.json was written with (sha256 differs); "
+                             "the bundle is damaged or was edited. Fit and save the guard again.")
         if pool not in POOLS or not 1 <= layer <= model.n_layers:
             raise InputError(f"{meta_path} is malformed (pool {pool!r}, layer {layer}).")
         template = template_fingerprint(model.tokenizer, chat=chat, system_prompt=system_prompt)
@@ -670,6 +690,10 @@ class Guard:
                              f"{model.d_model}.")
         return cls(model, probe_, layer=layer, threshold=threshold, pool=pool, chat=chat,
                    system_prompt=system_prompt, report=report)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _p_malicious(fitted: LayerProbe, x: torch.Tensor) -> np.ndarray[Any, Any]:

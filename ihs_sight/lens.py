@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import torch
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, ValidationError, model_validator
 
 from . import checks, io
 from .emotions import (
@@ -239,7 +239,19 @@ class LensResult(BaseModel):
                 )
         if self.labels is not None and len(self.labels) != n:
             raise ValueError(f"{len(self.labels)} labels for {n} prompts")
+        for name in ("probs", "logits", "emotion_mass"):
+            if not bool(torch.isfinite(getattr(self, name)).all()):
+                raise ValueError(f"{name} hold NaN or inf")
+        missing = set(torch.unique(self.token_ids).tolist()) - set(self.vocab)
+        if missing:
+            raise ValueError(f"vocab lacks the strings of {len(missing)} token ids (e.g. {min(missing)})")
         return self
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as e:  # say which field, as InputError
+            raise InputError(f"Invalid LensResult: {checks.validation_message(e)}") from None
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -363,7 +375,10 @@ class LensResult(BaseModel):
             raise InputError(
                 f"Lens tensors {missing} are missing; the files were not written by LensResult.save()."
             )
-        return cls.model_validate({**payload, **{name: tensors[name] for name in _TENSOR_FIELDS}})
+        try:
+            return cls.model_validate({**payload, **{name: tensors[name] for name in _TENSOR_FIELDS}})
+        except ValidationError as e:
+            raise InputError(f"Invalid LensResult: {checks.validation_message(e)}") from None
 
     def save(self, path: str | Path) -> Path:
         """Write ``path.safetensors`` (the tensors) and ``path.json`` (everything else), atomically."""
@@ -374,7 +389,10 @@ class LensResult(BaseModel):
     def load(cls, path: str | Path) -> LensResult:
         """Read what :meth:`save` wrote."""
         payload, tensors, _ = io.load_pair(path, what="a lens result")
-        return cls.from_parts(payload, tensors)
+        try:
+            return cls.from_parts(payload, tensors)
+        except InputError as e:
+            raise InputError(f"Cannot read a lens result at {Path(path).with_suffix('')}: {e}") from None
 
 
 @dataclass

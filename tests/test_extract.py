@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -267,3 +268,46 @@ def test_extract_rejects_prompt_longer_than_context(model: ihs.Model) -> None:
 def test_extract_raw_mode_rejects_system_prompt(model: ihs.Model) -> None:
     with pytest.raises(ihs.InputError, match="chat=True"):
         ihs.extract(model, ["hi"], chat=False, system_prompt="x", cache=False, progress=False)
+
+
+# ------------------------------------------------------------------ validation of results
+
+
+def test_hidden_states_refuses_inconsistent_fields(model: ihs.Model) -> None:
+    good = ihs.extract(model, VARIED[:3], cache=False, progress=False)
+    fields = good.model_dump(exclude={"states", "lens"})
+    fields["meta"] = good.meta
+    with pytest.raises(ihs.InputError, match="Invalid HiddenStates: 2 labels for 3 prompts"):
+        ihs.HiddenStates(states=good.states, **{**fields, "labels": ["normal", "malicious"]})
+    nan = good.states.clone()
+    nan[1, 7, 3] = float("nan")
+    with pytest.raises(ihs.InputError, match=r"NaN or inf \(first: prompt 1, layer 7\)"):
+        ihs.HiddenStates(states=nan, **fields)
+    with pytest.raises(ihs.InputError, match="2 prompts for 3 rows"):
+        ihs.HiddenStates(states=good.states, **{**fields, "prompts": VARIED[:2]})
+
+
+def test_hidden_states_load_names_the_file_when_tampered(model: ihs.Model, tmp_path: Path) -> None:
+    stem = ihs.extract(model, VARIED[:3], cache=False, progress=False).save(tmp_path / "s")
+    meta = json.loads(stem.with_suffix(".json").read_text())
+    stem.with_suffix(".json").write_text(json.dumps({**meta, "prompts": meta["prompts"][:2]}))
+    with pytest.raises(ihs.InputError, match=r"Cannot read hidden states at .*s: .*2 prompts for 3 rows"):
+        ihs.HiddenStates.load(stem)
+    stem.with_suffix(".json").write_text(json.dumps({**meta, "meta": {"model_name": 3}}))
+    with pytest.raises(ihs.InputError, match="Cannot read hidden states at"):
+        ihs.HiddenStates.load(stem)
+
+
+def test_extract_names_layer_and_dtype_of_overflowing_states(model: ihs.Model,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    ex = importlib.import_module("ihs_sight.extract")
+    real = ex.trace_batch
+
+    def overflow(m: Any, batch: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        out = real(m, batch, **kwargs)
+        out["states"][:, 12:] = float("inf")  # what a float16 overflow at block 12 looks like
+        return out
+
+    monkeypatch.setattr(ex, "trace_batch", overflow)
+    with pytest.raises(ihs.InputError, match=r"prompts\[[01]\] has NaN or inf states from layer 12 on in float32"):
+        ihs.extract(model, VARIED[:2], cache=False, progress=False)

@@ -16,6 +16,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import ihs_sight as ihs
+from ihs_sight import io as ihs_io
 from ihs_sight.errors import InputError
 from ihs_sight.guard import (
     Guard,
@@ -293,3 +294,42 @@ def test_fit_report_carries_surface_baselines_on_the_same_folds(guard: Guard, gu
     labels = [line.get_label() for line in fig.axes[0].get_lines()]
     assert any(label.startswith("bag-of-words baseline") for label in labels)
     assert any(label.startswith("form baseline") for label in labels)
+
+
+def test_bundle_is_replaced_whole_and_checked(model: ihs.Model, guard: Guard, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    bundle = guard.save(tmp_path / "g")
+    before = {p.name: p.read_bytes() for p in bundle.iterdir()}
+    # A crash while re-saving into the same directory (after the new probe is written, before
+    # guard.json): the old bundle stays exactly as it was.
+    real = ihs_io.write_json
+
+    def crash(path: Any, payload: Any, **kw: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ihs_io, "write_json", crash)
+    with pytest.raises(KeyboardInterrupt):
+        guard.save(bundle)
+    monkeypatch.setattr(ihs_io, "write_json", real)
+    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name != "g"]  # no temporary directory left behind
+    # A probe file swapped under the bundle is refused (its sha256 is recorded in guard.json).
+    other = tmp_path / "swapped"
+    shutil.copytree(bundle, other)
+    (other / "probe.safetensors").write_bytes((other / "probe.safetensors").read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(InputError, match="sha256 differs"):
+        Guard.load(other, model)
+    # A threshold that is not a probability (NaN would never flag anything) is refused.
+    meta = json.loads((bundle / "guard.json").read_text())
+    for bad in (float("nan"), 1.5, -0.1):
+        (other / "guard.json").write_text(json.dumps({**meta, "threshold": bad}))
+        shutil.copy(bundle / "probe.safetensors", other / "probe.safetensors")
+        with pytest.raises(InputError, match="not a probability"):
+            Guard.load(other, model)
+    # Saving over a directory that is not a guard bundle would delete the user's files: refused.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(InputError, match="not a guard bundle"):
+        guard.save(mine)
+    assert (mine / "notes.txt").read_text() == "keep me"
