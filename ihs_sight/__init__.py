@@ -21,7 +21,7 @@ from .errors import (
 from .extract import ExtractMeta, HiddenStates, extract
 from .graft import GraftResult, SweepResult, graft, graft_sweep
 from .guard import Guard, GuardEvaluation, GuardFitReport, GuardScores, JailbreakSignal
-from .judge import PhraseJudge, RefusalJudge
+from .judge import PhraseJudge, RefusalJudge, ReplyJudge, default_judge
 from .lens import Consistency, LensResult, compare_consistency, logit_lens
 from .models import ARCHITECTURES, ArchSpec, Model, load_model
 from .probe import LayerProbe, ProbeReport, probe, probe_transfer
@@ -55,10 +55,12 @@ __all__ = [
     "Prompt",
     "PromptSet",
     "RefusalJudge",
+    "ReplyJudge",
     "RemoteError",
     "SweepResult",
     "UnsupportedArchitectureError",
     "compare_consistency",
+    "default_judge",
     "extract",
     "graft",
     "graft_sweep",

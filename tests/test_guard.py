@@ -21,10 +21,10 @@ from ihs_sight.errors import InputError
 from ihs_sight.guard import (
     Guard,
     ModelMismatchError,
-    _pick_layer,
-    _threshold_at_fpr,
     layer_features,
+    pick_layer,
     template_prefix,
+    threshold_at_fpr,
 )
 from ihs_sight.probe import LayerProbe
 from ihs_sight.prompts import encode
@@ -133,7 +133,7 @@ def test_layer_search_and_calibration(guard: Guard, guard_train: ihs.PromptSet, 
     assert abs(hits / (r.cv_repeats * len(y)) - r.cv_accuracy[guard.layer - 1]) <= 1.5 / len(y)
     # The threshold: the cut at target_fpr of every repeat's out-of-fold normal scores, pooled.
     assert len(normal_scores) == r.cv_repeats * (~y).sum()
-    assert guard.threshold == pytest.approx(_threshold_at_fpr(np.array(normal_scores), r.target_fpr), abs=1e-4)
+    assert guard.threshold == pytest.approx(threshold_at_fpr(np.array(normal_scores), r.target_fpr), abs=1e-4)
     # The final probe is fitted on every prompt at the chosen layer with the chosen C: the same
     # fit, made here directly, predicts the same.
     # Same features as the fit (read back from the shared cache: recomputed in other batches they
@@ -150,19 +150,19 @@ def test_layer_search_and_calibration(guard: Guard, guard_train: ihs.PromptSet, 
 
 def test_pick_layer_needs_a_standard_error_to_spare() -> None:
     acc = np.array([0.90, 0.955, 0.96, 0.99])  # n = 100: standard errors 0.030, 0.021, 0.020, 0.010
-    assert _pick_layer(acc, 100, 0.95) == (3, True)  # 0.955 and 0.96 only just reach 0.95
-    assert _pick_layer(acc, 10_000, 0.95) == (1, True)  # with 10,000 prompts 0.955 - 0.002 is enough
+    assert pick_layer(acc, 100, 0.95) == (3, True)  # 0.955 and 0.96 only just reach 0.95
+    assert pick_layer(acc, 10_000, 0.95) == (1, True)  # with 10,000 prompts 0.955 - 0.002 is enough
     flat = np.array([0.80, 0.88, 0.90, 0.89])  # best 0.90, standard error 0.03
-    assert _pick_layer(flat, 100, 0.95) == (1, False)  # earliest within one standard error of the best
+    assert pick_layer(flat, 100, 0.95) == (1, False)  # earliest within one standard error of the best
 
 
 def test_threshold_at_fpr_by_hand() -> None:
     scores = np.array([0.05, 0.9, 0.3, 0.7, 0.1, 0.5, 0.2, 0.8, 0.4, 0.6])
-    t = _threshold_at_fpr(scores, 0.2)
+    t = threshold_at_fpr(scores, 0.2)
     assert t == 0.7 and (scores > t).sum() == 2
-    assert (scores > _threshold_at_fpr(scores, 0.05)).sum() == 0  # 0.5 normals allowed -> none
+    assert (scores > threshold_at_fpr(scores, 0.05)).sum() == 0  # 0.5 normals allowed -> none
     tied = np.array([0.5, 0.5, 0.5, 0.1])
-    assert (tied > _threshold_at_fpr(tied, 0.5)).sum() == 0  # ties at the cut stay unflagged
+    assert (tied > threshold_at_fpr(tied, 0.5)).sum() == 0  # ties at the cut stay unflagged
 
 
 def test_fixed_layer_runs_only_that_far(model: ihs.Model, guard_train: ihs.PromptSet, states_cache: Path) -> None:

@@ -71,6 +71,10 @@ class Batch:
         rows: ``1 / n`` on a prompt's tokens from position ``min(start, len - 1)`` on (at least
         its last token), 0 elsewhere.
         """
+        return self.tail_weights([max(1, n - start) for n in self.lengths])
+
+    def tail_weights(self, counts: Sequence[int]) -> torch.Tensor:
+        """Weights that average each prompt's states over its last ``counts[j]`` tokens (``(B, T)`` or ``(B, R * W)``)."""
         if self.last is None:
             width = int(self.inputs["input_ids"].shape[1])
             ends = [width - 1] * len(self)
@@ -78,8 +82,8 @@ class Batch:
             width = int(self.inputs["input_ids"].numel())
             ends = [int(v) for v in self.last]
         w = torch.zeros(len(self), width)
-        for i, (end, n) in enumerate(zip(ends, self.lengths)):
-            first = end - n + 1 + min(start, n - 1)
+        for i, (end, n, count) in enumerate(zip(ends, self.lengths, counts)):
+            first = end + 1 - min(max(count, 1), n)
             w[i, first:end + 1] = 1.0 / (end + 1 - first)
         return w
 

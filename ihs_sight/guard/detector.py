@@ -4,19 +4,13 @@ If early layers already separate malicious from normal prompts, a guard needs on
 ``1..layer`` of one forward pass. :meth:`Guard.fit` picks the earliest layer whose
 cross-validated accuracy meets a target (with one standard error to spare), fits a probe there
 and calibrates its threshold at a chosen false-positive rate on out-of-fold scores of the
-training prompts; :meth:`Guard.score` runs each batch up to that layer (nnsight's
-``tracer.stop()``) and decides.
-
-Features. ``pool="last"`` reads the last real token's state, the paper's object;
-``pool="mean"`` (the default) averages the layer's states over the prompt's own tokens:
-every position after the chat template's common prefix (the system prompt and the opening
-of the user turn, identical for every prompt), so the template's closing tokens are
-included. On SmolLM2-135M the mean reaches a given accuracy several layers earlier.
+training prompts (:mod:`.selection`); :meth:`Guard.score` runs each batch up to that layer
+(nnsight's ``tracer.stop()``, :mod:`.features`) and decides.
 
 :meth:`Guard.jailbreak_signal` is the paper's jailbreak signature as a second signal: a
 prompt the guard recognises as malicious whose logit lens over the conversion band (by default
-the last quarter of the layers, :func:`conversion_band`) carries more positive than negative
-emotion mass was recognised but not converted into a refusal.
+the last quarter of the layers, :func:`~ihs_sight.layers.conversion_band`) carries more
+positive than negative emotion mass was recognised but not converted into a refusal.
 """
 
 from __future__ import annotations
@@ -32,23 +26,24 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from . import checks, io
-from .deprecations import warn
-from .errors import InputError
-from .extract import cache_root, encode_for
-from .layers import band_layers, check_band, check_layer, check_layers, conversion_band
-from .lens import logit_lens
-from .models import Model
-from .probe import LayerProbe
-from .probe.baselines import BaselineScores, surface_baselines
-from .prompts import PromptSet, template_fingerprint
-from .prompts import template_prefix as _prefix_tokens
-from .runtime import traces
-from .runtime.batches import Batch, Store, run_batches
-from .runtime.cache import TensorCache
-from .runtime.compiled import check_compilable
-from .runtime.packing import check_pack
-from .runtime.provenance import dtype_name
+from .. import checks, io
+from ..deprecations import warn
+from ..errors import InputError
+from ..layers import band_layers, check_band, check_layer, conversion_band
+from ..lens import logit_lens
+from ..models import Model
+from ..probe import LayerProbe
+from ..probe.baselines import BaselineScores
+from ..prompts import PromptSet, load_prompts, template_fingerprint
+from .features import POOLS, Pool, layer_features, template_prefix
+from .selection import (
+    check_c_values,
+    fold_baselines,
+    out_of_fold,
+    pick_layer,
+    repeated_folds,
+    threshold_at_fpr,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -58,11 +53,8 @@ log = logging.getLogger(__name__)
 GUARD_FORMAT = "ihs-sight.guard"
 GUARD_FORMAT_VERSION = 2
 """2: ``probe_sha256`` recorded and checked; bundles written whole under a temporary name."""
-Pool = Literal["last", "mean"]
-POOLS: tuple[Pool, ...] = ("last", "mean")
 CLASSIFIERS: tuple[str, ...] = ("logreg", "svm", "mlp")
 """The probes a guard can read its layer with (:class:`~ihs_sight.LayerProbe`'s torch engine)."""
-
 
 def check_guard_layer(layer: Any, n_layers: int) -> int:
     """A guard's exit layer: ``1..L`` (layer 0, the embeddings, runs no block to exit after)."""
@@ -71,70 +63,6 @@ def check_guard_layer(layer: Any, n_layers: int) -> int:
 
 class ModelMismatchError(InputError):
     """A saved guard was fitted on other weights or another chat template than the model given."""
-
-
-# ---------------------------------------------------------------------------- features
-
-
-def template_prefix(model: Model, *, chat: bool, system_prompt: str | None) -> int:
-    """Number of leading template tokens every prompt shares (system prompt, user-turn opening).
-
-    :func:`ihs_sight.prompts.template_prefix` on the model's tokenizer; ``pool="mean"`` averages
-    the positions after it.
-    """
-    return _prefix_tokens(model.tokenizer, chat=chat, system_prompt=system_prompt)
-
-
-def layer_features(
-    model: Model,
-    prompts: Any,
-    layers: Sequence[int],
-    *,
-    pool: Pool = "mean",
-    batch_size: int = 16,
-    chat: bool = True,
-    system_prompt: str | None = None,
-    cache: bool | str | Path = True,
-    progress: bool = True,
-    pack: bool | int = False,
-    compile: bool = False,
-) -> torch.Tensor:
-    """(n_prompts, len(layers), D) guard features; each batch's forward pass stops after ``max(layers)``.
-
-    Args:
-        model: from :func:`ihs_sight.load_model`.
-        prompts: strings or a :class:`PromptSet`.
-        layers: layer indices (0 = embeddings, l = block l's output).
-        pool: ``"last"`` token or ``"mean"`` over the prompt's own tokens (see the module doc).
-        batch_size: prompts per forward pass (with ``pack``: packed rows per forward pass).
-        chat, system_prompt: as in :func:`ihs_sight.extract`.
-        cache: as in :func:`ihs_sight.extract`; rows are cached per (pool, layers).
-        progress: show a progress bar.
-        pack, compile: as in :func:`ihs_sight.extract`.
-    """
-    pool = checks.one_of("pool", pool, POOLS)
-    batch_size = checks.batch_size(batch_size)
-    width = check_pack(pack)
-    if compile:
-        check_compilable(model)
-    layer_list = check_layers(layers, model.n_layers)
-    root = cache_root(cache)
-    encoded = encode_for(model, prompts, chat=chat, system_prompt=system_prompt)
-    start = template_prefix(model, chat=chat, system_prompt=system_prompt) if pool == "mean" else 0
-    stores = []
-    if root is not None:
-        stores.append(Store(TensorCache(root, {
-            "kind": "guard_features", "pool": pool, "start": start, "layers": layer_list,
-            "weights": model.weights_hash, "template": encoded.template, "system_prompt": system_prompt,
-            "chat": chat, "dtype": dtype_name(model)}), ("features",)))
-
-    def step(batch: Batch) -> dict[str, torch.Tensor]:
-        weights = batch.mean_weights(start) if pool == "mean" else None
-        return traces.layer_features(model, batch.inputs, layer_list, last=batch.last, weights=weights)
-
-    run = run_batches(model, encoded, step, batch_size=batch_size, pack=width, compile=compile, stores=stores,
-                      desc="guard", progress=progress)
-    return run.rows["features"]
 
 
 # ---------------------------------------------------------------------------- results
@@ -192,7 +120,7 @@ class GuardFitReport(BaseModel):
 
     def plot(self, title: str | None = None) -> Figure:
         """Out-of-fold accuracy of each searched layer (per ``C``), the target and the chosen layer."""
-        from .plots.guard import layer_search_plot
+        from ..plots.guard import layer_search_plot
 
         return layer_search_plot(self, title=title)
 
@@ -304,82 +232,7 @@ def flag_rates(keys: Sequence[str | None], hits: Sequence[bool]) -> list[RateRow
 # ---------------------------------------------------------------------------- the guard
 
 
-def _threshold_at_fpr(normal_scores: np.ndarray[Any, Any], target_fpr: float) -> float:
-    """The lowest cut ``t`` with ``mean(normal_scores > t) <= target_fpr``, from the scores themselves."""
-    s = np.sort(normal_scores)[::-1]  # descending
-    allowed = int(np.floor(target_fpr * len(s) + 1e-9))  # normal prompts that may be flagged
-    if allowed >= len(s):
-        return 0.0
-    t = float(s[allowed])
-    # Ties at the cut: flagging is strict (>), so every tied score stays unflagged.
-    return t
-
-
-def _c_values(C: Any) -> list[float | None]:
-    values = [C] if isinstance(C, (int, float)) and not isinstance(C, bool) else list(C)
-    if not values or any(isinstance(c, bool) or not isinstance(c, (int, float)) or c <= 0 for c in values):
-        raise InputError(f"C must be a positive number or a list of them, got {C!r}.")
-    return [float(c) for c in values]
-
-
-def _folds(strata: Sequence[str], cv: int, repeats: int, random_state: int) -> list[list[np.ndarray[Any, Any]]]:
-    """``repeats`` lists of ``cv`` test-index arrays, stratified by ``strata`` (sklearn's ``RepeatedStratifiedKFold``)."""
-    from sklearn.model_selection import RepeatedStratifiedKFold
-
-    codes = np.unique(np.asarray(strata), return_inverse=True)[1]
-    splitter = RepeatedStratifiedKFold(n_splits=cv, n_repeats=repeats, random_state=random_state)
-    tests = [test for _, test in splitter.split(np.zeros(len(codes)), codes)]
-    return [tests[r * cv:(r + 1) * cv] for r in range(repeats)]
-
-
-def _pick_layer(accuracy: np.ndarray[Any, Any], n: int, target: float) -> tuple[int, bool]:
-    """Index of the guard layer in ``accuracy`` (one out-of-fold accuracy per searched layer) and whether it met ``target``.
-
-    The earliest layer whose accuracy reaches ``target`` with one binomial standard error
-    (``sqrt(a (1 - a) / n)``) to spare: the first crossing of a noisy accuracy curve sits,
-    more often than not, on an upward fluctuation, so a layer that only just reaches the
-    target tends to miss it on new prompts. If no layer does, the earliest layer within one
-    standard error of the best (a flat curve's maximum is mostly noise; earlier is cheaper).
-    """
-    se = np.sqrt(accuracy * (1 - accuracy) / n)
-    met = np.flatnonzero(accuracy - se >= target)
-    if len(met):
-        return int(met[0]), True
-    top = int(np.argmax(accuracy))
-    return int(np.flatnonzero(accuracy >= accuracy[top] - se[top])[0]), False
-
-
-def _out_of_fold(x: torch.Tensor, labels: list[str], folds: list[np.ndarray[Any, Any]], classifier: str,
-                 c: float | None, random_state: int) -> np.ndarray[Any, Any]:
-    """(n, n_layers) P(malicious) of each prompt from probes fitted on the other folds (all layers at once).
-
-    ``folds``: one split's ``cv`` test-index arrays (an element of :func:`_folds`).
-    """
-    out = np.zeros((x.shape[0], x.shape[1]))
-    kwargs: dict[str, Any] = {} if c is None else {"C": c}
-    for test in folds:
-        train = np.setdiff1d(np.arange(x.shape[0]), test)
-        fitted = LayerProbe(classifier, random_state=random_state, **kwargs).fit(
-            x[torch.from_numpy(train)], [labels[i] for i in train])
-        proba = fitted.predict_proba(x[torch.from_numpy(test)])
-        out[test] = proba[:, :, list(fitted.classes_).index("malicious")]
-    return out
-
-
-def _surface_baselines(texts: list[str], y: np.ndarray[Any, Any], splits: list[list[np.ndarray[Any, Any]]],
-                       random_state: int) -> BaselineScores:
-    """The surface baselines' out-of-fold accuracy on the guard's own folds, averaged over repeats."""
-    n = len(texts)
-    per_repeat = [surface_baselines(texts, y.astype(np.int64), [(np.setdiff1d(np.arange(n), test), test)
-                                                              for test in folds], pooled=True,
-                                    random_state=random_state) for folds in splits]
-    return BaselineScores(accuracy={name: float(np.mean([r.accuracy[name] for r in per_repeat]))
-                                    for name in per_repeat[0].accuracy})
-
-
 def _default_train() -> PromptSet:
-    from .prompts import load_prompts
-
     data = load_prompts().train
     return data.normal + data.malicious
 
@@ -491,20 +344,20 @@ class Guard:
         counts = prompts.counts()
         if min(counts.get("normal", 0), counts.get("malicious", 0)) < 2 * cv:
             raise InputError(f"Guard.fit needs at least {2 * cv} prompts of each label; got {counts}.")
-        c_values: list[float | None] = [None] if classifier == "mlp" else _c_values(C)
+        c_values: list[float | None] = [None] if classifier == "mlp" else check_c_values(C)
         search = list(range(1, model.n_layers + 1)) if layer == "auto" else [int(layer)]
         x = layer_features(model, prompts, search, pool=pool, batch_size=batch_size, chat=chat,
                            system_prompt=system_prompt, cache=cache, progress=progress)
         labels = [str(v) for v in prompts.labels]  # all normal or malicious (checked above)
         y = np.array([v == "malicious" for v in labels])
-        splits = _folds([f"{p.label}|{p.lookalike}" for p in prompts], cv, cv_repeats, random_state)
+        splits = repeated_folds([f"{p.label}|{p.lookalike}" for p in prompts], cv, cv_repeats, random_state)
         oof, acc = {}, {}
         for c in c_values:
-            oof[c] = np.stack([_out_of_fold(x, labels, folds, classifier, c, random_state) for folds in splits])
+            oof[c] = np.stack([out_of_fold(x, labels, folds, classifier, c, random_state) for folds in splits])
             acc[c] = ((oof[c] > 0.5) == y[None, :, None]).mean((0, 1))  # (n_search,) mean over repeats
-        baselines = _surface_baselines(prompts.texts, y, splits, random_state)
+        baselines = fold_baselines(prompts.texts, y, splits, random_state)
         best_per_layer = np.max(np.stack([acc[c] for c in c_values]), 0)
-        pick, met = _pick_layer(best_per_layer, len(y), target_accuracy)
+        pick, met = pick_layer(best_per_layer, len(y), target_accuracy)
         if not met:
             log.warning("no layer reaches %.3f out-of-fold accuracy with a standard error to spare (best %.3f); "
                         "taking layer %d (%.3f), the earliest within one standard error of the best",
@@ -515,7 +368,7 @@ class Guard:
         # never saw, as the final probe's will be. (Averaged over repeats, scores are less
         # spread than one probe's, and the cut falls too low: more than target_fpr flagged.)
         scores = oof[c_pick][:, :, pick]  # (repeats, n)
-        threshold = _threshold_at_fpr(scores[:, ~y].ravel(), target_fpr)
+        threshold = threshold_at_fpr(scores[:, ~y].ravel(), target_fpr)
         kwargs: dict[str, Any] = {} if c_pick is None else {"C": c_pick}
         fitted = LayerProbe(classifier, random_state=random_state, **kwargs).fit(x[:, pick:pick + 1], labels)
         fit_report = GuardFitReport(

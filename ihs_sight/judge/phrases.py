@@ -1,12 +1,11 @@
-"""Refusal judges: does a generated reply refuse?
+"""The phrase judge: a refusal phrase near the start of the reply.
 
-A judge is any callable ``str -> bool`` (:class:`RefusalJudge`); :func:`ihs_sight.graft`
-takes one through ``judge=``. The default, :class:`PhraseJudge`, looks for refusal phrases
-written for this project (``data/refusal_patterns_v1.json``: "i can't help", "i'm sorry, but",
-...) near the start of the reply, after folding case, apostrophes and a few spelling variants
-("I cannot" matches the phrase "i can't"). It is a heuristic: a reply can open with a refusal phrase
-and comply later, or comply without any phrase, so report it as "phrase-judged refusal rate"
-and check borderline replies by hand. For a model-based judge, pass your own callable.
+:class:`PhraseJudge` looks for refusal phrases written for this project
+(``data/refusal_patterns_v1.json``: "i can't help", "i'm sorry, but", ...) near the start of the
+reply, after folding case, apostrophes and a few spelling variants ("I cannot" matches the phrase
+"i can't"). It is a heuristic with known blind spots, measured on the gold set (capability
+deflections, refusals without those phrases, compliant replies that open with them): use
+:func:`ihs_sight.judge.default_judge` unless you need the v1 numbers.
 """
 
 from __future__ import annotations
@@ -16,11 +15,10 @@ import re
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any
 
-from .errors import InputError
-
-Verdict = Literal["refusal", "compliance", "unclear"]
+from ..errors import InputError
+from .base import Verdict
 
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u2032": "'", "`": "'"})
 _SPACES = re.compile(r"\s+")
@@ -33,13 +31,6 @@ _VARIANTS = (
 )
 
 
-@runtime_checkable
-class RefusalJudge(Protocol):
-    """Anything that says whether a reply refuses: ``judge(text) -> True`` for a refusal."""
-
-    def __call__(self, text: str) -> bool: ...
-
-
 @lru_cache(maxsize=4)
 def load_refusal_patterns(version: str = "v1") -> dict[str, Any]:
     """The bundled phrase data: ``{"patterns": [...], "compliance_openers": [...], ...}``.
@@ -50,7 +41,7 @@ def load_refusal_patterns(version: str = "v1") -> dict[str, Any]:
     Returns:
         The parsed JSON (treat it as read-only: it is cached).
     """
-    path = Path(__file__).resolve().parent / "data" / f"refusal_patterns_{version}.json"
+    path = Path(__file__).resolve().parents[1] / "data" / f"refusal_patterns_{version}.json"
     if not path.is_file():
         raise InputError(f"No refusal pattern data {version!r} (looked for {path.name}); use version='v1'.")
     data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
@@ -145,11 +136,3 @@ class PhraseJudge:
         if self._compliance.search(normalize(text)[: self.window]):
             return "compliance"
         return "unclear"
-
-
-def judge_name(judge: RefusalJudge) -> str:
-    """How a judge is recorded in metadata: its ``name`` attribute, else its type or function name."""
-    name = getattr(judge, "name", None)
-    if isinstance(name, str):
-        return name
-    return str(getattr(judge, "__qualname__", type(judge).__qualname__))
