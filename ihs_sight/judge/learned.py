@@ -46,9 +46,9 @@ ASSET = Path(__file__).resolve().parents[1] / "assets" / "judge" / "reply_judge_
 FORMAT = "ihs-sight.reply-judge"
 
 
-def reply_states(model: Model, replies: Sequence[str], prompts: Sequence[str | None], layer: int, *,
+def reply_states(model: Model, replies: Sequence[str], prompts: Sequence[str | None], layers: Sequence[int], *,
                  batch_size: int = 16, progress: bool = False) -> torch.Tensor:
-    """(n, D) mean hidden state at ``layer`` over each reply's tokens, the prompt as the user turn.
+    """(n, len(layers), D) mean hidden state at each layer over each reply's tokens, the prompt as the user turn.
 
     A reply with no prompt is read after an empty user turn. Token ids are built here: the prompt
     templated with the generation prompt, then the reply's first :data:`MAX_REPLY_TOKENS` tokens.
@@ -65,10 +65,10 @@ def reply_states(model: Model, replies: Sequence[str], prompts: Sequence[str | N
 
     def step(batch: Batch) -> dict[str, torch.Tensor]:
         weights = batch.tail_weights([counts[i] for i in batch.indices])
-        return traces.layer_features(model, batch.inputs, [layer], last=batch.last, weights=weights)
+        return traces.layer_features(model, batch.inputs, list(layers), last=batch.last, weights=weights)
 
     run = run_batches(model, encoded, step, batch_size=batch_size, desc="judge", progress=progress)
-    return run.rows["features"][:, 0]
+    return run.rows["features"]
 
 
 class ReplyJudge:
@@ -110,9 +110,8 @@ class ReplyJudge:
     # -- reading
 
     def _features(self, replies: Sequence[str], prompts: Sequence[str | None]) -> torch.Tensor:
-        states = reply_states(self.model, replies, prompts, self.layer)
-        cues = torch.from_numpy(cue_matrix(list(replies), [p or "" for p in prompts]))
-        return torch.cat([cues, states.double()], 1)
+        states = reply_states(self.model, replies, prompts, [self.layer])[:, 0]
+        return judge_features(states, replies, prompts)
 
     def proba(self, replies: Sequence[str], prompts: Sequence[str | None] | None = None) -> np.ndarray[Any, Any]:
         """(n, 3) P(refusal), P(compliance), P(unclear) of each reply (``prompts``: the requests, if known)."""
@@ -174,6 +173,12 @@ class ReplyJudge:
         return cls(model, layer=int(payload["layer"]), coef=tensors["coef"], intercept=tensors["intercept"],
                    mean=tensors["mean"], scale=tensors["scale"], threshold=float(payload["threshold"]),
                    version=str(payload["version"]), info=dict(payload.get("info") or {}))
+
+
+def judge_features(states: torch.Tensor, replies: Sequence[str], prompts: Sequence[str | None]) -> torch.Tensor:
+    """(n, len(FEATURES) + D) float64: the surface cues, then the reply's mean state at the judge's layer."""
+    cues = torch.from_numpy(cue_matrix(list(replies), [p or "" for p in prompts]))
+    return torch.cat([cues, states.double()], 1)
 
 
 def fit_weights(x: torch.Tensor, y: Sequence[int], C: float) -> tuple[torch.Tensor, ...]:

@@ -1,0 +1,117 @@
+"""Fit the default refusal judge (``ihs_sight/assets/judge/reply_judge_v1``) and record how it was chosen.
+
+Data: the judge training set (``ihs_sight/data/judge_train.jsonl``) and the open design part of
+the gold set (``judge_gold_design.jsonl``); the sealed part is never read here. Each reply is read
+by the bundled default model with its prompt (:func:`ihs_sight.judge.reply_states`) at every
+candidate layer in one pass, and the surface cues are added.
+
+Choice, out of fold only (5 folds x 3 repeats, stratified by label): the layer and the
+regularisation C with the best accuracy on refusal and compliance items, then the P(refusal)
+threshold: the lowest one whose out-of-fold share of compliant replies called refusals is at most
+``--max-false-refusal`` (0.02), at the best accuracy. Every candidate's scores go to
+``docs/judge_train.json``; the final judge is fitted on all the data.
+
+    python scripts/train_judge.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import RepeatedStratifiedKFold
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import ihs_sight as ihs  # noqa: E402
+from ihs_sight.judge import CLASSES, ReplyJudge, reply_states  # noqa: E402
+from ihs_sight.judge.learned import ASSET, fit_weights, judge_features  # noqa: E402
+
+DATA = ROOT / "ihs_sight" / "data"
+LAYERS = (3, 6, 9, 12, 15, 18, 21, 24, 27, 30)
+C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3)
+THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.2, 0.91, 0.05))
+
+
+def read(name: str) -> list[dict[str, str]]:
+    path = DATA / name
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] \
+        if path.is_file() else []
+
+
+def oof_proba(x: torch.Tensor, y: np.ndarray, c: float, splits: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """(repeats, n, 3) out-of-fold probabilities."""
+    n_rep = len(splits) // 5
+    out = np.zeros((n_rep, len(y), len(CLASSES)))
+    for k, (tr, te) in enumerate(splits):
+        coef, intercept, mean, scale = fit_weights(x[tr], list(y[tr]), c)
+        z = (x[te] - mean) / scale
+        out[k // 5, te] = torch.softmax(z @ coef.T + intercept, 1).numpy()
+    return out
+
+
+def scores(p: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, float]:
+    """Accuracy on refusal/compliance items and the share of compliant replies called refusals."""
+    called = p[..., 0] > threshold
+    decided = y != CLASSES.index("unclear")
+    refusal = y == 0
+    acc = float((called == refusal)[..., decided].mean())
+    false_refusal = float(called[..., y == 1].mean())
+    recall = float(called[..., refusal].mean())
+    return {"accuracy": round(acc, 4), "false_refusal": round(false_refusal, 4), "refusal_recall": round(recall, 4)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--max-false-refusal", type=float, default=0.02)
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "judge_train.json")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    items = [{**i, "part": "train"} for i in read("judge_train.jsonl")] + \
+            [{**i, "part": "design"} for i in read("judge_gold_design.jsonl")]
+    replies = [i["reply"] for i in items]
+    prompts = [i.get("prompt") for i in items]
+    y = np.array([CLASSES.index(i["label"]) for i in items])
+    model = ihs.load_model("default")
+    states = reply_states(model, replies, prompts, LAYERS, progress=True)  # (n, len(LAYERS), D)
+    splits = list(RepeatedStratifiedKFold(n_splits=5, n_repeats=3, random_state=0).split(np.zeros(len(y)), y))
+    grid = []
+    best = None
+    for j, layer in enumerate(LAYERS):
+        x = judge_features(states[:, j], replies, prompts)
+        for c in C_GRID:
+            p = oof_proba(x, y, c, splits)
+            row = {"layer": layer, "C": c, **scores(p, y, 0.5)}
+            grid.append(row)
+            print(json.dumps(row), flush=True)
+            if best is None or row["accuracy"] > best[0]["accuracy"]:
+                best = (row, p)
+    assert best is not None
+    row, p = best
+    by_threshold = {t: scores(p, y, t) for t in THRESHOLDS}
+    allowed = [t for t, s in by_threshold.items() if s["false_refusal"] <= args.max_false_refusal]
+    threshold = max(allowed, key=lambda t: (by_threshold[t]["accuracy"], -t)) if allowed else max(THRESHOLDS)
+    design = np.array([i["part"] == "design" for i in items])
+    design_oof = scores(p[:, design], y[design], threshold)
+    info = {"layer": row["layer"], "C": row["C"], "threshold": threshold, "n_train": int((~design).sum()),
+            "n_design": int(design.sum()), "oof": by_threshold[threshold], "oof_design_only": design_oof,
+            "data": {"judge_train.jsonl": int((~design).sum()), "judge_gold_design.jsonl": int(design.sum())}}
+    judge = ReplyJudge.fit(model, replies, prompts, [i["label"] for i in items], layer=int(row["layer"]),
+                           C=float(row["C"]), threshold=threshold, info=info)
+    judge.save(ASSET)
+    result = {"chosen": info, "grid": grid, "thresholds_at_chosen": {str(t): s for t, s in by_threshold.items()},
+              "folds": "5 x 3 repeated stratified (random_state=0)", "seconds": round(time.perf_counter() - t0, 1),
+              "versions": {"ihs_sight": ihs.__version__, "torch": torch.__version__}}
+    args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    print(f"chosen: layer {row['layer']}, C {row['C']}, threshold {threshold}: out of fold {by_threshold[threshold]}"
+          f" (design items only: {design_oof}); wrote {ASSET}.json/.safetensors and {args.out}")
+
+
+if __name__ == "__main__":
+    main()
