@@ -32,6 +32,7 @@ from .options import (
     RemoteOpt,
     SeedOpt,
     SystemOpt,
+    TrustHostOpt,
 )
 
 
@@ -64,6 +65,7 @@ def extract_cmd(
     dtype: DtypeOpt = None,
     remote: RemoteOpt = False,
     host: HostOpt = None,
+    trust_host: TrustHostOpt = False,
     batch_size: BatchOpt = 16,
     pack: Annotated[int, typer.Option(help="Pack prompts end to end into rows of this many tokens instead of "
                                            "padding (0: off; 256 is the GPU setting). --batch-size then counts rows.")] = 0,
@@ -78,7 +80,7 @@ def extract_cmd(
     import ihs_sight as ihs
 
     data = _subset(load_data(prompts), split, limit, seed)
-    m = load(model, device, dtype, remote, host)
+    m = load(model, device, dtype, remote, host, trust_host)
     states = ihs.extract(m, data, batch_size=batch_size, chat=chat, system_prompt=system_prompt,
                          cache=not no_cache, progress=not quiet, pack=pack if pack else False, compile=compile_)
     stem = states.save(out / "states")
@@ -114,6 +116,7 @@ def probe_cmd(
     dtype: DtypeOpt = None,
     remote: RemoteOpt = False,
     host: HostOpt = None,
+    trust_host: TrustHostOpt = False,
     batch_size: BatchOpt = 16,
     seed: SeedOpt = 0,
     out: OutOpt = Path("ihs-out/probe"),
@@ -125,7 +128,7 @@ def probe_cmd(
 
     names = [c.value for c in classifiers or list(Classifier)]
     data = load_data(prompts)
-    m = load(model, device, dtype, remote, host)
+    m = load(model, device, dtype, remote, host, trust_host)
     kw: dict[str, Any] = dict(batch_size=batch_size, chat=chat, system_prompt=system_prompt, cache=not no_cache,
                               progress=not quiet)
     base = _labelled(data.normal + data.malicious if prompts is None else data, "probe")
@@ -174,6 +177,7 @@ def lens_cmd(
     dtype: DtypeOpt = None,
     remote: RemoteOpt = False,
     host: HostOpt = None,
+    trust_host: TrustHostOpt = False,
     batch_size: BatchOpt = 16,
     seed: SeedOpt = 0,
     out: OutOpt = Path("ihs-out/lens"),
@@ -191,7 +195,7 @@ def lens_cmd(
         labels = sorted({str(p.label) for p in data})
         groups = {label: data.filter(lambda p, label=label: str(p.label) == label) for label in labels}
     groups = {k: v.sample(limit, random_state=seed) for k, v in groups.items()}
-    m = load(model, device, dtype, remote, host)
+    m = load(model, device, dtype, remote, host, trust_host)
     files: list[Path] = []
     profiles, consistencies = [], []
     lines = ["# ihs-sight lens", "", f"- model: `{m.name}` (L={m.n_layers}), top-{top_k}", ""]
@@ -233,6 +237,7 @@ def graft_cmd(
     dtype: DtypeOpt = None,
     remote: RemoteOpt = False,
     host: HostOpt = None,
+    trust_host: TrustHostOpt = False,
     batch_size: BatchOpt = 8,
     seed: SeedOpt = 0,
     out: OutOpt = Path("ihs-out/graft"),
@@ -245,7 +250,7 @@ def graft_cmd(
     data = load_data(None)
     target_set = data.test.malicious.sample(targets, random_state=seed)
     source_set = data.train.normal.sample(sources, random_state=seed)
-    m = load(model, device, dtype, remote, host)
+    m = load(model, device, dtype, remote, host, trust_host)
     kw: dict[str, Any] = dict(mode=mode.value, scale=scale, generate=generate or None, batch_size=batch_size, chat=chat,
                               system_prompt=system_prompt, progress=not quiet)
     files: list[Path] = []

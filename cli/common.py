@@ -101,11 +101,13 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def load(model: str, device: str | None, dtype: str | None, remote: bool, host: str | None) -> Any:
-    """Load the model named on the command line."""
+def load(model: str, device: str | None, dtype: str | None, remote: bool, host: str | None,
+         trust_host: bool = False) -> Any:
+    """Load the model named on the command line (``--trust-host``: a host other than NDIF's)."""
     import ihs_sight as ihs
 
-    return ihs.load_model(model, device=device, dtype=dtype, backend="remote" if remote else "local", host=host)
+    return ihs.load_model(model, device=device, dtype=dtype, backend="remote" if remote else "local",
+                          host=host, trust_host=trust_host)
 
 
 def load_data(prompts: str | None) -> Any:

@@ -25,6 +25,7 @@ from .options import (
     QuietOpt,
     RemoteOpt,
     SeedOpt,
+    TrustHostOpt,
 )
 
 guard_app = typer.Typer(
@@ -66,6 +67,7 @@ def fit_cmd(
     dtype: DtypeOpt = None,
     remote: RemoteOpt = False,
     host: HostOpt = None,
+    trust_host: TrustHostOpt = False,
     batch_size: BatchOpt = 16,
     seed: SeedOpt = 0,
     out: OutOpt = Path("ihs-out/guard"),
@@ -78,7 +80,7 @@ def fit_cmd(
     chosen = _layer(layer)
     data = load_data(prompts)
     train = (data.train.normal + data.train.malicious) if prompts is None else data
-    m = load(model, device, dtype, remote, host)
+    m = load(model, device, dtype, remote, host, trust_host)
     guard = Guard.fit(m, train, layer=chosen, target_accuracy=target_accuracy, target_fpr=target_fpr,
                       pool=pool.value, classifier=classifier.value, cv=cv, cv_repeats=cv_repeats,
                       random_state=seed, batch_size=batch_size, progress=not quiet)
@@ -122,6 +124,7 @@ def score_cmd(
     dtype: DtypeOpt = None,
     remote: RemoteOpt = False,
     host: HostOpt = None,
+    trust_host: TrustHostOpt = False,
     batch_size: BatchOpt = 16,
     out: OutOpt = Path("ihs-out/guard-score"),
     quiet: QuietOpt = False,
@@ -136,7 +139,7 @@ def score_cmd(
     items: Any = list(text or []) if prompts is None else load_data(prompts)
     if not (guard_dir / "guard.json").is_file():  # before the (slow) model load
         raise InputError(f"{guard_dir} holds no guard.json; run 'ihs-sight guard fit' first or pass --guard DIR.")
-    m = load(model, device, dtype, remote, host)
+    m = load(model, device, dtype, remote, host, trust_host)
     guard = Guard.load(guard_dir, m)
     scores = guard.score(items, batch_size=batch_size, progress=not quiet)
     files = [write_text(out / "scores.json", scores.model_dump_json(indent=2))]

@@ -107,6 +107,10 @@ DtypeOpt = Annotated[str | None, typer.Option(rich_help_panel=MODEL,
 RemoteOpt = Annotated[bool, typer.Option("--remote", rich_help_panel=MODEL,
                                          help="Run traces on NDIF (needs NDIF_API_KEY).")]
 HostOpt = Annotated[str | None, typer.Option(rich_help_panel=MODEL, help="NDIF host (default: $NDIF_HOST or nnsight's).")]
+TrustHostOpt = Annotated[bool, typer.Option(
+    "--trust-host", rich_help_panel=MODEL,
+    help="Allow a --host / $NDIF_HOST other than NDIF's own (https, or http on loopback): nnsight unpickles "
+         "a host's results, so only pass it for a host you trust to run code here.")]
 
 # ---------------------------------------------------------------------------- prompts
 

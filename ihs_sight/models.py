@@ -387,6 +387,7 @@ def load_model(
     arch: ArchSpec | dict[str, Any] | None = None,
     tokenizer: Any = None,
     host: str | None = None,
+    trust_host: bool = False,
 ) -> Model:
     """Load a model for analysis.
 
@@ -404,7 +405,10 @@ def load_model(
             locally) build the same wrapper and make every trace go through nnsight's remote path.
         arch: describes an architecture missing from :data:`ARCHITECTURES`.
         tokenizer: the tokenizer, when ``spec`` is a model object.
-        host: NDIF host for ``backend="remote"`` (else ``$NDIF_HOST``).
+        host: NDIF host for ``backend="remote"`` (else ``$NDIF_HOST``, else nnsight's).
+        trust_host: allow a host other than NDIF's own (``https://``, or ``http://`` on a loopback
+            address). nnsight unpickles the results a host returns, so a host can run code on this
+            machine; without this flag such a host is refused with :class:`InputError`.
 
     Returns:
         A :class:`Model`.
@@ -433,7 +437,7 @@ def load_model(
         if spec is None or str(spec) in DEFAULT_NAMES:
             raise InputError(f"backend={backend!r} needs a Hub id that NDIF serves, e.g. "
                              "'meta-llama/Llama-3.1-8B-Instruct'.")
-        remote_nn, source = runs_on.build(str(spec), host=host)
+        remote_nn, source = runs_on.build(str(spec), host=host, trust_host=trust_host)
         return Model(remote_nn, arch=arch_for(remote_nn._module, arch), name=str(spec), backend=backend,
                      source=source)
 

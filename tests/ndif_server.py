@@ -2,7 +2,7 @@
 
 Run as a separate process, like the real service, where ``ihs_sight`` is NOT importable::
 
-    python -I tests/ndif_server.py MODEL_DIR [--port 0] [--fail none|error|drop|slow]
+    python -I tests/ndif_server.py MODEL_DIR [--port 0] [--fail none|error|drop|slow|nan|shape|...]
                                             [--fail-after N] [--min-version X.Y.Z] [--threads 1]
 
 It speaks the part of nnsight 0.8's NDIF protocol the blocking and polling clients use:
@@ -19,7 +19,11 @@ body bound to saved values, ``torch.save``-d and zstd-compressed when the client
 
 Fault injection (``--fail``; only jobs after the first ``--fail-after`` ones fail):
 ``error`` answers ERROR with a server message, ``drop`` closes the websocket mid-job,
-``slow`` never finishes. ``--min-version`` rejects older clients as NDIF does.
+``slow`` never finishes; ``nan`` and ``shape`` return a spoiled result (a NaN in the first
+saved tensor; every saved list one item short and every saved tensor one column short);
+``key_in_error`` answers ERROR quoting the API key the request carried, and ``key_refused``
+refuses the submission (HTTP 401) quoting it, as a careless server might.
+``--min-version`` rejects older clients as NDIF does.
 ``POST /control`` with JSON ``{"fail": ..., "fail_after": ..., "min_version": ...}`` changes
 these settings and resets the job count; ``GET /control`` reports ``{"jobs": n, "fail": ...}``.
 
@@ -109,7 +113,7 @@ class Server:
         if session is not None:
             self.frame(session, 0x1, response.model_dump_json().encode())
 
-    def run(self, job: str, request: RequestModel, blob: bytes, number: int) -> None:
+    def run(self, job: str, request: RequestModel, blob: bytes, number: int, key: str) -> None:
         fail = self.args.fail if number > self.args.fail_after else "none"
         sid = request.session_id
         try:
@@ -123,6 +127,8 @@ class Server:
                 return
             if fail == "error":
                 raise RuntimeError("injected failure: the worker ran out of memory")
+            if fail == "key_in_error":
+                raise PermissionError(f"injected failure: key {key} has no access to this model")
             with self.run_lock:
                 self.publish(job, sid, Status.RUNNING, "running")
                 self.model._remoteable_set_env(request.env)
@@ -140,6 +146,8 @@ class Server:
                              if (k not in before or before[k] is not v) and id(v) in saved}
                 finally:
                     dec()
+            if fail in ("nan", "shape"):
+                bound = {k: _spoil(v, fail) for k, v in bound.items()}
             buffer = io.BytesIO()
             torch.save(bound, buffer)
             out = buffer.getvalue()
@@ -153,6 +161,21 @@ class Server:
                 self.publish(job, sid, Status.ERROR, f"{type(error).__name__}: {error}\n{tail}")
             except OSError:
                 pass
+
+
+def _spoil(value: Any, fail: str) -> Any:
+    """A saved value made wrong: ``nan`` in its first float tensor, or one item / column short (``shape``)."""
+    if isinstance(value, list):
+        if fail == "shape":
+            return value[:-1]
+        return [_spoil(value[0], fail), *value[1:]] if value else value
+    if isinstance(value, torch.Tensor):
+        if fail == "shape" and value.dim() >= 1:
+            return value[..., :-1].clone()
+        if fail == "nan" and value.is_floating_point() and value.numel():
+            value = value.clone()
+            value.view(-1)[0] = float("nan")
+    return value
 
 
 def make_handler(server: Server) -> type[BaseHTTPRequestHandler]:
@@ -242,6 +265,9 @@ def make_handler(server: Server) -> type[BaseHTTPRequestHandler]:
                 return self.refuse(
                     400, f"Client nnsight version {client} is older than the minimum {server.args.min_version}; upgrade."
                 )
+            key = self.headers.get("ndif-api-key") or ""
+            if server.args.fail == "key_refused":
+                return self.refuse(401, f"API key {key} is not valid for this deployment.")
             repo_id = json.loads(request.model_key.split(":", 1)[1]).get("repo_id")
             if os.path.abspath(str(repo_id)) != server.served_id:
                 return self.refuse(404, f"Model {repo_id!r} is not served on this deployment.")
@@ -250,7 +276,7 @@ def make_handler(server: Server) -> type[BaseHTTPRequestHandler]:
             received = ResponseModel(id=job, status=Status.RECEIVED, description="received")
             server.responses[job] = received
             self.reply(200, received.model_dump_json().encode())
-            threading.Thread(target=server.run, args=(job, request, parts["blob"], server.jobs), daemon=True).start()
+            threading.Thread(target=server.run, args=(job, request, parts["blob"], server.jobs, key), daemon=True).start()
             return None
 
     return Handler
@@ -268,7 +294,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model_dir")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--fail", choices=["none", "error", "drop", "slow"], default="none")
+    parser.add_argument("--fail", default="none", choices=["none", "error", "drop", "slow", "nan", "shape",
+                                                           "key_in_error", "key_refused"])
     parser.add_argument("--fail-after", type=int, default=0)
     parser.add_argument("--min-version", default="")
     parser.add_argument("--threads", type=int, default=1)

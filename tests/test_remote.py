@@ -4,6 +4,10 @@ The server is a separate process where ``ihs_sight`` is not importable (as on ND
 is nnsight's real ``remote=True`` client on a weightless model. Both sides run torch with one
 thread, so remote results must equal local ones bit for bit. The reference for every remote
 number is the same analysis run locally on the real model (``model`` fixture).
+
+The server is a plain-http loopback host, so every remote model here is loaded with
+``trust_host=True``; its fault modes also spoil results (``nan``, ``shape``) and quote the API
+key back (``key_in_error``, ``key_refused``).
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import json
 import logging
 import subprocess
 import sys
+import threading
+import traceback
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +28,7 @@ import torch
 
 from ihs_sight import backends
 from ihs_sight.backends import (
+    InvalidResultError,
     ModelNotServedError,
     NoApiKeyError,
     RemoteNetworkError,
@@ -98,7 +105,7 @@ def key(monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.fixture
 def remote(server: str, model_dir: Path, key: str) -> Any:
-    return load_model(str(model_dir), backend="remote", host=server)
+    return load_model(str(model_dir), backend="remote", host=server, trust_host=True)
 
 
 def test_remote_model_has_no_weights(remote: Any) -> None:
@@ -190,13 +197,37 @@ def test_remote_key_never_logged(remote: Any, caplog: pytest.LogCaptureFixture, 
             assert KEY.encode() not in file.read_bytes()
 
 
+@pytest.mark.parametrize("fail", ["key_in_error", "key_refused"])
+def test_remote_key_echoed_by_server_is_redacted(
+    remote: Any, server: str, fail: str, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """A server that quotes the key back (in a job error, or refusing the submission, which is
+    retried and logged) must not get it into logs, the raised error, its traceback, or files."""
+    control(server, fail=fail)
+    with caplog.at_level(logging.DEBUG), pytest.raises(RemoteError) as raised:
+        extract(remote, PROMPTS[:1], cache=tmp_path, progress=False)
+    error = raised.value
+    assert KEY not in str(error)
+    assert "***" in str(error)  # the server did quote the key: the test has teeth
+    if fail == "key_refused":
+        assert "retry 1 of" in caplog.text  # the quoted key also went through the retry warnings
+    assert KEY not in "".join(traceback.format_exception(error))
+    assert KEY not in caplog.text
+    out, err = capfd.readouterr()
+    assert KEY not in out and KEY not in err
+    for file in tmp_path.rglob("*"):
+        if file.is_file():
+            assert KEY.encode() not in file.read_bytes()
+
+
 def test_remote_no_key(monkeypatch: pytest.MonkeyPatch, model_dir: Path, server: str) -> None:
     from nnsight import CONFIG
 
     monkeypatch.delenv("NDIF_API_KEY", raising=False)
     monkeypatch.setattr(CONFIG.API, "APIKEY", None)
     with pytest.raises(NoApiKeyError, match="NDIF_API_KEY"):
-        load_model(str(model_dir), backend="remote", host=server)
+        load_model(str(model_dir), backend="remote", host=server, trust_host=True)
 
 
 def test_remote_model_not_served(server: str, model_dir: Path, key: str, tmp_path: Path) -> None:
@@ -204,7 +235,7 @@ def test_remote_model_not_served(server: str, model_dir: Path, key: str, tmp_pat
     other.mkdir()
     for file in model_dir.iterdir():
         (other / file.name).symlink_to(file)
-    stranger = load_model(str(other), backend="remote", host=server)
+    stranger = load_model(str(other), backend="remote", host=server, trust_host=True)
     with pytest.raises(ModelNotServedError, match="not served"):
         extract(stranger, PROMPTS[:1], cache=False, progress=False)
 
@@ -248,7 +279,7 @@ def test_remote_server_down(model_dir: Path, key: str, monkeypatch: pytest.Monke
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setattr(backends, "RETRIES", 1)
-    down = load_model(str(model_dir), backend="remote", host=f"http://127.0.0.1:{port}")
+    down = load_model(str(model_dir), backend="remote", host=f"http://127.0.0.1:{port}", trust_host=True)
     with pytest.raises(RemoteNetworkError, match="Network failure"):
         extract(down, PROMPTS[:1], cache=False, progress=False)
 
@@ -262,5 +293,180 @@ def test_remote_too_slow(remote: Any, server: str, monkeypatch: pytest.MonkeyPat
 
 def test_remote_errors_are_remote_errors() -> None:
     for cls in (NoApiKeyError, ModelNotServedError, VersionMismatchError, RemoteNetworkError,
-                RemoteTimeoutError, ServerError):
+                RemoteTimeoutError, ServerError, InvalidResultError):
         assert issubclass(cls, RemoteError)
+
+
+# ---------------------------------------------------------------------------- hosts
+
+
+def test_host_policy() -> None:
+    """NDIF's own host as is; any other needs trust_host; plain http only on loopback, even trusted."""
+    from nnsight.schema.config import ApiConfig
+
+    ndif = ApiConfig.model_fields["HOST"].default
+    assert backends.default_host() == ndif
+    backends.check_host(ndif)
+    backends.check_host(ndif + "/")
+    trusted_only = ("http://127.0.0.1:8001", "http://localhost:8001", "http://[::1]:8001",
+                    "https://ndif.example.org")
+    for host in trusted_only:
+        with pytest.raises(InputError, match=r"trust_host=True \(CLI --trust-host\)") as refused:
+            backends.check_host(host)
+        assert "run code" in str(refused.value)  # says why: results are unpickled
+        backends.check_host(host, trust_host=True)
+    for host in (ndif.replace("https://", "http://"), "http://10.1.2.3:8001", "http://ndif.example.org"):
+        for trust in (False, True):
+            with pytest.raises(InputError, match="clear text") as refused:
+                backends.check_host(host, trust_host=trust)
+            assert "unpickles" in str(refused.value)
+    for host in ("ftp://ndif.example.org", "api.ndif.us", "https://user@ndif.example.org", "https://h/x"):
+        with pytest.raises(InputError, match="not a URL"):
+            backends.check_host(host, trust_host=True)
+
+
+def test_remote_host_needs_trust(
+    server: str, model_dir: Path, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nnsight import CONFIG
+
+    monkeypatch.setattr(CONFIG.API, "HOST", CONFIG.API.HOST)  # put back afterwards
+    with pytest.raises(InputError, match="trust_host=True"):
+        load_model(str(model_dir), backend="remote", host=server)
+    monkeypatch.setenv("NDIF_HOST", server)  # the environment's host is held to the same rule
+    with pytest.raises(InputError, match="trust_host=True"):
+        load_model(str(model_dir), backend="remote")
+    with pytest.raises(InputError, match="clear text"):
+        load_model(str(model_dir), backend="remote", host="http://192.0.2.1:8001", trust_host=True)
+    assert load_model(str(model_dir), backend="remote", trust_host=True).backend == "remote"
+    monkeypatch.delenv("NDIF_HOST")
+    if backends._NNSIGHT_HOST == backends.default_host():  # nnsight's own setting is NDIF's here
+        load_model(str(model_dir), backend="remote")  # no host: back to NDIF's, no trust needed
+        assert CONFIG.API.HOST == backends.default_host()
+
+
+def test_remote_refuses_a_host_changed_after_loading(
+    remote: Any, server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nnsight's host is process-wide: a job goes only to NDIF's host or one trusted in this process."""
+    from nnsight import CONFIG
+
+    monkeypatch.setattr(CONFIG.API, "HOST", "https://ndif.example.org")
+    with pytest.raises(InputError, match="trust_host=True"):
+        extract(remote, PROMPTS[:1], cache=False, progress=False)
+    monkeypatch.setattr(CONFIG.API, "HOST", "http://192.0.2.1:8001")
+    with pytest.raises(InputError, match="clear text"):
+        extract(remote, PROMPTS[:1], cache=False, progress=False)
+    assert control(server)["jobs"] == 0
+
+
+def test_cli_trust_host(server: str, model_dir: Path, key: str, tmp_path: Path) -> None:
+    from ihs_sight_cli.app import app
+    from typer.testing import CliRunner
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"text": PROMPTS[0], "label": "normal"}) + "\n")
+    args = ["extract", "--model", str(model_dir), "--remote", "--host", server, "--prompts", str(prompts),
+            "--no-cache", "--quiet", "--out", str(tmp_path / "out")]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2, refused.output
+    assert "--trust-host" in refused.output
+    trusted = CliRunner().invoke(app, [*args, "--trust-host"])
+    assert trusted.exit_code == 0, trusted.output
+    assert control(server)["jobs"] == 1
+
+
+# ---------------------------------------------------------------------------- results checked before kept
+
+
+@pytest.mark.parametrize(("fail", "problem"), [
+    ("nan", "has 1 non-finite"),
+    ("shape", r"has shape \[1, 30, 576\], expected \[1, 31, 576\]"),  # one layer short
+])
+def test_remote_invalid_result_is_not_cached(
+    remote: Any, model: Any, server: str, fail: str, problem: str, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    control(server, fail=fail, fail_after=1)  # the first batch is sound, the second is not
+    with pytest.raises(InvalidResultError, match=f"'states' {problem}"):
+        extract(remote, PROMPTS[:2], batch_size=1, cache=tmp_path, progress=False)
+    control(server, fail="none")
+    with caplog.at_level(logging.INFO, logger="ihs_sight.runtime.batches"):
+        done = extract(remote, PROMPTS[:2], batch_size=1, cache=tmp_path, progress=False)
+    assert "1 of 2 prompts loaded" in caplog.text  # the bad batch was not cached ...
+    assert control(server)["jobs"] == 1  # ... so it ran again
+    local = extract(model, PROMPTS[:2], batch_size=1, cache=False, progress=False)
+    assert torch.equal(done.states, local.states)
+
+
+def test_remote_invalid_lens_and_graft_results(remote: Any, model: Any, server: str) -> None:
+    control(server, fail="nan")
+    with pytest.raises(InvalidResultError, match="'lens_probs' has 1 non-finite"):
+        logit_lens(remote, PROMPTS[:2], top_k=3, progress=False)
+    control(server, fail="shape")
+    vec = torch.zeros(model.d_model)
+    with pytest.raises(InvalidResultError, match=r"'top_ids' has shape \[2, 9\], expected \[2, 10\]"):
+        graft(remote, PROMPTS[:2], vec, layer=3, cache=False, progress=False)
+
+
+def test_check_result() -> None:
+    spec = {"x": backends.Expected((2, range(3, 5)), "float"), "ids": backends.Expected((2,), "index", 10)}
+    backends.check_result({"x": torch.zeros(2, 4), "ids": torch.tensor([0, 9])}, spec)
+    bad = [
+        ({"x": torch.zeros(2, 4)}, "not the outputs"),
+        ([torch.zeros(2, 4)], "not the outputs"),
+        ({"x": torch.zeros(2, 5), "ids": torch.tensor([0, 9])}, r"shape \[2, 5\], expected \[2, 3..4\]"),
+        ({"x": torch.zeros(2, 4, dtype=torch.int64), "ids": torch.tensor([0, 9])}, "float dtype"),
+        ({"x": torch.full((2, 4), float("inf")), "ids": torch.tensor([0, 9])}, "8 non-finite"),
+        ({"x": torch.zeros(2, 4), "ids": torch.tensor([0, 10])}, r"outside 0..9"),
+        ({"x": torch.zeros(2, 4), "ids": torch.tensor([0.0, 1.0])}, "torch.int64"),
+        ({"x": "zeros", "ids": torch.tensor([0, 9])}, "not a dense tensor"),
+    ]
+    for result, message in bad:
+        with pytest.raises(InvalidResultError, match=message):
+            backends.check_result(result, spec)
+
+
+# ---------------------------------------------------------------------------- concurrency, the client hooks
+
+
+def test_remote_concurrent_extracts(server: str, model_dir: Path, key: str, model: Any) -> None:
+    """Two remote runs in two threads (as the demo runs two models): each gets its own results and
+    byte count, and nnsight's client is left as it was."""
+    import websocket
+    from nnsight.intervention.backends.remote import RemoteBackend
+
+    connect, finalize = websocket.create_connection, RemoteBackend.finalize
+    alone = load_model(str(model_dir), backend="remote", host=server, trust_host=True)
+    extract(alone, PROMPTS, batch_size=1, cache=False, progress=False)
+    models = [load_model(str(model_dir), backend="remote", host=server, trust_host=True) for _ in range(2)]
+    start = threading.Barrier(len(models))
+    results: dict[int, Any] = {}
+
+    def work(i: int) -> None:
+        start.wait()
+        try:
+            results[i] = extract(models[i], PROMPTS, batch_size=1, cache=False, progress=False)
+        except BaseException as error:  # noqa: BLE001 (reported below)
+            results[i] = error
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(models))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    local = extract(model, PROMPTS, batch_size=1, cache=False, progress=False)
+    for i, m in enumerate(models):
+        assert not isinstance(results[i], BaseException), results[i]
+        assert torch.equal(results[i].states, local.states)
+        # Its own results, counted once (torch.save's random serialisation id moves a few bytes).
+        assert m.bytes_received == pytest.approx(alone.bytes_received, rel=0.01)
+    assert websocket.create_connection is connect
+    assert RemoteBackend.finalize is finalize
+
+
+def test_remote_watch_failure_is_a_remote_error(remote: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure while setting up the job's watch is mapped like any other, not an UnboundLocalError."""
+    monkeypatch.setitem(sys.modules, "websocket", None)  # `import websocket` now fails
+    with pytest.raises(RemoteError, match="websocket"):
+        extract(remote, PROMPTS[:1], cache=False, progress=False)

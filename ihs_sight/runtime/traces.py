@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..backends import run
+from ..backends import Expected, run
 
 if TYPE_CHECKING:
     from ..models import Model
@@ -104,9 +104,20 @@ def last_token_states(
         the ``prob_sum_layers``.
     """
     n = _n_prompts(batch, last)
+    vocab, n_lens = model.vocab_size, len(set(lens_layers))
+    expect: dict[str, Expected] = {}  # what a server's result must be (checked before anything is kept)
+    if states:
+        expect["states"] = Expected((n, model.n_layers + 1, model.d_model), "float")
+    if n_lens:
+        expect["lens_ids"] = Expected((n, n_lens, top_k), "index", vocab)
+        expect["lens_probs"] = expect["lens_logits"] = Expected((n, n_lens, top_k), "float")
+        if category_ids:
+            expect["lens_mass"] = Expected((n, n_lens, len(category_ids)), "float")
+    if prob_sum_layers:
+        expect["prob_sum"] = Expected((vocab,), "float")
     return run(model, functools.partial(_last_token_states, model, batch, last=last, states=states,
                                         lens_layers=lens_layers, top_k=top_k, category_ids=category_ids,
-                                        prob_sum_layers=prob_sum_layers), n_prompts=n)
+                                        prob_sum_layers=prob_sum_layers), n_prompts=n, expect=expect)
 
 
 def _last_token_states(
@@ -216,7 +227,7 @@ def layer_features(
     """
     n = _n_prompts(batch, last)
     return run(model, functools.partial(_layer_features, model, batch, layers, last=last, weights=weights),
-               n_prompts=n)
+               n_prompts=n, expect={"features": Expected((n, len(layers), model.d_model), "float")})
 
 
 def _layer_features(
@@ -279,10 +290,14 @@ def grafted_next_token(
     Returns ``top_ids`` / ``top_probs`` (B, k), ``neg_mass`` / ``pos_mass`` (B,) and, with
     ``keep_logits``, ``logits`` (B, V) float32, rows in the batch's prompt order.
     """
-    n = _n_prompts(batch, last)
+    n, vocab = _n_prompts(batch, last), model.vocab_size
+    expect = {"top_ids": Expected((n, top_k), "index", vocab), "top_probs": Expected((n, top_k), "float"),
+              "neg_mass": Expected((n,), "float"), "pos_mass": Expected((n,), "float")}
+    if keep_logits:
+        expect["logits"] = Expected((n, vocab), "float")
     return run(model, functools.partial(_grafted_next_token, model, batch, last=last, mode=mode, layer=layer,
                                         vecs=vecs, neg_ids=neg_ids, pos_ids=pos_ids, top_k=top_k,
-                                        keep_logits=keep_logits), n_prompts=n)
+                                        keep_logits=keep_logits), n_prompts=n, expect=expect)
 
 
 def _grafted_next_token(
@@ -381,10 +396,13 @@ def grafted_generation(
     prefill that predicts the first new token; later steps see the grafted state only through
     the KV cache of the blocks after the graft, as a prompt-level jailbreak would act.
     """
-    n = int(batch["input_ids"].shape[0])
+    n, width = (int(x) for x in batch["input_ids"].shape)
+    # generate() stops early once every row has ended: 1..max_new_tokens new tokens.
+    new = range(width + min(1, max_new_tokens), width + max_new_tokens + 1)
     ids = run(model, functools.partial(_grafted_generation, model, batch, mode=mode, layer=layer, vecs=vecs,
-                                       max_new_tokens=max_new_tokens, pad_id=pad_id), n_prompts=n)
-    return {"generated": ids[:, batch["input_ids"].shape[1]:]}
+                                       max_new_tokens=max_new_tokens, pad_id=pad_id), n_prompts=n,
+              expect={"generated": Expected((n, new), "index", model.vocab_size)})["generated"]
+    return {"generated": ids[:, width:]}
 
 
 def _grafted_generation(
@@ -396,7 +414,7 @@ def _grafted_generation(
     vecs: torch.Tensor,
     max_new_tokens: int,
     pad_id: int,
-) -> torch.Tensor:
+) -> dict[str, torch.Tensor]:
     import nnsight
 
     blocks = model.blocks()
@@ -424,4 +442,4 @@ def _grafted_generation(
             else:
                 hidden[:, -1] += vecs.to(hidden.device, hidden.dtype)
         generated = nnsight.save(tracer.result.detach().cpu())
-    return generated  # type: ignore[no-any-return]
+    return {"generated": generated}
