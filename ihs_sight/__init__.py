@@ -11,6 +11,7 @@ from __future__ import annotations
 from .deprecations import IhsSightDeprecationWarning, moved
 from .emotions import EmotionProfile, InducedLexicon, Lexicon, induce_lexicon, load_lexicon
 from .errors import (
+    CacheWarning,
     DefaultModelNotInstalledError,
     IhsSightError,
     InputError,
@@ -30,6 +31,7 @@ from .prompts import Prompt, PromptSet, load_prompts, wrap
 __all__ = [
     "ARCHITECTURES",
     "ArchSpec",
+    "CacheWarning",
     "Consistency",
     "DefaultModelNotInstalledError",
     "EmotionProfile",

@@ -29,3 +29,9 @@ class UnsupportedArchitectureError(ModelLoadError):
 
 class RemoteError(IhsSightError):
     """A remote (NDIF) run failed: no key, network, timeout, version or server error."""
+
+
+class CacheWarning(UserWarning):
+    """A cache location could not be used (full disk, read-only, vanished): the computation went on
+    and returned its results, but they were not (all) stored. Not an input error: the arguments
+    were fine."""

@@ -11,8 +11,11 @@ marker of the pair. Directories (a guard bundle) are built under a temporary nam
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -25,10 +28,63 @@ from safetensors.torch import save as st_save
 
 from .errors import InputError
 
+log = logging.getLogger(__name__)
+
 
 def _temp_name(path: Path) -> Path:
     # pid and a random part: two writers (threads or processes) never share a temporary file.
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+STALE_S = 3600.0
+"""A temporary file, or a data file without its JSON, older than this is a dead writer's leftover."""
+_TEMP = re.compile(r"^\..+\.(?:tmp|old)-(\d+)-[0-9a-f]+$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def sweep(directory: Path, *, now: float | None = None) -> int:
+    """Delete dead writers' leftovers in ``directory``; returns how many.
+
+    A temporary file or directory of this module (``.name.tmp-<pid>-<id>``, and the
+    ``.name.old-<pid>-<id>`` a directory replacement moves aside) is a dead writer's when its
+    process is gone or it is older than :data:`STALE_S`; a ``.safetensors`` without its ``.json``
+    counts only when older than :data:`STALE_S` (a live writer writes the JSON right after it).
+    A live writer's files are never touched.
+    """
+    now = time.time() if now is None else now
+    removed = 0
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return 0
+    for path in entries:
+        try:
+            age = now - path.stat().st_mtime
+            match = _TEMP.match(path.name)
+            if match:
+                stale = not _alive(int(match.group(1))) or age > STALE_S
+            else:
+                stale = path.suffix == ".safetensors" and not path.with_suffix(".json").exists() and age > STALE_S
+            if stale:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                removed += 1
+        except OSError:  # vanished meanwhile, or not ours to delete
+            continue
+    if removed:
+        log.info("swept %d leftover file(s) of interrupted writers from %s", removed, directory)
+    return removed
 
 
 def write_bytes(path: str | Path, data: bytes, *, fsync: bool = True) -> Path:

@@ -13,11 +13,14 @@ of block ``l`` (``blocks[l-1].output``), with no final norm.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
+import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,25 +145,76 @@ def _merge_aligned_adapter(hf: Any) -> Any:
 
 
 def _file_digest(path: Path) -> str:
+    """sha256 of a file, hashed once: remembered in the user cache under its path, size and mtime."""
+    st = path.stat()
+    memo = cache_dir() / "digests" / f"{hashlib.sha256(str(path).encode()).hexdigest()[:24]}.json"
+    key = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    try:
+        known = json.loads(memo.read_text(encoding="utf-8"))
+        if {k: known.get(k) for k in key} == key and isinstance(known.get("sha256"), str):
+            return str(known["sha256"])
+    except (OSError, ValueError):
+        pass
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    try:
+        io.write_json(memo, {**key, "sha256": digest})
+    except OSError:  # a read-only cache: hash again next time
+        pass
+    return digest
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (a lock file) while converting: the second process waits, then
+    finds the finished copy. ``fcntl`` where it exists (POSIX); elsewhere no lock."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+b") as f:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            yield
+            return
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def gguf_to_safetensors(gguf: Path) -> Path:
     """Dequantise a GGUF file once into a plain safetensors directory in the user cache.
 
     GGUF dequantisation takes ~20 s for the default model; the cached copy loads in about a
-    second. The directory is keyed by the GGUF file's sha256 and written atomically.
+    second. The directory is keyed by the GGUF file's sha256 (hashed once per file version), built
+    under a temporary name and renamed into place, and converted by one process at a time (a lock
+    file): a second process waits and then loads the finished copy.
+
+    Raises:
+        ModelLoadError: the file cannot be read as GGUF, or the copy cannot be written.
     """
+    try:
+        digest = _file_digest(gguf)[:16]
+        target = cache_dir() / "models" / f"{gguf.stem}-{digest}"
+        if (target / ".complete").is_file():
+            return target
+        with _locked(target.with_name(f".{target.name}.lock")):
+            if (target / ".complete").is_file():  # another process finished it while we waited
+                return target
+            io.sweep(target.parent)  # temporary directories of killed conversions
+            return _dequantise(gguf, target, digest)
+    except OSError as e:  # a full disk or an unwritable cache, as a typed error
+        raise ModelLoadError(f"Could not prepare the cached copy of {gguf}: {e}. Free disk space or set "
+                             "IHS_SIGHT_CACHE to a writable directory.") from e
+
+
+def _dequantise(gguf: Path, target: Path, digest: str) -> Path:
+    """Load the GGUF file once and write it as a safetensors directory at ``target`` (under a temporary name)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    digest = _file_digest(gguf)[:16]
-    target = cache_dir() / "models" / f"{gguf.stem}-{digest}"
-    if (target / ".complete").is_file():
-        return target
     log.info("dequantising %s into %s (once)", gguf, target)
     t0 = time.perf_counter()
     try:
@@ -201,11 +255,23 @@ def resolve_device(device: str | None) -> str:
     """A device string, checked (``None``: CUDA when available, else the CPU)."""
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if not isinstance(device, str):
+        raise InputError(f"device must be a string such as 'cpu', 'cuda', 'cuda:1' or 'auto', got {device!r}.")
+    if device == "auto":
+        return device
     try:
-        torch.device(device)
+        parsed = torch.device(device)
     except RuntimeError:
-        if device != "auto":
-            raise InputError(f"Unknown device {device!r}; use e.g. 'cpu', 'cuda', 'cuda:1' or 'auto'.") from None
+        raise InputError(f"Unknown device {device!r}; use e.g. 'cpu', 'cuda', 'cuda:1' or 'auto'.") from None
+    # Checked before any weight is read: a missing GPU should not cost a model load to find out.
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device={device!r} but this machine has no usable CUDA device (torch "
+                             f"{torch.__version__}); use device='cpu'.")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise InputError(f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) exist.")
+    elif parsed.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise InputError(f"device={device!r} but MPS is not available here; use device='cpu'.")
     return device
 
 
@@ -328,6 +394,8 @@ def weights_hash(module: torch.nn.Module) -> str:
     if any(t.device.type == "meta" for t in state.values()):
         config: Any = getattr(module, "config", None)
         h.update(repr(sorted(config.to_dict().items()) if config is not None else "").encode())
+        # to_dict() leaves out the Hub revision; a new revision on the server is new weights.
+        h.update(f"revision={getattr(config, '_commit_hash', None)}".encode())
     return h.hexdigest()
 
 
@@ -370,10 +438,12 @@ def _load_hf(path_or_id: str, gguf_file: str | None, device: str, dtype: torch.d
     try:
         tok = AutoTokenizer.from_pretrained(path_or_id, **({"gguf_file": gguf_file} if gguf_file else {}))
         hf = AutoModelForCausalLM.from_pretrained(path_or_id, **kwargs)
-    except (OSError, ValueError, KeyError) as e:
-        raise ModelLoadError(f"Could not load model {path_or_id!r}: {e}") from e
-    if device != "auto":
-        hf = hf.to(device)
+        if device != "auto":
+            hf = hf.to(device)
+    except (OSError, ValueError, KeyError, ImportError, RuntimeError, AssertionError, TypeError) as e:
+        # transformers raises all of these for unreadable, incomplete or unsupported checkpoints
+        # (a missing optional package is an ImportError, an out-of-memory move a RuntimeError).
+        raise ModelLoadError(f"Could not load model {path_or_id!r}: {type(e).__name__}: {e}") from e
     hf.eval()
     return hf, tok
 

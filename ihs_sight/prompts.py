@@ -577,6 +577,15 @@ class EncodedPrompts:
         return self.prompts.texts
 
     @property
+    def row_keys(self) -> list[str]:
+        """(n_prompts,) hash of each prompt's token ids: what a cached row is stored under.
+
+        The ids carry the template, the system prompt and the tokenizer's own splitting, so a
+        row computed with another tokenizer (or an edited ``tokenizer.json``) is never reused.
+        """
+        return [hashlib.sha256(",".join(map(str, row)).encode()).hexdigest()[:32] for row in self.ids]
+
+    @property
     def lengths(self) -> list[int]:
         return [len(r) for r in self.ids]
 

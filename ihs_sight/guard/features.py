@@ -79,7 +79,7 @@ def layer_features(
     stores = []
     if root is not None:
         stores.append(Store(TensorCache(root, {
-            "kind": "guard_features", "pool": pool, "start": start, "layers": layer_list,
+            "kind": "guard_features", "rows": "token-ids", "pool": pool, "start": start, "layers": layer_list,
             "weights": model.weights_hash, "template": encoded.template, "system_prompt": system_prompt,
             "chat": chat, "dtype": dtype_name(model)}), ("features",)))
 

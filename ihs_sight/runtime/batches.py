@@ -207,16 +207,18 @@ def run_batches(
         batch_size: prompts per forward pass (packed: rows per forward pass).
         pack: row width in tokens to pack prompts into (``None``: left-padded batches).
         compile: run the blocks compiled while the loop runs (local models).
-        stores: caches of some outputs; a prompt runs when any store lacks it, and each store
-            receives the rows it lacked. Cached values take precedence over recomputed ones.
+        stores: caches of some outputs, rows keyed by the hash of the prompt's token ids; a prompt
+            runs when any store lacks it, and each store receives the rows it lacked. Cached values
+            take precedence over recomputed ones.
         reduce: outputs summed over batches (not rows; nothing cached).
-        dedupe: compute the same text once (``False`` when rows carry per-prompt inputs
-            besides the text, or every occurrence must count in a ``reduce``).
+        dedupe: compute the same token ids once (``False`` when rows carry per-prompt inputs
+            besides the prompt, or every occurrence must count in a ``reduce``; then nothing is
+            cached either).
         desc: the progress bar's label.
         progress: show a progress bar (ignored when ``bar`` is given).
         bar: a tqdm bar shared by several loops; advanced by prompts.
     """
-    hashes = encoded.hashes if dedupe else [str(i) for i in range(len(encoded))]
+    hashes = encoded.row_keys if dedupe else [str(i) for i in range(len(encoded))]
     positions: dict[str, list[int]] = {}
     for i, h in enumerate(hashes):
         positions.setdefault(h, []).append(i)

@@ -7,6 +7,12 @@ lookup only needs prompt hashes. Writes are atomic (temp file, then rename; the 
 written last and is the commit marker), so an interrupted run leaves whole entries only and
 resumes without redoing them. A corrupted or truncated entry is detected by its checksum,
 logged as a warning, deleted and recomputed — never used.
+
+A cache that cannot be used (a full disk, a read-only or vanished directory) is not the user's
+input error: it gives one :class:`~ihs_sight.errors.CacheWarning` per cache, stops writing, and
+the computation goes on and returns its results. Temporary files of writers that are gone (their
+process has ended, or older than :data:`STALE_S`) and data files whose JSON commit marker never
+came are swept when a cache directory is opened; a live writer's files are never touched.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +29,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .. import io
+from ..errors import CacheWarning
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +48,24 @@ class TensorCache:
     def __init__(self, root: Path, context: dict[str, Any]) -> None:
         self.dir = root / context_key(context)
         self.context = context
+        self.usable = True
+        """False once a write failed: later rows are computed but no longer stored."""
+        io.sweep(self.dir)
 
+    def _unusable(self, error: OSError) -> None:
+        if self.usable:
+            warnings.warn(CacheWarning(f"The states cache at {self.dir} cannot be written ({error}); the results "
+                                       "are returned but not stored. Free space or pass cache= another directory."),
+                          stacklevel=4)
+        self.usable = False
     def _index(self) -> dict[str, tuple[Path, int]]:
         index: dict[str, tuple[Path, int]] = {}
-        if not self.dir.is_dir():
+        try:
+            metas = sorted(self.dir.glob("*.json")) if self.dir.is_dir() else []
+        except OSError as e:
+            self._unusable(e)
             return index
-        for meta_path in sorted(self.dir.glob("*.json")):
+        for meta_path in metas:
             try:
                 meta = json.loads(meta_path.read_text(encoding="utf-8"))
                 hashes = meta["rows"]
@@ -63,7 +83,7 @@ class TensorCache:
         for suffix in (".safetensors", ".json"):
             try:
                 stem.with_suffix(suffix).unlink()
-            except FileNotFoundError:
+            except OSError:  # already gone, or a read-only directory: nothing more to do
                 pass
 
     def _read_entry(self, stem: Path) -> dict[str, torch.Tensor] | None:
@@ -99,14 +119,20 @@ class TensorCache:
         return found
 
     def put(self, hashes: list[str], tensors: dict[str, torch.Tensor]) -> None:
-        """Store one batch: ``tensors[name]`` has one row per hash."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        """Store one batch: ``tensors[name]`` has one row per hash (a :class:`CacheWarning`, once, if it cannot)."""
+        if not self.usable:
+            return
         stem = self.dir / hashlib.sha256("|".join(hashes).encode()).hexdigest()[:32]
         data = st_save({k: v.contiguous() for k, v in tensors.items()})
-        io.write_bytes(stem.with_suffix(".safetensors"), data)
         meta = {"version": FORMAT_VERSION, "rows": hashes, "sha256": hashlib.sha256(data).hexdigest(),
                 "context": self.context}
-        io.write_json(stem.with_suffix(".json"), meta, indent=None)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            io.write_bytes(stem.with_suffix(".safetensors"), data)
+            io.write_json(stem.with_suffix(".json"), meta, indent=None)
+        except OSError as e:
+            self._drop(stem)  # no data file without its commit marker
+            self._unusable(e)
 
     def entries(self) -> list[Path]:
         """The safetensors files of this context (for inspection and tests)."""

@@ -99,7 +99,7 @@ def run_meta(model: Model, encoded: EncodedPrompts) -> ExtractMeta:
 
 def states_context(model: Model, encoded: EncodedPrompts, kind: str) -> dict[str, object]:
     """The cache context of rows computed from these prompts on this model (see :mod:`.cache`)."""
-    return {"kind": kind, "weights": model.weights_hash, "template": encoded.template,
+    return {"kind": kind, "rows": "token-ids", "weights": model.weights_hash, "template": encoded.template,
             "system_prompt": encoded.system_prompt, "chat": encoded.chat, "dtype": dtype_name(model),
             "n_layers": model.n_layers, "d_model": model.d_model}
 
