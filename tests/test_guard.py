@@ -243,17 +243,43 @@ def test_score_rejects_bad_prompts(guard: Guard) -> None:
         guard.score(["fine", ""])
 
 
-def test_jailbreak_signal_combines_guard_and_lens(model: ihs.Model, guard: Guard, data: ihs.PromptSet) -> None:
-    prompts = data.jailbreak.sample(6, random_state=0)
-    sig = guard.jailbreak_signal(prompts, band=(12, 18))
-    lens = ihs.logit_lens(model, prompts, top_k=1, layers=list(range(12, 19)), progress=False)
-    pos, neg = lens.categories.index("positive"), lens.categories.index("negative")
-    expected = (lens.emotion_mass[..., pos] - lens.emotion_mass[..., neg]).mean(1)
-    np.testing.assert_allclose(sig.emotion_score, expected.numpy(), atol=1e-7)
-    assert sig.recognised == guard.score(prompts).flagged
-    assert sig.signal == [r and e > 0 for r, e in zip(sig.recognised, sig.emotion_score)]
+def test_jailbreak_signal_equals_a_hand_computation_on_a_tiny_model(data: ihs.PromptSet) -> None:
+    """Recognised (the guard's probe at its layer) and not converted (lens emotion mass over the band),
+    each recomputed here from a plain transformers forward of a tiny random model."""
+    from transformers import AutoTokenizer
+
+    from ihs_sight.models import default_gguf_path, gguf_to_safetensors
+
+    from .test_models import _tiny
+
+    tok = AutoTokenizer.from_pretrained(gguf_to_safetensors(default_gguf_path()))
+    hf = _tiny("LlamaForCausalLM")
+    tiny = ihs.load_model(hf, tokenizer=tok)
+    train = data.train.normal.sample(12, random_state=3) + data.train.malicious.sample(12, random_state=3)
+    g = Guard.fit(tiny, train, layer=2, pool="last", cv=2, cv_repeats=1, C=0.1, chat=False, cache=False,
+                  progress=False)
+    prompts = data.jailbreak.sample(4, random_state=0) + data.test.normal.sample(2, random_state=0)
+    sig = g.jailbreak_signal(prompts, band=(1, 2))
+    lex = ihs.load_lexicon().token_ids(tok)
+    pos, neg = torch.tensor(lex["positive"]), torch.tensor(lex["negative"])
+    w = g.probe.coef_[0]
+    for i, ids in enumerate(encode(tok, prompts.texts, chat=False)):
+        with torch.no_grad():
+            out = hf(torch.tensor([ids]), output_hidden_states=True)
+        feats = out.hidden_states[2][0, -1]  # layer 2 = block 2's output (not the last layer: no final norm)
+        z = (feats - g.probe.mean_[0]) / g.probe.scale_[0]
+        p_mal = torch.sigmoid((z.double() @ w.double().reshape(-1)) + g.probe.intercept_[0].double().reshape(-1)[0])
+        assert sig.p_malicious[i] == pytest.approx(float(p_mal), abs=1e-5)
+        assert sig.recognised[i] == (sig.p_malicious[i] > g.threshold)
+        scores = []
+        for layer in (1, 2):
+            h = out.hidden_states[layer][0, -1]
+            probs = torch.softmax(hf.lm_head(hf.model.norm(h)).float(), -1)
+            scores.append(float((probs[pos].sum() - probs[neg].sum()).detach()))
+        assert sig.emotion_score[i] == pytest.approx(sum(scores) / 2, abs=1e-6)
+        assert sig.signal[i] == (sig.recognised[i] and sig.emotion_score[i] > 0)
     rows = sig.rates("family")
-    assert sum(r.n for r in rows) == 6 and {r.group for r in rows} <= set(prompts.families)
+    assert sum(r.n for r in rows) == 6
 
 
 def test_evaluate_reports_rates(guard: Guard, data: ihs.PromptSet) -> None:
