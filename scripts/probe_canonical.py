@@ -10,7 +10,11 @@ malicious only: no jailbreak and no wrapped prompt is ever seen), then reports:
   at the layer chosen on the held-out split (never on jailbreak data).
 
 Usage:
-    python scripts/probe_canonical.py out/probe_canonical.json [--cache DIR] [--threshold 0.95]
+    python scripts/probe_canonical.py [docs/probe_canonical.json] [--cache DIR] [--threshold 0.95] [--loco]
+
+The README's probe table is read from ``docs/probe_canonical.json`` (``tests/test_readme.py``
+checks they agree). Each probe's accuracy is reported beside the surface baselines fit on the
+same split (bag-of-words, form only) and its lift over the better of them.
 
 Writes the JSON summary (with both full reports), plus ``<out>.accuracy.png`` (held-out
 accuracy per layer) and ``<out>.families.png`` (share of each family flagged malicious).
@@ -56,7 +60,8 @@ def _jailbreak_summary(report: ProbeReport, name: str, layer: int) -> dict[str, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", type=Path, help="where to write the JSON summary")
+    parser.add_argument("out", type=Path, nargs="?", default=Path(__file__).resolve().parents[1] / "docs" /
+                        "probe_canonical.json", help="where to write the JSON summary (the README's source)")
     parser.add_argument("--cache", default=None, help="states cache directory (default: the user cache)")
     parser.add_argument("--threshold", type=float, default=0.95)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
@@ -96,14 +101,23 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
     }
+    base = held_out.baselines
+    summary["surface_baselines"] = None if base is None else {k: round(v, 4) for k, v in base.accuracy.items()}
+    early = [layer for layer in held_out.layers if layer <= limit]
     for name, s in held_out.scores.items():
         first = s.first_layer
+        best_early = max(early, key=lambda layer: (s.accuracy[held_out.layers.index(layer)], -layer))
+        lift = held_out.lift[name] if held_out.lift is not None else None
         summary["held_out"][name] = {  # type: ignore[index]
             "accuracy": [round(a, 4) for a in s.accuracy],
+            "lift_over_surface_baseline": None if lift is None else [round(v, 4) for v in lift],
+            "best_early_layer": best_early,
+            "best_early_accuracy": round(s.accuracy[held_out.layers.index(best_early)], 4),
             "first_layer_at_threshold": first,
             "first_layer_within_L_over_3": first is not None and first <= limit,
             "best_layer": s.best_layer,
-            "best_accuracy": s.accuracy[held_out.layers.index(s.best_layer)],
+            "best_accuracy": round(s.accuracy[held_out.layers.index(s.best_layer)], 4),
+            "lift_at_best": None if lift is None else round(lift[held_out.layers.index(s.best_layer)], 4),
             "fpr_at_best": None if s.fpr is None else s.fpr[held_out.layers.index(s.best_layer)],
             "fnr_at_best": None if s.fnr is None else s.fnr[held_out.layers.index(s.best_layer)],
         }
