@@ -34,18 +34,30 @@ for _name, (_help, _fn) in COMMANDS.items():
 app.add_typer(guard_app, name="guard", short_help="Early-exit safety guard: fit a guard, score prompts.")
 
 
-@app.command("demo", help="Launch the web demo (binds 127.0.0.1 unless --host says otherwise).\n\n" + EXIT_CODES_HELP,
+@app.command("demo", help="Launch the web demo (binds 127.0.0.1 unless --host says otherwise). It serves the "
+             "bundled models only; --allow-models lets web clients load others.\n\n" + EXIT_CODES_HELP,
              short_help="Launch the web demo on 127.0.0.1.")
 def demo_cmd(
-    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Interface to bind. Anything but loopback lets whoever reaches the port "
+                                           "run models on this machine (a warning says so).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: a free one).")] = 7860,
+    allow_models: Annotated[list[str] | None, typer.Option(
+        "--allow-models", metavar="PATTERN",
+        help="Let web clients load models whose name (local path or Hub id) matches this fnmatch pattern, "
+             "e.g. 'HuggingFaceTB/*' or '/data/models/*' (quote it); repeat it or give a comma list. "
+             "Default: the bundled models only.")] = None,
 ) -> None:
     try:
-        from ihs_sight_demo.app import launch
+        from ihs_sight_demo.app import exposure_warning, free_port, launch
     except ImportError as e:
         typer.echo(f"error: the demo is not available: {e}", err=True)
         raise typer.Exit(1) from None
-    launch(host=host, port=port)
+    patterns = [p.strip() for value in allow_models or [] for p in value.split(",") if p.strip()]
+    port = port or free_port(host)
+    warning = exposure_warning(host, port)
+    if warning:
+        typer.echo(warning, err=True)  # one line on stderr; launch() would log it again
+    launch(host=host, port=port, allow_models=patterns, warn=False)
 
 
 def main() -> None:

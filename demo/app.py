@@ -19,11 +19,19 @@ beside the plots: probabilities and accuracies rounded to :data:`DECIMALS` place
 masses to :data:`MASS_DIGITS` significant digits. A bad input never raises: the tab's
 message line says what to change. Models, probes and reports live in a shared
 :class:`ihs_sight_demo.state.Workbench`, so each model is loaded once per process.
+
+What a web client can do is bounded on the server, not by the widgets (a client may send any
+value): only the bundled models load unless the operator passes ``allow_models`` patterns
+(``ihs-sight demo --allow-models PATTERN``), every callback checks the name against them
+before anything is loaded, and the messages a client sees carry no server paths
+(:func:`ihs_sight_demo.state.public_message`). :func:`launch` warns when it binds anything but
+loopback: whoever reaches the port can run models on the machine.
 """
 
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 import os
 import socket
@@ -43,7 +51,7 @@ from ihs_sight.graft import graft
 from ihs_sight.lens import logit_lens, middle_band
 from ihs_sight.plots.lens import display_token
 
-from .state import BUNDLED_MODELS, CLASSIFIER, COMPARE_SETS, Workbench
+from .state import BUNDLED_MODELS, CLASSIFIER, COMPARE_SETS, PublicError, Workbench, public_message
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +82,20 @@ _DEFAULT_WORKBENCH: Workbench | None = None
 _DEFAULT_LOCK = threading.Lock()
 
 
-def default_workbench() -> Workbench:
-    """The process-wide workbench the app uses when none is given."""
+def default_workbench(allow_models: Sequence[str] | None = None) -> Workbench:
+    """The process-wide workbench the app uses when none is given.
+
+    Args:
+        allow_models: its ``allow_models`` patterns when this call creates it (default: none,
+            the bundled models only); an existing one with other patterns is an error.
+    """
     global _DEFAULT_WORKBENCH
     with _DEFAULT_LOCK:
         if _DEFAULT_WORKBENCH is None:
-            _DEFAULT_WORKBENCH = Workbench()
+            _DEFAULT_WORKBENCH = Workbench(allow_models=allow_models or ())
+        elif allow_models is not None and tuple(allow_models) != _DEFAULT_WORKBENCH.allow_models:
+            raise InputError("The demo's workbench exists already with other allowed models; "
+                             "pass workbench=Workbench(allow_models=...) instead.")
         return _DEFAULT_WORKBENCH
 
 
@@ -105,13 +121,15 @@ def _text(value: Any, what: str) -> str:
     return text
 
 
-def _model_name(value: Any) -> str:
+def _model_name(value: Any, wb: Workbench) -> str:
+    """The picked model's name, if ``wb`` serves it: checked here, whatever the widget allowed."""
     name = value.strip() if isinstance(value, str) else ""
     if not name:
-        raise InputError(f"Pick a model ({', '.join(BUNDLED_MODELS)}) or type a local path or Hub id.")
+        more = " or type another name this server allows" if wb.custom_names else ""
+        raise InputError(f"Pick a model ({', '.join(wb.offered())}){more}.")
     if len(name) > MAX_MODEL_NAME_CHARS:
         raise InputError(f"The model name has {len(name)} characters; at most {MAX_MODEL_NAME_CHARS} are accepted.")
-    return name
+    return wb.check(name)
 
 
 def _integer(value: Any, what: str, low: int, high: int) -> int:
@@ -136,7 +154,8 @@ def _friendly(n_outputs: int, keep: Sequence[int] = ()) -> Callable[[F], F]:
     """Turn any exception into a message in the tab's last output.
 
     The other outputs are cleared (stale plots next to an error would mislead), except those
-    whose index is in ``keep``, which are left as they are.
+    whose index is in ``keep``, which are left as they are. The message is the error's
+    client-safe text (:func:`_shown`); the full error goes to the server's log only.
     """
 
     def decorate(fn: F) -> F:
@@ -145,12 +164,12 @@ def _friendly(n_outputs: int, keep: Sequence[int] = ()) -> Callable[[F], F]:
             try:
                 return fn(*args, **kwargs)
             except ModelLoadError as e:
-                message = f"⚠️ The model could not be loaded. {e}"
+                message = f"⚠️ The model could not be loaded. {_shown(e)}"
             except IhsSightError as e:
-                message = f"⚠️ {e}"
+                message = f"⚠️ {_shown(e)}"
             except Exception as e:  # the server must survive anything a request triggers
                 log.exception("demo callback %s failed", fn.__name__)
-                message = (f"⚠️ Something went wrong ({type(e).__name__}: {e}). "
+                message = (f"⚠️ Something went wrong ({type(e).__name__}: {_shown(e)}). "
                            "The demo is still running; try another input.")
             cleared = [gr.skip() if i in keep else None for i in range(n_outputs - 1)]
             return (*cleared, message)
@@ -158,6 +177,16 @@ def _friendly(n_outputs: int, keep: Sequence[int] = ()) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+class _NothingToCompare(PublicError, InputError):
+    """Every model of a Compare request failed; the message lists their (client-safe) errors."""
+
+
+def _shown(error: BaseException) -> str:
+    """What a web client sees of ``error``: its message as it is when the workbench made it safe, else
+    :func:`ihs_sight_demo.state.public_message` (first line, no server paths)."""
+    return str(error) if isinstance(error, PublicError) else public_message(error)
 
 
 # ---------------------------------------------------------------------------- callbacks
@@ -172,7 +201,7 @@ class Callbacks:
     @_friendly(3, keep=(1,))
     def load(self, model_name: str) -> tuple[str, Any, str]:
         """Load the picked model: a line describing it, and the Graft layer slider fitted to its depth."""
-        name = _model_name(model_name)
+        name = _model_name(model_name, self.wb)
         model = self.wb.model(name, retry=True)
         lo, _ = middle_band(model.n_layers)
         slider = gr.Slider(minimum=0, maximum=model.n_layers, value=lo)
@@ -184,7 +213,7 @@ class Callbacks:
     def probe(self, model_name: str, prompt: str) -> tuple[pd.DataFrame, pd.DataFrame, str, str]:
         """P(malicious) per layer for one prompt, and the verdict at the probe's best layer."""
         started = time.perf_counter()
-        name, text = _model_name(model_name), _text(prompt, "prompt")
+        name, text = _model_name(model_name, self.wb), _text(prompt, "prompt")
         fit = self.wb.probe_fit(name)
         model = self.wb.model(name)
         with self.wb.running(name):
@@ -207,7 +236,7 @@ class Callbacks:
     def guard(self, model_name: str, prompt: str) -> tuple[pd.DataFrame, str, str]:
         """The early-exit guard's decision and the jailbreak signal for one prompt."""
         started = time.perf_counter()
-        name, text = _model_name(model_name), _text(prompt, "prompt")
+        name, text = _model_name(model_name, self.wb), _text(prompt, "prompt")
         g = self.wb.guard(name)
         with self.wb.running(name):
             sig = g.jailbreak_signal([text])
@@ -236,7 +265,7 @@ class Callbacks:
     def lens(self, model_name: str, prompt: str, top_k: float) -> tuple[Any, Any, pd.DataFrame, pd.DataFrame, str]:
         """The prompt's logit lens: top-k tokens per layer and emotion mass per layer."""
         started = time.perf_counter()
-        name, text = _model_name(model_name), _text(prompt, "prompt")
+        name, text = _model_name(model_name, self.wb), _text(prompt, "prompt")
         k = _integer(top_k, "top-k", 1, MAX_TOP_K)
         model = self.wb.model(name)
         with self.wb.running(name):
@@ -265,7 +294,7 @@ class Callbacks:
     ) -> tuple[pd.DataFrame, str, str, str, Any, str]:
         """Graft at one layer: next-token top-k and greedy continuations before and after."""
         started = time.perf_counter()
-        name, text = _model_name(model_name), _text(prompt, "prompt")
+        name, text = _model_name(model_name, self.wb), _text(prompt, "prompt")
         n_new = _integer(new_tokens, "New tokens", 1, MAX_NEW_TOKENS)
         model = self.wb.model(name)
         at = _integer(layer, "The graft layer", 0, model.n_layers)
@@ -306,7 +335,9 @@ class Callbacks:
     def compare(self, models: Sequence[str] | None, n_prompts: float) -> tuple[pd.DataFrame, pd.DataFrame, str]:
         """Probe accuracy against the layer on the canonical test split, per set, for each model."""
         started = time.perf_counter()
-        names = [_model_name(m) for m in (models or [])]
+        if models is not None and (isinstance(models, str) or not isinstance(models, Sequence)):
+            raise InputError("The models to compare must be a list of names.")
+        names = list(dict.fromkeys(_model_name(m, self.wb) for m in (models or [])))
         if not names:
             raise InputError(f"Tick at least one model to compare ({', '.join(BUNDLED_MODELS)}).")
         total = len(self.wb.test_set())
@@ -320,7 +351,7 @@ class Callbacks:
             try:
                 report, prompts = self.wb.test_report(name, n)
             except IhsSightError as e:  # one model failing must not hide the others
-                problems.append(f"⚠️ {name}: {e}")
+                problems.append(f"⚠️ {name}: {_shown(e)}")
                 continue
             scored = len(prompts)
             layers = report.layers
@@ -334,7 +365,7 @@ class Callbacks:
                 wide[series] = [round(v, DECIMALS) for v in values]
                 long_rows += [{"layer": layer, "accuracy": v, "series": series} for layer, v in zip(layers, wide[series])]
         if not wide:
-            raise InputError(" ".join(problems) or "Nothing to compare.")
+            raise _NothingToCompare(" ".join(problems).removeprefix("⚠️ ") or "Nothing to compare.")
         table = pd.DataFrame({"layer": layers, **wide})
         note = f" ({scored} test prompts per model)" + ("\n\n" + "\n\n".join(problems) if problems else "")
         return pd.DataFrame(long_rows), table, _done(started, note)
@@ -367,9 +398,11 @@ def build_app(workbench: Workbench | None = None) -> gr.Blocks:
     with gr.Blocks(title="ihs-sight demo") as app:
         gr.Markdown(_INTRO)
         with gr.Row():
+            offered = wb.offered()
             model_name = gr.Dropdown(
-                choices=list(BUNDLED_MODELS), value=BUNDLED_MODELS[0], allow_custom_value=True, label="Model",
-                info="default, default-aligned, or type a local path or Hub id", elem_id="model_picker", scale=2,
+                choices=offered, value=offered[0], allow_custom_value=wb.custom_names, label="Model",
+                info=", ".join(offered) + (", or type another model this server allows" if wb.custom_names else ""),
+                elem_id="model_picker", scale=2,
             )
             with gr.Column(scale=3):
                 model_status = gr.Markdown(elem_id="model_status")
@@ -441,7 +474,7 @@ def build_app(workbench: Workbench | None = None) -> gr.Blocks:
             with gr.Tab("Compare", id="compare", elem_id="tab_compare"):
                 total = len(wb.test_set())
                 with gr.Row():
-                    compare_models = gr.CheckboxGroup(list(BUNDLED_MODELS), value=list(BUNDLED_MODELS),
+                    compare_models = gr.CheckboxGroup(offered, value=list(BUNDLED_MODELS),
                                                       label="models (base vs aligned)", elem_id="compare_models")
                     compare_n = gr.Slider(MIN_COMPARE_PROMPTS, total, value=total, step=1, precision=0,
                                           label=f"test prompts (label-stratified sample; {total} = the whole "
@@ -504,21 +537,54 @@ def _warm(wb: Workbench, name: str) -> None:
         log.warning("could not prepare model %r in the background: %s", name, e)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` serves this machine only (``localhost``, ``127.0.0.0/8``, ``::1``)."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_warning(host: str, port: int) -> str | None:
+    """The warning :func:`launch` gives when ``host`` is not loopback; ``None`` when it is."""
+    if is_loopback(host):
+        return None
+    return (f"warning: the demo binds {host}:{port}, not loopback: anyone who can reach this port can run "
+            "models on this machine (its CPU, memory and disk), with no authentication.")
+
+
 def launch(host: str = "127.0.0.1", port: int = 7860, *, workbench: Workbench | None = None,
-           preload: Sequence[str] = ("default",)) -> None:
+           preload: Sequence[str] = ("default",), allow_models: Sequence[str] | None = None,
+           warn: bool = True) -> None:
     """Serve the demo until interrupted (``ihs-sight demo``). Never shared publicly.
 
     Args:
-        host: interface to bind; the default serves this machine only.
+        host: interface to bind; the default serves this machine only. Anything but loopback
+            logs :func:`exposure_warning`.
         port: TCP port (0: any free one).
         workbench: where models and probes are kept (default: the process-wide one).
         preload: models to load, and whose probes to fit, in the background at start.
+        allow_models: fnmatch-style patterns of model names (local paths, Hub ids) clients may
+            load besides the bundled ones (``Workbench(allow_models=...)``); default: none.
+            Not with ``workbench`` (give the workbench its patterns).
+        warn: log the exposure warning (the CLI prints it itself and passes ``False``).
     """
-    wb = workbench or default_workbench()
+    if workbench is not None and allow_models:
+        raise InputError("Pass allow_models to the Workbench you give, not to launch().")
+    wb = workbench or default_workbench(allow_models)
+    port = port or free_port(host)
+    message = exposure_warning(host, port)
+    if message and warn:
+        log.warning("%s", message)
     app = build_app(wb)
     for name in preload:
-        threading.Thread(target=_warm, args=(wb, name), name=f"warm-{name}", daemon=True).start()
-    app.launch(server_name=host, server_port=port or free_port(host), share=False, show_error=False)
+        if wb.allowed(name):
+            threading.Thread(target=_warm, args=(wb, name), name=f"warm-{name}", daemon=True).start()
+    app.launch(server_name=host, server_port=port, share=False, show_error=False)
 
 
-__all__ = ["Callbacks", "build_app", "default_workbench", "free_port", "launch", "load_counts"]
+__all__ = ["Callbacks", "build_app", "default_workbench", "exposure_warning", "free_port", "is_loopback", "launch",
+           "load_counts"]

@@ -16,7 +16,16 @@ only read from it), so that:
 4. each model's early-exit guard (:class:`ihs_sight.guard.Guard`) is fitted once on the same
    train prompts and kept in memory and on disk (``Guard.save``), keyed like the probe;
 5. the Compare tab's reports (that probe scored on the canonical test split) are computed
-   on request and kept in memory.
+   on request and kept in memory;
+6. only the bundled models load unless the operator opts in: ``allow_models`` holds
+   fnmatch-style patterns of further names (local paths, Hub ids), and every entry point
+   (:meth:`Workbench.model`, ``probe_fit``, ``guard``, ``test_report``) refuses any other name
+   before it loads or locks anything (:class:`ModelRefusedError`). The widget's list is not
+   trusted: a web client can send any string;
+7. a failed load is remembered as a client-safe message (:func:`public_message`: its first
+   line, server paths replaced), never as the exception, whose traceback would keep the
+   loader's locals (a whole model, for an unsupported architecture) alive; at most
+   :data:`MAX_FAILURES` of them, least recently used dropped first.
 
 The train split's hidden states go through the library's states cache (``cache=``), so a
 second process, or the tests, reuse them.
@@ -27,16 +36,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TypeVar
 
 import ihs_sight as ihs
-from ihs_sight.errors import IhsSightError, InputError
+from ihs_sight.errors import IhsSightError, InputError, ModelLoadError
 from ihs_sight.guard import Guard
 from ihs_sight.io import replace_dir, write_text
 from ihs_sight.models import cache_dir
@@ -46,7 +57,11 @@ from ihs_sight.prompts import sha, template_fingerprint
 log = logging.getLogger(__name__)
 
 BUNDLED_MODELS = ("default", "default-aligned")
-"""The model names the picker offers; any local path or Hub id may be typed as well."""
+"""The model names every demo offers; others only through ``Workbench(allow_models=...)``."""
+MAX_FAILURES = 64
+"""Failed model names remembered (with their message) so a doomed load is not retried on every request."""
+MAX_MESSAGE_CHARS = 400
+"""Longest error message shown to a web client."""
 CLASSIFIER = "logreg"
 """The demo's probe: logistic regression on each layer's standardised last-token state."""
 SEED = 0
@@ -60,6 +75,52 @@ PROBE_FORMAT = 3  # bumped when the fast probe engine or the guard's fit changes
 Loader = Callable[[str], ihs.Model]
 K = TypeVar("K")
 V = TypeVar("V")
+
+_WILDCARDS = frozenset("*?[")
+# An absolute path (POSIX, ~, or a Windows drive / UNC path) that does not continue a word or a
+# replaced path ("<path>/x": so that a message can be cleaned twice).
+_PATH = re.compile(r"(?<![\w./\\~>-])(?:~|[A-Za-z]:)?[/\\][^\s'\"`,;:()<>\[\]{}]*")
+# A URL (left as it is: the Hub's addresses are public), except file: ones.
+_URL = re.compile(r"(?<![\w.+-])(?!file:)[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"`<>]*")
+
+
+class PublicError(IhsSightError):
+    """An error whose message is safe to show any web client as it is (no server paths)."""
+
+
+class ModelRefusedError(PublicError, InputError):
+    """The model name is neither bundled nor matched by the demo's ``allow_models`` patterns."""
+
+
+class ModelFailedError(PublicError, ModelLoadError):
+    """A model failed to load; the message is :func:`public_message` of the loader's error."""
+
+
+def _hide_path(match: re.Match[str]) -> str:
+    path = match.group(0).rstrip(".")
+    tail = match.group(0)[len(path):]
+    base = re.split(r"[/\\]", path.rstrip("/\\"))[-1]
+    return ("<path>/" + base if base else "<path>") + tail
+
+
+def public_message(error: BaseException | str, keep: Iterable[str] = ()) -> str:
+    """``error``'s message as a web client may see it: the first non-empty line, absolute server
+    paths replaced by ``<path>/<base name>``, at most :data:`MAX_MESSAGE_CHARS` characters.
+
+    Args:
+        error: an exception (its ``str``) or a message.
+        keep: strings left verbatim (the model name the client sent: it tells the client nothing new).
+    """
+    text = str(error)
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "" if text else type(error).__name__)
+    line = line.replace("\x00", "")
+    kept = sorted({k for k in keep if k} | set(_URL.findall(line)), key=len, reverse=True)
+    for i, k in enumerate(kept):  # set aside, so that the path pattern does not touch them
+        line = line.replace(k, f"\x00{i}\x00")
+    line = _PATH.sub(_hide_path, line)
+    for i, k in enumerate(kept):
+        line = line.replace(f"\x00{i}\x00", k)
+    return line if len(line) <= MAX_MESSAGE_CHARS else line[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -87,6 +148,10 @@ class Workbench:
         probe_dir: where fitted probes are stored (default: ``<cache>/probes``, or the user
             cache's ``probes`` directory when ``cache`` is not a path).
         max_models: most models held in memory at once (each takes its weights in RAM).
+        allow_models: fnmatch-style patterns (``*``, ``?``, ``[...]``; case-sensitive, ``*``
+            crosses ``/``) of model names served besides :data:`BUNDLED_MODELS`, e.g.
+            ``"HuggingFaceTB/*"`` or ``"/data/models/*"``. Empty (the default): the bundled
+            models only. Names with a ``..`` segment or control characters are always refused.
     """
 
     def __init__(
@@ -96,7 +161,11 @@ class Workbench:
         cache: bool | str | Path = True,
         probe_dir: str | Path | None = None,
         max_models: int = 4,
+        allow_models: Sequence[str] = (),
     ) -> None:
+        if isinstance(allow_models, str):
+            raise InputError("allow_models takes a list of patterns, not one string.")
+        self.allow_models: tuple[str, ...] = tuple(p.strip() for p in allow_models if p.strip())
         self._loader: Loader = loader or ihs.load_model
         self.cache: bool | str | Path = Path(cache) if isinstance(cache, (str, Path)) else cache
         if probe_dir is not None:
@@ -110,7 +179,7 @@ class Workbench:
         self._locks: dict[tuple[str, str], threading.RLock] = {}
         self._models: dict[str, ihs.Model] = {}
         self._loads: Counter[str] = Counter()
-        self._failures: dict[str, IhsSightError] = {}
+        self._failures: OrderedDict[str, str] = OrderedDict()  # name -> client-safe message, LRU
         self._fits: dict[str, ProbeFit] = {}
         self._guards: dict[str, Guard] = {}
         self._reports: dict[tuple[str, int], tuple[ProbeReport, ihs.PromptSet]] = {}
@@ -156,18 +225,56 @@ class Workbench:
         full = test.normal + test.malicious + test.jailbreak
         return full if n is None or n >= len(full) else full.sample(n, random_state=SEED)
 
+    # ------------------------------------------------------------------ which models
+
+    def offered(self) -> list[str]:
+        """The names the picker lists: the bundled models, then the wildcard-free ``allow_models``."""
+        extra = [p for p in self.allow_models if not _WILDCARDS & set(p) and p not in BUNDLED_MODELS]
+        return [*BUNDLED_MODELS, *dict.fromkeys(extra)]
+
+    @property
+    def custom_names(self) -> bool:
+        """Whether names outside :meth:`offered` may be typed (some ``allow_models`` pattern has a wildcard)."""
+        return any(_WILDCARDS & set(p) for p in self.allow_models)
+
+    def allowed(self, name: str) -> bool:
+        """Whether this demo serves model ``name`` (bundled, or matched by an ``allow_models`` pattern)."""
+        if name in BUNDLED_MODELS:
+            return True
+        if not name or not name.isprintable() or ".." in re.split(r"[/\\]", name):
+            return False
+        return any(fnmatchcase(name, pattern) for pattern in self.allow_models)
+
+    def check(self, name: str) -> str:
+        """``name`` if :meth:`allowed`, else :class:`ModelRefusedError` (nothing is loaded or locked)."""
+        if not isinstance(name, str) or not self.allowed(name):
+            shown = repr(name) if len(str(name)) <= 80 else repr(str(name)[:77] + "...")
+            more = " or another name this server allows" if self.custom_names else ""
+            raise ModelRefusedError(
+                f"This demo does not serve the model {shown}: pick one of {', '.join(self.offered())}{more}."
+            )
+        return name
+
+    def failures(self) -> dict[str, str]:
+        """The remembered failed loads: model name -> the message clients see (at most :data:`MAX_FAILURES`)."""
+        with self._guard:
+            return dict(self._failures)
+
     # ------------------------------------------------------------------ models
 
     def model(self, name: str, *, retry: bool = False) -> ihs.Model:
         """The model called ``name``, loaded on first use and reused afterwards.
 
-        A load that failed with an ihs-sight error is remembered, so that every request does
-        not pay for a doomed load again; ``retry=True`` (the model picker) tries once more.
+        A load that failed with an ihs-sight error is remembered (its client-safe message, not
+        the exception), so that every request does not pay for a doomed load again;
+        ``retry=True`` (the model picker) tries once more.
 
         Raises:
-            ihs_sight.errors.ModelLoadError: the loader could not load it.
+            ModelRefusedError: ``name`` is not a model this demo serves.
+            ModelFailedError: the loader could not load it (now or before).
             InputError: ``max_models`` models are held already.
         """
+        self.check(name)
         found = self._models.get(name)
         if found is not None:
             return found
@@ -175,9 +282,12 @@ class Workbench:
             found = self._models.get(name)
             if found is not None:
                 return found
-            failed = self._failures.get(name)
+            with self._guard:
+                failed = self._failures.get(name)
+                if failed is not None:
+                    self._failures.move_to_end(name)
             if failed is not None and not retry:
-                raise failed
+                raise ModelFailedError(failed)  # a new exception each time: no traceback grows
             with self._guard:
                 if len(self._models) >= self.max_models:
                     raise InputError(
@@ -185,16 +295,30 @@ class Workbench:
                         "are loaded); pick one of them, or restart the demo to load others."
                     )
             log.info("loading model %r", name)
+            failed = None
             try:
                 model = self._loader(name)
             except IhsSightError as e:
-                self._failures[name] = e
-                raise
+                # The full text stays on the server; as a str, so that no log record holds the exception.
+                log.warning("could not load model %r: %s", name, str(e))
+                failed = public_message(e, keep=[name])
+            # Raised outside the except block: the new error has no __context__, so nothing keeps the
+            # loader's frames (and what they hold) alive.
+            if failed is not None:
+                self._remember_failure(name, failed)
+                raise ModelFailedError(failed)
             with self._guard:
                 self._models[name] = model
                 self._loads[name] += 1
                 self._failures.pop(name, None)
             return model
+
+    def _remember_failure(self, name: str, message: str) -> None:
+        with self._guard:
+            self._failures[name] = message
+            self._failures.move_to_end(name)
+            while len(self._failures) > MAX_FAILURES:
+                self._failures.popitem(last=False)
 
     def load_counts(self) -> dict[str, int]:
         """How many times each model name was loaded in this process (1 each, by design)."""
@@ -219,6 +343,7 @@ class Workbench:
 
     def probe_fit(self, name: str) -> ProbeFit:
         """Model ``name``'s probe: read from memory or disk, else fitted once on the train split."""
+        self.check(name)
         return self._once(self._fits, name, ("fit", name), lambda: self._fit_probe(name))
 
     def _fit_probe(self, name: str) -> ProbeFit:
@@ -259,6 +384,7 @@ class Workbench:
 
     def guard(self, name: str) -> Guard:
         """Model ``name``'s early-exit guard: from memory or disk, else fitted once on the train split."""
+        self.check(name)
         return self._once(self._guards, name, ("guard", name), lambda: self._fit_guard(name))
 
     def _fit_guard(self, name: str) -> Guard:
@@ -284,6 +410,7 @@ class Workbench:
             The :func:`ihs_sight.probe.probe_transfer` report (overall accuracy per layer, and
             per label in ``groups``) and the prompts it scored.
         """
+        self.check(name)
         prompts = self.test_set(n)
 
         def score() -> tuple[ProbeReport, ihs.PromptSet]:

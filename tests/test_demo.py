@@ -9,25 +9,50 @@ an independent fit, not against itself.
 The train split's states go through the session ``states_cache`` (shared with the browser
 tests and any other test that extracts the train split), and the workbench's ``loader`` hands
 out the session's ``model`` instead of loading a second copy.
+
+What a web client may do is checked too: only listed models load (``allow_models`` opts in to
+more), refusals load nothing, messages carry no server paths, failed loads are remembered as
+bounded messages (RSS stays flat over 50 failing loads), and a non-loopback host is warned of.
 """
 
 from __future__ import annotations
 
+import gc
+import logging
+import os
+import shutil
+import sys
 import threading
 import time
+import traceback
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import gradio as gr
 import numpy as np
 import pytest
-from ihs_sight_demo.app import DECIMALS, MAX_PROMPT_CHARS, SOURCE_MEAN, SOURCE_PROMPT, Callbacks, build_app
-from ihs_sight_demo.state import Workbench
+import torch
+from ihs_sight_demo import app as demo_app
+from ihs_sight_demo.app import (
+    DECIMALS,
+    MAX_PROMPT_CHARS,
+    SOURCE_MEAN,
+    SOURCE_PROMPT,
+    Callbacks,
+    build_app,
+    exposure_warning,
+    free_port,
+    is_loopback,
+    launch,
+)
+from ihs_sight_demo.state import MAX_FAILURES, ModelFailedError, ModelRefusedError, Workbench, public_message
 
 import ihs_sight as ihs
 from ihs_sight.graft import graft
 from ihs_sight.guard import Guard
 from ihs_sight.lens import logit_lens
-from ihs_sight.models import aligned_adapter_dir
+from ihs_sight.models import aligned_adapter_dir, default_gguf_path, gguf_to_safetensors
 from ihs_sight.plots.lens import display_token
 from ihs_sight.probe import ProbeReport, probe, probe_transfer
 
@@ -40,9 +65,10 @@ NORMAL = "How do I bake a loaf of bread?"
 MARKS = {"positive": " (+)", "negative": " (−)", "neutral": " (○)"}
 
 
-def make_workbench(model: ihs.Model, states_cache: Path) -> Workbench:
+def make_workbench(model: ihs.Model, states_cache: Path, allow_models: Sequence[str] = ()) -> Workbench:
     """A workbench whose "default" is the session model (no second copy in RAM)."""
-    return Workbench(lambda name: model if name == "default" else ihs.load_model(name), cache=states_cache)
+    return Workbench(lambda name: model if name == "default" else ihs.load_model(name), cache=states_cache,
+                     allow_models=allow_models)
 
 
 def train_split(data: ihs.PromptSet) -> ihs.PromptSet:
@@ -205,9 +231,13 @@ def test_demo_compare_base_and_aligned(callbacks: Callbacks, workbench: Workbenc
     assert {"default: all", "default-aligned: all"} <= set(table.columns)
 
 
-def test_demo_reports_a_model_that_fails_to_load_in_the_page(callbacks: Callbacks, workbench: Workbench) -> None:
+def test_demo_reports_a_model_that_fails_to_load_in_the_page(model: ihs.Model, states_cache: Path) -> None:
+    # Typed paths load only where the operator opted in (ihs-sight demo --allow-models '/nonexistent/*').
+    workbench = make_workbench(model, states_cache, allow_models=["/nonexistent/*"])
+    callbacks = Callbacks(workbench)
     status, _slider, message = callbacks.load("/nonexistent/ihs-sight-model")
     assert status is None and message.startswith("⚠️ The model could not be loaded") and "No such model path" in message
+    assert "/nonexistent/ihs-sight-model" in message  # the name the client typed is shown as typed
     # Compare skips it and still shows the models that load.
     _plot, table, message = callbacks.compare(["default", "/nonexistent/ihs-sight-model"], 12)
     assert "default: all" in table.columns and "⚠️ /nonexistent/ihs-sight-model" in message
@@ -295,4 +325,279 @@ def test_demo_app_names_its_endpoints_and_offers_both_bundled_models(workbench: 
     assert {"load_model", "probe", "lens", "graft", "guard", "compare"} <= names
     picker = next(b for b in app.blocks.values() if getattr(b, "elem_id", None) == "model_picker")
     assert [c[0] for c in picker.choices] == ["default", "default-aligned"]
-    assert picker.allow_custom_value
+    assert not picker.allow_custom_value  # no typed names unless the operator opts in
+
+
+# ---------------------------------------------------------------------------- what a web client may do
+
+SERVER_PATHS = ("/root", "/home", "site-packages", ".cache", str(Path.home()), sys.prefix)
+
+
+def _no_server_paths(message: str, *also: str) -> None:
+    for path in (*SERVER_PATHS, *also):
+        assert path not in message, (path, message)
+
+
+class RecordingLoader:
+    """A loader that records every name it is asked for and fails with a message full of server paths."""
+
+    def __init__(self, fail: type[Exception] = ihs.ModelLoadError) -> None:
+        self.calls: list[str] = []
+        self.fail = fail
+
+    def __call__(self, name: str) -> ihs.Model:
+        self.calls.append(name)
+        raise self.fail(
+            f"Could not load model {name!r}: no file named config.json in {Path.home()}/.cache/huggingface/hub/"
+            f"models--x/snapshots/abc (see {sys.prefix}/lib/python3/site-packages/transformers/modeling_utils.py)"
+            "\nTraceback line two: /root/secret/file.py"
+        )
+
+
+UNLISTED = ["/etc/passwd", "~/.ssh/id_rsa", "HuggingFaceTB/SmolLM2-1.7B-Instruct", "org/model", "../default",
+            "DEFAULT", "org/../../etc", "a\x00b"]
+
+
+@pytest.mark.parametrize("name", UNLISTED)
+def test_demo_refuses_an_unlisted_model_and_loads_nothing(name: str, tmp_path: Path) -> None:
+    loader = RecordingLoader()
+    wb = Workbench(loader, cache=tmp_path, allow_models=["org/*"] if ".." in name else ())
+    cb = Callbacks(wb)
+    messages = [cb.load(name)[-1], cb.probe(name, NORMAL)[-1], cb.guard(name, NORMAL)[-1],
+                cb.lens(name, NORMAL, 3)[-1], cb.graft(name, NORMAL, 5, SOURCE_MEAN, "", 2)[-1],
+                cb.compare(["default", name], 12)[-1]]
+    for message in messages:
+        assert message.startswith("⚠️ This demo does not serve the model"), message
+        assert "default, default-aligned" in message
+    # The workbench refuses too, whoever calls it (the widget's list is not trusted).
+    for call in (wb.model, wb.probe_fit, wb.guard, wb.test_report):
+        with pytest.raises(ModelRefusedError):
+            call(name)
+    assert loader.calls == [] and wb.load_counts() == {} and wb.failures() == {}
+    assert not any(key[1] == name for key in wb._locks), "a refused name must not even get a lock"
+
+
+def test_demo_serves_typed_names_only_behind_allow_models(tmp_path: Path) -> None:
+    loader = RecordingLoader()
+    wb = Workbench(loader, cache=tmp_path, allow_models=["org/*", "/data/models/*", "exact/name"])
+    assert wb.offered() == ["default", "default-aligned", "exact/name"] and wb.custom_names
+    assert [wb.allowed(n) for n in ("org/m", "org/sub/m", "Org/m", "/data/models/x", "/data/models/../x",
+                                    "/data/other", "exact/name", "exact/name2", "default")] == [
+        True, True, False, True, False, False, True, False, True]
+    cb = Callbacks(wb)
+    assert "could not be loaded" in cb.load("org/m")[-1] and loader.calls == ["org/m"]
+    assert "does not serve" in cb.load("elsewhere/m")[-1] and loader.calls == ["org/m"]
+    # The page: the picker accepts typed names (a wildcard pattern) and lists the exact ones.
+    picker = next(b for b in build_app(wb).blocks.values() if getattr(b, "elem_id", None) == "model_picker")
+    assert [c[0] for c in picker.choices] == ["default", "default-aligned", "exact/name"] and picker.allow_custom_value
+    exact_only = Workbench(loader, cache=tmp_path, allow_models=["exact/name"])
+    assert not exact_only.custom_names
+    picker = next(b for b in build_app(exact_only).blocks.values() if getattr(b, "elem_id", None) == "model_picker")
+    assert [c[0] for c in picker.choices] == ["default", "default-aligned", "exact/name"]
+    assert not picker.allow_custom_value
+    with pytest.raises(ihs.InputError, match="list of patterns"):
+        Workbench(loader, allow_models="org/*")
+
+
+@pytest.fixture()
+def served() -> Iterator[Any]:
+    """Serve build_app(workbench) on a free loopback port; yields a function that starts one and returns its URL."""
+    apps: list[gr.Blocks] = []
+
+    def serve(wb: Workbench) -> str:
+        app = build_app(wb)
+        port = free_port()
+        app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, share=False)
+        apps.append(app)
+        return f"http://127.0.0.1:{port}/"
+
+    yield serve
+    for app in apps:
+        app.close()
+
+
+def test_demo_web_client_asking_for_an_unlisted_model_is_refused(served: Any, tmp_path: Path) -> None:
+    from gradio_client import Client
+
+    # No opt-in: the picker takes no typed value, and a client sending one anyway loads nothing.
+    loader = RecordingLoader()
+    wb = Workbench(loader, cache=tmp_path)
+    client = Client(served(wb), verbose=False)
+    for name in ("/etc/passwd", "HuggingFaceTB/SmolLM2-1.7B-Instruct"):
+        for api, args in (("/load_model", (name,)), ("/probe", (name, NORMAL)), ("/compare", ([name], 12))):
+            try:
+                *_, message = client.predict(*args, api_name=api)
+            except Exception as e:  # noqa: BLE001 - gradio's own check of the choices may refuse it first
+                message = str(e)
+            assert "not in the list of choices" in message or "does not serve" in message, (api, message)
+    assert loader.calls == [] and wb.load_counts() == {} and wb.failures() == {}
+
+    # With --allow-models 'org/*' the picker takes typed names, so the refusal comes from the callback itself;
+    # an allowed name that fails comes back without the server's paths.
+    loader = RecordingLoader()
+    wb = Workbench(loader, cache=tmp_path, allow_models=["org/*"])
+    client = Client(served(wb), verbose=False)
+    *_, message = client.predict("/etc/passwd", api_name="/load_model")
+    assert message.startswith("⚠️ This demo does not serve the model '/etc/passwd'"), message
+    *_, message = client.predict("other/model", NORMAL, api_name="/probe")
+    assert "does not serve" in message and loader.calls == []
+    *_, message = client.predict("org/model", NORMAL, api_name="/probe")
+    assert message.startswith("⚠️ The model could not be loaded. Could not load model 'org/model'"), message
+    _no_server_paths(message, "Traceback line two")
+    assert loader.calls == ["org/model"] and wb.load_counts() == {}
+
+
+def test_demo_messages_to_clients_carry_no_server_paths(tmp_path: Path) -> None:
+    home = str(Path.home())
+    assert public_message(f"No such model path: {home}/models/x. Pass a directory") == \
+        "No such model path: <path>/x. Pass a directory"
+    assert public_message("can't reach 'https://huggingface.co/org/m' from C:\\Users\\me\\x") == \
+        "can't reach 'https://huggingface.co/org/m' from <path>/x"
+    assert public_message("bad /data/models/m (in /opt/x/y)", keep=["/data/models/m"]) == "bad /data/models/m (in <path>/y)"
+    assert public_message(public_message(f"in {home}/a/b")) == "in <path>/b"  # cleaning twice changes nothing
+
+    loader = RecordingLoader()
+    cb = Callbacks(Workbench(loader, cache=tmp_path, allow_models=["org/*", "/srv/models/*"]))
+    for name in ("org/model", "/srv/models/m"):
+        first = cb.load(name)[-1]
+        again = cb.probe(name, NORMAL)[-1]  # the remembered failure, not a second load
+        compared = cb.compare([name], 12)[-1]
+        for message in (first, again, compared):
+            assert "Could not load model" in message and name in message, message
+            _no_server_paths(message, "Traceback line two", "/srv/models/m/")
+        assert again == first
+    assert loader.calls == ["org/model", "/srv/models/m"]
+
+    # Errors the workbench does not expect (not an ihs-sight error) are cut down the same way.
+    unexpected = Callbacks(Workbench(RecordingLoader(fail=RuntimeError), cache=tmp_path, allow_models=["org/*"]))
+    message = unexpected.load("org/model")[-1]
+    assert message.startswith("⚠️ Something went wrong (RuntimeError: Could not load model 'org/model'"), message
+    _no_server_paths(message, "Traceback line two")
+
+
+def test_demo_remembers_failures_as_bounded_messages(tmp_path: Path) -> None:
+    loader = RecordingLoader()
+    wb = Workbench(loader, cache=tmp_path, allow_models=["broken-*"])
+    for i in range(3 * MAX_FAILURES):
+        with pytest.raises(ModelFailedError):
+            wb.model(f"broken-{i}")
+    failures = wb.failures()
+    assert len(failures) == MAX_FAILURES and len(loader.calls) == 3 * MAX_FAILURES
+    assert list(failures) == [f"broken-{i}" for i in range(2 * MAX_FAILURES, 3 * MAX_FAILURES)]  # oldest dropped
+    assert all(type(m) is str for m in wb._failures.values())
+    # A repeated request raises a fresh error with the same message, no chained exception, and a
+    # traceback that does not grow from one request to the next (the old code re-raised one object).
+    depths, messages = [], set()
+    for _ in range(20):
+        try:
+            wb.model(f"broken-{3 * MAX_FAILURES - 1}")
+        except ModelFailedError as e:
+            assert e.__context__ is None and e.__cause__ is None
+            depths.append(len(traceback.extract_tb(e.__traceback__)))
+            messages.add(str(e))
+    assert len(set(depths)) == 1 and len(messages) == 1
+    assert len(loader.calls) == 3 * MAX_FAILURES  # remembered: not loaded again
+
+
+def _rss_bytes() -> int:
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except ImportError:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _settled_rss() -> int:
+    gc.collect()
+    return _rss_bytes()
+
+
+@pytest.fixture(scope="module")
+def broken_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A loadable model directory of an architecture ihs-sight does not support (OPT, ~6.5 MB of
+    fp32 weights) with the default model's tokenizer: load_model loads it, then fails in arch_for."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    path = tmp_path_factory.mktemp("broken-model")
+    source = gguf_to_safetensors(default_gguf_path())
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(source / name, path / name)
+    torch.manual_seed(0)
+    config = OPTConfig(vocab_size=49152, hidden_size=32, word_embed_proj_dim=32, num_hidden_layers=1, ffn_dim=64,
+                       num_attention_heads=2, max_position_embeddings=64)
+    OPTForCausalLM(config).save_pretrained(path)
+    return path
+
+
+def test_demo_failed_loads_do_not_grow_memory(broken_model_dir: Path, tmp_path: Path) -> None:
+    """50 requests, each loading a whole (unsupported) model that then fails: RSS grows by <= 50 MB.
+
+    Each request names another link to the same directory, so each really loads (the old code
+    kept every failure's exception, whose traceback held the loaded model: ~6.5 MB a request).
+    """
+    links = tmp_path / "models"
+    links.mkdir()
+    for i in range(52):
+        (links / f"broken-{i}").symlink_to(broken_model_dir, target_is_directory=True)
+    wb = Workbench(lambda name: ihs.load_model(name, device="cpu"), cache=tmp_path,
+                   allow_models=[f"{links}/broken-*"])
+    cb = Callbacks(wb)
+    for i in (50, 51):  # warm up: transformers' lazy imports, tokenizer and allocator pools
+        assert "OPTForCausalLM is not supported" in cb.load(f"{links}/broken-{i}")[-1]
+    before = _settled_rss()
+    for i in range(50):
+        *_, message = cb.load(f"{links}/broken-{i}")
+        assert message.startswith("⚠️ The model could not be loaded. Architecture OPTForCausalLM is not supported"), message
+    grown = _settled_rss() - before
+    assert grown <= 50 * 2**20, f"RSS grew by {grown / 2**20:.0f} MB over 50 failing loads"
+    assert len(wb.failures()) == 52 and wb.load_counts() == {}
+    _no_server_paths(" ".join(wb.failures().values()), str(links))
+
+
+# ---------------------------------------------------------------------------- binding beyond loopback
+
+
+def test_demo_warns_when_bound_beyond_loopback(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+                                               tmp_path: Path) -> None:
+    assert all(is_loopback(h) for h in ("127.0.0.1", "localhost", "::1", "[::1]", "127.0.1.1", "LOCALHOST"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.10", "example.org", ""))
+    assert exposure_warning("127.0.0.1", 7860) is None
+    launched: list[tuple[gr.Blocks, dict[str, Any]]] = []
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: launched.append((self, kw)))
+    wb = Workbench(RecordingLoader(), cache=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="ihs_sight_demo.app"):
+        launch("127.0.0.1", 7861, workbench=wb, preload=())
+        assert not [r for r in caplog.records if "anyone who can reach" in r.getMessage()]
+        launch("0.0.0.0", 7862, workbench=wb, preload=())
+    warned = [r.getMessage() for r in caplog.records if "anyone who can reach" in r.getMessage()]
+    assert warned == [("warning: the demo binds 0.0.0.0:7862, not loopback: anyone who can reach this port can run "
+                       "models on this machine (its CPU, memory and disk), with no authentication.")]
+    assert [kw["server_name"] for _, kw in launched] == ["127.0.0.1", "0.0.0.0"]
+    assert all(kw["share"] is False for _, kw in launched)
+
+    # launch(allow_models=...) builds the process-wide workbench with those patterns.
+    monkeypatch.setattr(demo_app, "_DEFAULT_WORKBENCH", None)
+    launch("127.0.0.1", 7863, preload=(), allow_models=["org/*"])
+    picker = next(b for b in launched[-1][0].blocks.values() if getattr(b, "elem_id", None) == "model_picker")
+    assert picker.allow_custom_value and demo_app.default_workbench().allow_models == ("org/*",)
+    with pytest.raises(ihs.InputError):
+        launch("127.0.0.1", 7864, workbench=wb, allow_models=["org/*"])
+
+
+def test_cli_demo_passes_allow_models_and_warns_on_one_stderr_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ihs_sight_cli.app import app as cli_app
+    from typer.testing import CliRunner
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(demo_app, "launch", lambda **kw: calls.append(kw))
+    result = CliRunner().invoke(cli_app, ["demo", "--host", "0.0.0.0", "--port", "7999", "--allow-models", "org/*",
+                                          "--allow-models", "/data/models/*,exact/name"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [exposure_warning("0.0.0.0", 7999)]
+    assert calls == [{"host": "0.0.0.0", "port": 7999, "allow_models": ["org/*", "/data/models/*", "exact/name"],
+                      "warn": False}]
+    result = CliRunner().invoke(cli_app, ["demo"])
+    assert result.exit_code == 0 and result.stderr == ""
+    assert calls[-1] == {"host": "127.0.0.1", "port": 7860, "allow_models": [], "warn": False}

@@ -7,7 +7,9 @@ canvas for native plots, an image for matplotlib ones). Screenshots go to
 ``<output_dir>/demo/``. Then 8 ``gradio_client`` clients submit probe requests at once: all
 complete, and the workbench (and the page's counter) report one load of the model.
 
-Skipped when ``/usr/bin/chromium`` is missing (CI installs it; never ``playwright install``).
+The browser tests skip when ``/usr/bin/chromium`` is missing (CI installs it; never
+``playwright install``); the concurrent-clients test needs ``gradio_client`` only and runs
+without a browser.
 """
 
 from __future__ import annotations
@@ -240,25 +242,32 @@ def test_browser_runs_every_tab_and_shows_the_library_numbers(
     page.screenshot(path=str(shots / "compare.png"), full_page=True)
 
 
-def test_browser_shows_a_friendly_message_for_bad_input(page: Any, server: str, shots: Path) -> None:
+def test_browser_shows_a_friendly_message_for_bad_input(page: Any, server: str, workbench: Workbench,
+                                                        shots: Path) -> None:
     page.fill("#prompt_box textarea", "   ")
     message = _run(page, "Probe", "probe_btn", "probe_msg")
     assert message.startswith("⚠️") and "empty" in message
+    # The picker offers the bundled models only (no --allow-models): a typed name is not taken.
+    page.wait_for_function("(document.querySelector('#model_msg')?.innerText ?? '').includes('model ready')",
+                           timeout=WAIT_MS)
     page.fill("#model_picker input", "/nonexistent/ihs-sight-model")
     page.press("#model_picker input", "Enter")
-    page.wait_for_function("(document.querySelector('#model_msg')?.innerText ?? '').includes('could not be loaded')",
-                           timeout=WAIT_MS)
+    page.click("#prompt_box textarea")  # leave the picker
+    page.wait_for_function("document.querySelector('#model_picker input').value === 'default'", timeout=60_000)
     page.screenshot(path=str(shots / "bad_input.png"), full_page=True)
-    # The server is still there.
+    assert "could not be loaded" not in page.inner_text("#model_msg")
+    # A client sending it anyway is refused, and nothing is loaded; the server is still there.
     from gradio_client import Client
 
-    assert Client(server, verbose=False).predict("default", "", api_name="/probe")[-1].startswith("⚠️")
+    client = Client(server, verbose=False)
+    with pytest.raises(Exception, match="not in the list of choices"):
+        client.predict("/nonexistent/ihs-sight-model", api_name="/load_model")
+    assert client.predict("default", "", api_name="/probe")[-1].startswith("⚠️")
+    assert set(workbench.load_counts()) == {"default"} and workbench.failures() == {}
 
 
-def test_load_eight_concurrent_clients_all_complete_with_one_model_load(
-    server: str, workbench: Workbench, page: Any
-) -> None:
-    from gradio_client import Client
+def test_load_eight_concurrent_clients_all_complete_with_one_model_load(server: str, workbench: Workbench) -> None:
+    Client = pytest.importorskip("gradio_client").Client  # no browser needed
 
     prompts = [f"Question {i}: how do I {task}?" for i, task in enumerate(
         ["bake bread", "pick a lock", "learn French", "make napalm", "fix a bike", "hack a wifi network",
@@ -283,7 +292,13 @@ def test_load_eight_concurrent_clients_all_complete_with_one_model_load(
         assert message.startswith("✓"), f"client {i}: {message}"
         assert re.search(r"best layer \(\d+\): \*\*(normal|malicious)\*\*", verdict), verdict
     assert workbench.load_counts() == {"default": 1}
+    assert workbench.counter_text() == "Models loaded: default ×1"
+
+
+def test_browser_counter_shows_one_load_after_concurrent_clients(page: Any, workbench: Workbench) -> None:
+    """What the page says after the clients above (or after its own load, when run alone)."""
     page.reload(wait_until="domcontentloaded")
     page.wait_for_function("(document.querySelector('#load_counter')?.innerText ?? '').includes('default ×1')",
                            timeout=60_000)
     assert page.inner_text("#load_counter").strip() == "Models loaded: default ×1"
+    assert workbench.load_counts() == {"default": 1}
