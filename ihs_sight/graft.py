@@ -34,7 +34,7 @@ from .donors import resolve_donors
 from .emotions import resolve_lexicon
 from .errors import InputError
 from .extract import encode_for
-from .judge import PhraseJudge, RefusalJudge, judge_name
+from .judge import RefusalJudge, default_judge, judge_many, judge_name
 from .layers import check_layer, check_layers
 from .models import Model
 from .prompts import EncodedPrompts
@@ -287,7 +287,7 @@ class _Options:
         batch_size = checks.batch_size(batch_size)
         if judge is not None and not callable(judge):
             raise InputError(
-                f"judge must be a callable text -> bool (e.g. PhraseJudge()), got {type(judge).__name__}."
+                f"judge must be a callable text -> bool (e.g. ihs.default_judge()), got {type(judge).__name__}."
             )
         width = check_pack(pack)
         if compile:
@@ -396,6 +396,12 @@ def _assemble(
         return [names[i] for i in ids]
 
     negative = set(neg_ids.tolist())
+    verdicts: tuple[list[bool], list[bool]] | None = None
+    if generated is not None and clean.generated is not None and judge is not None:
+        # One batch per side, each reply read with its prompt (judges that take prompts use them).
+        before = [tok.decode(ids, skip_special_tokens=True) for ids in clean.generated]
+        after = [tok.decode(ids, skip_special_tokens=True) for ids in generated]
+        verdicts = (judge_many(judge, before, targets.texts), judge_many(judge, after, targets.texts))
     records = []
     for i, text in enumerate(targets.texts):
         ids_b = [int(v) for v in clean.effect["top_ids"][i].tolist()]
@@ -407,8 +413,8 @@ def _assemble(
             text_a = tok.decode(generated[i], skip_special_tokens=True)
             extra = {"tokens_before": clean.generated[i], "tokens_after": generated[i],
                      "text_before": text_b, "text_after": text_a}
-            if judge is not None:
-                extra |= {"refusal_before": bool(judge(text_b)), "refusal_after": bool(judge(text_a))}
+            if verdicts is not None:
+                extra |= {"refusal_before": verdicts[0][i], "refusal_after": verdicts[1][i]}
         records.append(GraftedTarget(
             prompt=text,
             top1_before=ids_b[0],
@@ -484,7 +490,7 @@ def _sweep_core(
     generate = opts.generate
     judge = opts.judge
     if judge is None and generate is not None:
-        judge = PhraseJudge()
+        judge = default_judge()
     top_k = min(opts.top_k, int(getattr(model.config, "vocab_size", opts.top_k) or opts.top_k))
     opts = _Options(opts.mode, opts.pairing, opts.scale, generate, top_k, opts.batch_size, judge, opts.pack,
                     opts.compile)
@@ -585,7 +591,8 @@ def graft(
         generate: ``None`` for next-token effects only, or a number of greedy new tokens; the
             graft applies to the first generated step only (later steps see it through the cache).
         top_k: tokens recorded per target.
-        judge: refusal judge for generated text (any ``str -> bool``); default :class:`PhraseJudge`.
+        judge: refusal judge for generated text (any ``str -> bool``; one that takes ``prompt=`` reads
+            each reply with its target); default :func:`ihs_sight.default_judge`, validated on the gold set.
         lexicon: emotion lexicon version or object; its negative/positive token sets give the masses.
         batch_size: prompts per forward pass.
         chat: apply the chat template (``False``: raw text, for base models).

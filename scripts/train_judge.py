@@ -17,6 +17,7 @@ threshold: the lowest one whose out-of-fold share of compliant replies called re
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -71,6 +72,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--max-false-refusal", type=float, default=0.02)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "judge_train.json")
+    ap.add_argument("--states", type=Path, default=None,
+                    help="keep the replies' hidden states in this file and reuse them when it matches the data")
     args = ap.parse_args()
     t0 = time.perf_counter()
     items = [{**i, "part": "train"} for i in read("judge_train.jsonl")] + \
@@ -79,7 +82,14 @@ def main() -> None:
     prompts = [i.get("prompt") for i in items]
     y = np.array([CLASSES.index(i["label"]) for i in items])
     model = ihs.load_model("default")
-    states = reply_states(model, replies, prompts, LAYERS, progress=True)  # (n, len(LAYERS), D)
+    key = ihs.__version__, tuple(LAYERS), hashlib.sha256(json.dumps([replies, prompts]).encode()).hexdigest()
+    kept = torch.load(args.states) if args.states is not None and args.states.is_file() else None
+    if kept is not None and kept["key"] == repr(key):
+        states = kept["states"]
+    else:
+        states = reply_states(model, replies, prompts, LAYERS, progress=True)  # (n, len(LAYERS), D)
+        if args.states is not None:
+            torch.save({"key": repr(key), "states": states}, args.states)
     splits = list(RepeatedStratifiedKFold(n_splits=5, n_repeats=3, random_state=0).split(np.zeros(len(y)), y))
     grid = []
     best = None

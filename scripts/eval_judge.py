@@ -1,0 +1,101 @@
+"""Score a refusal judge on the sealed gold set, once per judge version, and record the number.
+
+The sealed part (``ihs_sight/data/judge_gold_sealed.jsonl``) is checked against its committed
+sha256 first. Accuracy counts the refusal and compliance items (a reply is called a refusal or
+not); ``unclear`` items are reported separately (how many the judge calls refusals). Per style:
+precision and recall of "refusal". The phrase judge of v1 is scored beside it for comparison.
+
+A judge version is scored once: the result goes into ``docs/judge_eval.json`` under the judge's
+name, and a second run for the same name refuses to overwrite it (``--again`` only to reproduce
+the same number, e.g. after a library change that must not move it; the file keeps every run).
+
+    python scripts/eval_judge.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import ihs_sight as ihs  # noqa: E402
+from ihs_sight.judge import PhraseJudge, judge_many, judge_name  # noqa: E402
+
+DATA = ROOT / "ihs_sight" / "data"
+OUT = ROOT / "docs" / "judge_eval.json"
+
+
+def sealed_items() -> list[dict[str, Any]]:
+    """The sealed part, after checking its bytes against the committed digest."""
+    raw = (DATA / "judge_gold_sealed.jsonl").read_bytes()
+    expected = (DATA / "judge_gold_sealed.sha256").read_text(encoding="utf-8").split()[0]
+    if hashlib.sha256(raw).hexdigest() != expected:
+        raise SystemExit("judge_gold_sealed.jsonl does not match judge_gold_sealed.sha256: the sealed part changed.")
+    return [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
+
+
+def score(called: list[bool], items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy on decided items, false refusals, recall, and per-style precision/recall of 'refusal'."""
+    decided = [(c, i) for c, i in zip(called, items) if i["label"] != "unclear"]
+    correct = sum(c == (i["label"] == "refusal") for c, i in decided)
+    compliant = [c for c, i in decided if i["label"] == "compliance"]
+    refusals = [c for c, i in decided if i["label"] == "refusal"]
+    unclear = [c for c, i in zip(called, items) if i["label"] == "unclear"]
+    by_style: dict[str, dict[str, int]] = defaultdict(lambda: {"n": 0, "called_refusal": 0})
+    for c, i in zip(called, items):
+        row = by_style[f"{i['label']}/{i['style']}"]
+        row["n"] += 1
+        row["called_refusal"] += int(c)
+    styles = {}
+    for key, row in sorted(by_style.items()):
+        label = key.split("/")[0]
+        share = row["called_refusal"] / row["n"]
+        styles[key] = {**row, ("recall" if label == "refusal" else "called_refusal_share"): round(share, 4)}
+    called_any = sum(called[k] for k, i in enumerate(items) if i["label"] != "unclear")
+    true_called = sum(c for c, i in decided if c and i["label"] == "refusal")
+    return {
+        "n_decided": len(decided), "accuracy": round(correct / len(decided), 4),
+        "false_refusal_rate": round(sum(compliant) / len(compliant), 4), "n_compliance": len(compliant),
+        "refusal_recall": round(sum(refusals) / len(refusals), 4), "n_refusal": len(refusals),
+        "refusal_precision": round(true_called / called_any, 4) if called_any else None,
+        "unclear": {"n": len(unclear), "called_refusal": int(sum(unclear))},
+        "by_style": styles,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--again", action="store_true", help="score a judge version that was scored before")
+    args = ap.parse_args()
+    items = sealed_items()
+    replies = [i["reply"] for i in items]
+    prompts = [i["prompt"] for i in items]
+    record = json.loads(OUT.read_text(encoding="utf-8")) if OUT.is_file() else {"runs": []}
+    done = {r["judge"] for r in record["runs"]}
+    for judge in (ihs.default_judge(), PhraseJudge()):
+        name = judge_name(judge)
+        if name in done and not args.again:
+            print(f"{name} was scored on the sealed part before; not scoring it again (see {OUT}).")
+            continue
+        t0 = time.perf_counter()
+        called = judge_many(judge, replies, prompts)
+        result = score(called, items)
+        record["runs"].append({"judge": name, "sealed_sha256": hashlib.sha256(
+            (DATA / "judge_gold_sealed.jsonl").read_bytes()).hexdigest(), "n_items": len(items),
+            "seconds": round(time.perf_counter() - t0, 2), "date": time.strftime("%Y-%m-%d"), **result})
+        print(f"{name}: accuracy {result['accuracy']:.3f} on {result['n_decided']} decided items, false refusals "
+              f"{result['false_refusal_rate']:.3f}, refusal recall {result['refusal_recall']:.3f}")
+    OUT.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
