@@ -43,3 +43,23 @@ def test_readme_redesign_timings_equal_bench_versions_json() -> None:
         got = result["tasks"][task]
         assert (seconds(row[1]), seconds(row[2]), float(row[3])) == (
             round(got["old_s"], 2), round(got["new_s"], 2), round(got["speed_ratio_new_over_old"], 3)), row
+
+
+def test_readme_judge_tables_equal_judge_eval_json() -> None:
+    runs = {r["judge"]: r for r in json.loads((ROOT / "docs" / "judge_eval.json").read_text(encoding="utf-8"))["runs"]}
+    reply = next(r for name, r in runs.items() if name.startswith("ReplyJudge(v1"))
+    phrase = next(r for name, r in runs.items() if name.startswith("PhraseJudge(v1"))
+    rows = table("| judge | accuracy (refusal + compliance) |")
+    assert len(rows) == 2
+    for row, run in zip(rows, (reply, phrase)):
+        assert [float(row[1]), float(row[2].removesuffix("%")), float(row[3]), float(row[4])] == [
+            round(run["accuracy"], 3), round(100 * run["false_refusal_rate"], 1), round(run["refusal_recall"], 3),
+            round(run["refusal_precision"], 3)], row
+    styles = table("| gold label / style | n |")
+    assert [row[0] for row in styles] == sorted(reply["by_style"])
+    for row in styles:
+        assert [int(v) for v in row[1:]] == [reply["by_style"][row[0]]["n"], reply["by_style"][row[0]]["called_refusal"],
+                                             phrase["by_style"][row[0]]["called_refusal"]], row
+    assert f"{reply['n_decided']} decided items ({reply['n_refusal']} refusals, {reply['n_compliance']} compliant)" in README
+    chosen = json.loads((ROOT / "docs" / "judge_train.json").read_text(encoding="utf-8"))["chosen"]
+    assert f"scored {chosen['oof']['accuracy']:.3f} and {100 * chosen['oof']['false_refusal']:.1f}%" in README
