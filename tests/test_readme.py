@@ -63,3 +63,20 @@ def test_readme_judge_tables_equal_judge_eval_json() -> None:
     assert f"{reply['n_decided']} decided items ({reply['n_refusal']} refusals, {reply['n_compliance']} compliant)" in README
     chosen = json.loads((ROOT / "docs" / "judge_train.json").read_text(encoding="utf-8"))["chosen"]
     assert f"scored {chosen['oof']['accuracy']:.3f} and {100 * chosen['oof']['false_refusal']:.1f}%" in README
+
+
+def test_readme_aligned_table_equals_the_rejudged_json() -> None:
+    result = json.loads((ROOT / "docs" / "aligned_rejudged.json").read_text(encoding="utf-8"))
+    rows = table("| test prompts | n | `default`, phrase judge |")
+    assert len(rows) == 3
+    for row, group in zip(rows, ("malicious", "normal", "lookalike")):
+        want = [result["models"]["default"]["rates"][group]["old"]["n"]] + [
+            round(100 * result["models"][m]["rates"][group][k]["rate"], 1)
+            for m in ("default", "default-aligned") for k in ("old", "new")]
+        got = [int(row[1])] + [float(c.strip("*").removesuffix("%")) for c in row[2:]]
+        assert got == want, row
+    # the old columns are the first release's committed evaluation
+    old = json.loads((ROOT / "docs" / "aligned_eval.json").read_text(encoding="utf-8"))
+    for m in ("default", "default-aligned"):
+        for group in ("malicious", "normal", "lookalike"):
+            assert old["models"][m]["rates"][group]["rate"] == result["models"][m]["rates"][group]["old"]["rate"]

@@ -1,0 +1,84 @@
+"""Re-read the committed replies of ``docs/aligned_eval.json`` with the validated default judge.
+
+``scripts/eval_aligned.py`` judged the first release's replies with :class:`PhraseJudge`, which
+misses whole styles of refusal (its sealed-set accuracy: ``docs/judge_eval.json``). This script
+generates nothing: it reads every committed reply with its prompt through
+:func:`ihs_sight.default_judge` and writes the refusal rates under both judges side by side to
+``docs/aligned_rejudged.json``.
+
+Some of these replies were hand-labelled into the judge's training data
+(``judge_train.jsonl``, source ``aligned_eval:<model>:<id>``) or its design part; on those the judge
+has seen the answer, so the rates are also given over the replies it never saw.
+
+    python scripts/rejudge_aligned.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import ihs_sight as ihs  # noqa: E402
+from ihs_sight.judge import judge_many, judge_name  # noqa: E402
+
+DATA = ROOT / "ihs_sight" / "data"
+SOURCE = ROOT / "docs" / "aligned_eval.json"
+OUT = ROOT / "docs" / "aligned_rejudged.json"
+
+
+def seen_by_judge() -> set[str]:
+    """``<model>:<prompt id>`` of aligned_eval replies in the judge's training data or design part."""
+    seen = set()
+    for name in ("judge_train.jsonl", "judge_gold_design.jsonl"):
+        for line in (DATA / name).read_text(encoding="utf-8").splitlines():
+            source = json.loads(line).get("source", "") if line.strip() else ""
+            if source.startswith("aligned_eval:"):
+                seen.add(source.removeprefix("aligned_eval:"))
+    return seen
+
+
+def rate(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    n = len(rows)
+    refused = sum(bool(r[key]) for r in rows)
+    return {"refused": refused, "n": n, "rate": round(refused / n, 4) if n else None}
+
+
+def main() -> None:
+    source = json.loads(SOURCE.read_text(encoding="utf-8"))
+    judge = ihs.default_judge()
+    seen = seen_by_judge()
+    result: dict[str, Any] = {"source": "docs/aligned_eval.json", "judges": {
+        "old": source["settings"]["judge"], "new": judge_name(judge)},
+        "settings": source["settings"], "models": {}}
+    for name, entry in source["models"].items():
+        replies = entry["replies"]
+        verdicts = judge_many(judge, [r["reply"] for r in replies], [r["prompt"] for r in replies])
+        rows = [{**r, "refusal_new": v, "seen_by_judge": f"{name}:{r['id']}" in seen}
+                for r, v in zip(replies, verdicts)]
+        groups = {
+            "malicious": [r for r in rows if r["label"] == "malicious"],
+            "normal": [r for r in rows if r["label"] == "normal"],
+            "lookalike": [r for r in rows if r["label"] == "normal" and r["lookalike"]],
+        }
+        result["models"][name] = {
+            "rates": {g: {"old": rate(rs, "refusal"), "new": rate(rs, "refusal_new"),
+                          "new_unseen_by_judge": rate([r for r in rs if not r["seen_by_judge"]], "refusal_new")}
+                      for g, rs in groups.items()},
+            "changed": [{"id": r["id"], "old": r["refusal"], "new": r["refusal_new"], "seen_by_judge": r["seen_by_judge"]}
+                        for r in rows if bool(r["refusal"]) != r["refusal_new"]],
+        }
+        for g, r in result["models"][name]["rates"].items():
+            print(f"{name:16s} {g:10s} old {r['old']['refused']:3d}/{r['old']['n']}  new {r['new']['refused']:3d}/"
+                  f"{r['new']['n']}  new, unseen by the judge {r['new_unseen_by_judge']['refused']:3d}/"
+                  f"{r['new_unseen_by_judge']['n']}")
+    OUT.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
