@@ -157,6 +157,14 @@ class Direction(BaseModel):
             raise ValueError(f"the vector at layer {self.layer} is zero; it has no direction")
         return self
 
+    def __eq__(self, other: object) -> bool:
+        # pydantic's field-wise == would ask a tensor for its truth value.
+        if not isinstance(other, Direction):
+            return NotImplemented
+        return self.model_dump() == other.model_dump() and torch.equal(self.vectors, other.vectors)
+
+    __hash__ = None  # type: ignore[assignment]
+
     @property
     def vector(self) -> torch.Tensor:
         """(d_model,) the difference in means at the chosen layer."""

@@ -208,7 +208,7 @@ def test_harmfulness_direction_reads_last_instruction_token(
 def test_direction_save_load_round_trip(direction: Direction, tmp_path: Path) -> None:
     stem = direction.save(tmp_path / "refusal")
     again = Direction.load(stem)
-    assert torch.equal(again.vectors, direction.vectors)
+    assert again == direction and torch.equal(again.vectors, direction.vectors)
     assert again.model_dump() == direction.model_dump()
     assert again.candidates == direction.candidates and again.norm == direction.norm
     (tmp_path / "refusal.safetensors").unlink()
@@ -286,6 +286,24 @@ def test_steer_matches_hooks_logits_and_generation(
     assert result.meta.layers == (layers or []) and result.meta.scale == scale
     again = SteerResult.model_validate_json(result.model_dump_json())
     assert again.records == result.records and again.logits is None
+
+
+def test_steer_and_directions_simulated_remote_equal_local(
+    model: ihs.Model, pair: tuple[str, str], direction: Direction, prompts: list[str]
+) -> None:
+    # NDIF serialisation run in-process: the trace bodies must ship without ihs_sight.
+    sim = ihs.Model(model.nn, arch=model.arch, name=model.name, backend="simulate")
+    sim._weights_hash = model.weights_hash  # same module: skip re-hashing every weight
+    remote = ihs.refusal_direction(sim, [pair[0]] * 2, [pair[1]] * 2, layers=[LAYER], positions=[-1], n_val=1,
+                                   progress=False)
+    assert torch.equal(remote.vectors, direction.vectors) and remote.candidates == direction.candidates
+    local = steer(model, prompts, direction, mode="ablate", generate=N_NEW, judge=judge, keep_logits=True,
+                  progress=False)
+    shipped = steer(sim, prompts, direction, mode="ablate", generate=N_NEW, judge=judge, keep_logits=True,
+                    progress=False)
+    assert local.logits is not None and shipped.logits is not None
+    assert torch.equal(local.logits, shipped.logits)
+    assert [r.tokens for r in local.records] == [r.tokens for r in shipped.records]
 
 
 def test_steer_none_equals_clean_greedy_generation(model: ihs.Model, prompts: list[str], direction: Direction) -> None:
