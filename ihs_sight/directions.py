@@ -127,6 +127,10 @@ class Direction(BaseModel):
     """Harmless prompts in the means."""
     n_val: int
     """Held-out prompts per side used to choose the candidate."""
+    clean_harmful: float | None = None
+    """Refusal: mean refusal log-odds of the held-out harmful prompts without any edit (``bypass``'s baseline)."""
+    clean_harmless: float | None = None
+    """Refusal: mean refusal log-odds of the held-out harmless prompts without any edit (``induce``'s baseline)."""
     refusal_ids: list[int] = Field(default_factory=list)
     """Token ids whose next-token probability makes up the refusal score (refusal only)."""
     candidates: list[Candidate] = Field(default_factory=list)
@@ -337,12 +341,14 @@ def _default_sets(harmful: Any, harmless: Any) -> tuple[Any, Any]:
 
 def _direction(model: Model, kind: Kind, means: tuple[torch.Tensor, torch.Tensor], *, layer: int, position: int,
                encoded: EncodedPrompts, n: tuple[int, int], n_val: int, system_prompt: str | None,
-               ids: list[int], candidates: list[Candidate]) -> Direction:
+               ids: list[int], candidates: list[Candidate],
+               clean: tuple[float | None, float | None] = (None, None)) -> Direction:
     return Direction(
         kind=kind, layer=layer, position=position, vectors=(means[0] - means[1]).float().contiguous(),
         n_layers=model.n_layers, d_model=model.d_model, model_name=model.name, model_class=type(model.hf).__name__,
         weights_hash=model.weights_hash, dtype=dtype_name(model), chat=True, system_prompt=system_prompt,
-        template=encoded.template, n_harmful=n[0], n_harmless=n[1], n_val=n_val, refusal_ids=ids,
+        template=encoded.template, n_harmful=n[0], n_harmless=n[1], n_val=n_val, clean_harmful=clean[0],
+        clean_harmless=clean[1], refusal_ids=ids,
         candidates=candidates, versions=versions(),
     )
 
@@ -385,10 +391,14 @@ def refusal_direction(
     prompts with the unit direction ablated everywhere), ``induce`` (of harmless prompts with
     the difference added at its layer) and ``kl`` (harmless next-token KL under ablation).
     Candidates with a non-finite score, ``layer >= int(0.8 L)``, ``kl > kl_max`` or
-    ``induce < 0`` are dropped; the lowest ``bypass`` wins (if none is left, the lowest
-    ``bypass`` of all, with a warning). Cost: two means passes plus ``3 * n_val`` prompt
-    forwards per candidate, so the defaults (4 layers, the template's post-instruction
-    positions, 64 + 8 prompts per side) stay affordable on a CPU; widen them on a GPU.
+    ``induce < 0`` are dropped; the lowest ``bypass`` wins. If none is left, the KL cap is
+    relaxed first (it was set for 2B-8B models), then every filter, with a warning. The clean
+    scores the candidates move from are recorded (``clean_harmful``, ``clean_harmless``).
+
+    Cost: one forward per mean prompt plus ``3 * n_val`` forwards per candidate, so the
+    defaults (4 layers x the template's post-instruction positions, 64 + 8 prompts per side)
+    stay affordable on a CPU: ~2.5 min for SmolLM2-135M (24 candidates) on one thread. Widen
+    ``layers``, ``n_train`` and ``n_val`` on a GPU.
 
     Args:
         model: a chat model from :func:`ihs_sight.load_model`.
@@ -478,16 +488,21 @@ def refusal_direction(
                          "non-finite); check the prompts and the model's dtype.")
     pool = [c for c in scored if c.kept]
     if not pool:
-        log.warning("no refusal candidate passed the filters (late layer, kl > %g, induce < 0); choosing the "
-                    "lowest bypass score of all %d", kl_cap, len(scored))
-        pool = scored
+        # Arditi's KL cap was set for 2B-8B models; a small model's harmless outputs move more.
+        pool = [c for c in scored if (c.reason or "").startswith("kl ")]
+        what = f"passing the other filters (kl_max {kl_cap:g} relaxed)"
+        if not pool:
+            pool, what = scored, "of all"
+        log.warning("no refusal candidate passed the filters (late layer, kl > %g, induce < 0); choosing the lowest "
+                    "bypass score of the %d %s", kl_cap, len(pool), what)
     best = min(pool, key=lambda c: (c.bypass, c.layer))
     log.info("refusal direction: layer %d, position %d (bypass %.3f, induce %.3f, kl %.4f)", best.layer,
              best.position, best.bypass, best.induce, best.kl)
     return _direction(model, "refusal", (mean_h[n_post + best.position], mean_s[n_post + best.position]),
                       layer=best.layer, position=best.position, encoded=enc["harmful"],
                       n=(len(h_train), len(s_train)), n_val=val_n, system_prompt=system_prompt, ids=ids,
-                      candidates=candidates)
+                      candidates=candidates, clean=(float(refusal_score(clean[:val_n], ids).mean()),
+                                                    float(refusal_score(clean[val_n:], ids).mean())))
 
 
 def harmfulness_direction(

@@ -11,6 +11,7 @@ equivalent. Torch runs on one thread here: two threads on a shared two-core box 
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -176,6 +177,9 @@ def test_refusal_direction_is_difference_in_means_with_hook_scores(
         ablated = hf_logits(model, [harmful, harmless])
     with hooked(model, mode="add", unit=unit, add=diff, layers=[LAYER]):
         added = hf_logits(model, [harmless])
+    assert direction.clean_harmful == pytest.approx(float(refusal_score(hf_logits(model, [harmful]), ids)[0]),
+                                                    abs=SCORE_TOL)
+    assert direction.clean_harmless == pytest.approx(float(refusal_score(clean, ids)[0]), abs=SCORE_TOL)
     assert cand.bypass == pytest.approx(float(refusal_score(ablated[:1], ids)[0]), abs=SCORE_TOL)
     assert cand.induce == pytest.approx(float(refusal_score(added, ids)[0]), abs=SCORE_TOL)
     p, q = clean.double().log_softmax(-1), ablated[1:].double().log_softmax(-1)
@@ -304,6 +308,33 @@ def test_steer_and_directions_simulated_remote_equal_local(
     assert local.logits is not None and shipped.logits is not None
     assert torch.equal(local.logits, shipped.logits)
     assert [r.tokens for r in local.records] == [r.tokens for r in shipped.records]
+
+
+def test_steer_generation_ending_early_at_eos_matches_hooks_quietly(
+    model: ihs.Model, prompts: list[str]
+) -> None:
+    # Add, at the last layer, a large multiple of the final state of a finished reply (whose next
+    # token is EOS): every row ends at once, so the steering loop's later steps never run
+    # (nnsight's warning about them is expected and silenced).
+    ids = encode(model.tokenizer, ["Say hi."])[0] + model.tokenizer(
+        "Hi! How can I help you today?", add_special_tokens=False)["input_ids"]
+    seen: dict[str, torch.Tensor] = {}
+    handle = model.hf.model.norm.register_forward_pre_hook(
+        lambda _m, args: seen.update(x=args[0][0, -1].detach().float().clone()))
+    try:
+        assert int(hf_logits(model, [ids])[0].argmax()) == model.tokenizer.eos_token_id
+    finally:
+        handle.remove()
+    push, layer, scale = seen["x"], model.n_layers, 1e5
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = steer(model, prompts, push, mode="add", scale=scale, layers=[layer], generate=N_NEW, judge=judge,
+                       progress=False)
+    assert not [w for w in caught if "never reached" in str(w.message)]
+    with hooked(model, mode="add", unit=push / push.norm(), add=scale * push / push.norm(), layers=[layer]):
+        ref_gen = hf_greedy(model, encode(model.tokenizer, prompts), N_NEW)
+    assert [r.tokens for r in result.records] == ref_gen
+    assert all(r.tokens is not None and len(r.tokens) < N_NEW for r in result.records)
 
 
 def test_steer_none_equals_clean_greedy_generation(model: ihs.Model, prompts: list[str], direction: Direction) -> None:

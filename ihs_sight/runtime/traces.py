@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -589,10 +590,14 @@ def steered_generation(
     """
     n, width = (int(x) for x in batch["input_ids"].shape)
     new = range(width + min(1, max_new_tokens), width + max_new_tokens + 1)
-    ids = run(model, functools.partial(_steered_generation, model, batch, mode=mode, unit=unit, add=add,
-                                       layers=list(layers), attn=attn, max_new_tokens=max_new_tokens,
-                                       pad_id=pad_id), n_prompts=n,
-              expect={"generated": Expected((n, new), "index", model.vocab_size)})["generated"]
+    with warnings.catch_warnings():
+        # When every row has ended (EOS) before max_new_tokens, nnsight warns that the loop's
+        # later steps were never reached: expected here, and the result is read in its own invoke.
+        warnings.filterwarnings("ignore", message=".*was never reached.*")
+        ids = run(model, functools.partial(_steered_generation, model, batch, mode=mode, unit=unit, add=add,
+                                           layers=list(layers), attn=attn, max_new_tokens=max_new_tokens,
+                                           pad_id=pad_id), n_prompts=n,
+                  expect={"generated": Expected((n, new), "index", model.vocab_size)})["generated"]
     return {"generated": ids[:, width:]}
 
 
