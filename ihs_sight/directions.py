@@ -322,8 +322,7 @@ def _next_logits(model: Model, encoded: EncodedPrompts, *, mode: str | None, uni
     return run_batches(model, encoded, step, batch_size=batch_size, dedupe=False, bar=bar).rows["logits"]
 
 
-def _check_common(model: Model, *, n_train: Any, n_val: Any, batch_size: Any, chat: Any) -> tuple[
-        int | None, int, int]:
+def _check_common(*, n_train: Any, n_val: Any, batch_size: Any, chat: Any) -> tuple[int | None, int, int]:
     if chat is not True:
         raise InputError("Directions are read at chat-template positions; chat must be True (use a chat model).")
     train = None if n_train is None else checks.positive_int("n_train", n_train)
@@ -424,7 +423,7 @@ def refusal_direction(
         >>> direction.layer, direction.position, direction.norm
         >>> ihs.steer(model, data.test.malicious.head(8), direction, mode="ablate").refusal_rate
     """
-    train_n, val_n, bs = _check_common(model, n_train=n_train, n_val=n_val, batch_size=batch_size, chat=chat)
+    train_n, val_n, bs = _check_common(n_train=n_train, n_val=n_val, batch_size=batch_size, chat=chat)
     kl_cap = checks.number("kl_max", kl_max, low=0.0)
     n_post = post_instruction_length(model, system_prompt=system_prompt)
     pos = list(range(-n_post, 0)) if positions is None else checks.as_list("positions", positions, "a list of ints")
@@ -533,8 +532,13 @@ def harmfulness_direction(
 
     Returns:
         :class:`Direction` with ``kind="harmfulness"``; each candidate's ``accuracy`` and ``separation``.
+
+    Examples:
+        >>> harm = ihs.harmfulness_direction(model)
+        >>> refusal = ihs.refusal_direction(model)
+        >>> ihs.direction_cosines(refusal, harm)     # per layer: where the two part
     """
-    train_n, val_n, bs = _check_common(model, n_train=n_train, n_val=n_val, batch_size=batch_size, chat=chat)
+    train_n, val_n, bs = _check_common(n_train=n_train, n_val=n_val, batch_size=batch_size, chat=chat)
     n_post = post_instruction_length(model, system_prompt=system_prompt)
     chosen_layers = check_layers(range(1, model.n_layers + 1) if layers is None else layers, model.n_layers)
     harmful, harmless = _default_sets(harmful, harmless)
