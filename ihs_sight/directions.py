@@ -82,7 +82,7 @@ class Candidate(BaseModel):
     kept: bool = True
     """Whether the candidate passed the filters."""
     reason: str | None = None
-    """Why it was filtered out."""
+    """Why it was filtered out (every filter it failed, ``; ``-separated)."""
 
 
 class Direction(BaseModel):
@@ -355,6 +355,28 @@ def _direction(model: Model, kind: Kind, means: tuple[torch.Tensor, torch.Tensor
 # ---------------------------------------------------------------------------- public API
 
 
+def choose_candidate(candidates: Sequence[Candidate]) -> Candidate:
+    """The refusal candidate with the lowest ``bypass`` among those kept.
+
+    If none was kept, among those that failed the KL cap alone (Arditi's cap was set for 2B-8B
+    models; a small model's harmless outputs move more), else among every scored one, with a
+    warning. Ties go to the earlier layer.
+    """
+    scored = [c for c in candidates if c.bypass is not None and math.isfinite(c.bypass)]
+    if not scored:
+        raise InputError("No candidate direction could be scored (every difference in means was zero or "
+                         "non-finite); check the prompts and the model's dtype.")
+    pool = [c for c in scored if c.kept]
+    if not pool:
+        pool = [c for c in scored if (c.reason or "").startswith("kl ") and ";" not in (c.reason or "")]
+        what = "passing the other filters (the KL cap relaxed)"
+        if not pool:
+            pool, what = scored, "of all"
+        log.warning("no refusal candidate passed the filters (late layer, kl > kl_max, induce < 0); choosing the "
+                    "lowest bypass score of the %d %s", len(pool), what)
+    return min(pool, key=lambda c: (float(c.bypass or 0.0), c.layer))
+
+
 def default_candidate_layers(n_layers: int, count: int = 4) -> list[int]:
     """``count`` layers evenly spread over ``[L // 4, int(0.8 L) - 1]``: a CPU-affordable search.
 
@@ -470,31 +492,18 @@ def refusal_direction(
                 induce = float(refusal_score(added, ids).mean())
                 abl_logp = ablated[val_n:].double().log_softmax(-1)
                 kl = float((clean_logp.exp() * (clean_logp - abl_logp)).sum(-1).mean())
-                reason = None
+                reasons = []
                 if not all(math.isfinite(x) for x in (bypass, induce, kl)):
-                    reason = "non-finite score"
-                elif layer >= int(LATE_FRACTION * model.n_layers):
-                    reason = f"layer >= int({LATE_FRACTION} * L)"
-                elif kl > kl_cap:
-                    reason = f"kl {kl:.3g} > kl_max {kl_cap:g}"
-                elif induce < 0:
-                    reason = "induce < 0"
+                    reasons.append("non-finite score")
+                if layer >= int(LATE_FRACTION * model.n_layers):
+                    reasons.append(f"layer >= int({LATE_FRACTION} * L)")
+                if kl > kl_cap:
+                    reasons.append(f"kl {kl:.3g} > kl_max {kl_cap:g}")
+                if induce < 0:
+                    reasons.append("induce < 0")
                 candidates.append(Candidate(layer=layer, position=p, norm=norm, bypass=bypass, induce=induce, kl=kl,
-                                            kept=reason is None, reason=reason))
-    scored = [c for c in candidates if c.bypass is not None and math.isfinite(c.bypass)]
-    if not scored:
-        raise InputError("No candidate direction could be scored (every difference in means was zero or "
-                         "non-finite); check the prompts and the model's dtype.")
-    pool = [c for c in scored if c.kept]
-    if not pool:
-        # Arditi's KL cap was set for 2B-8B models; a small model's harmless outputs move more.
-        pool = [c for c in scored if (c.reason or "").startswith("kl ")]
-        what = f"passing the other filters (kl_max {kl_cap:g} relaxed)"
-        if not pool:
-            pool, what = scored, "of all"
-        log.warning("no refusal candidate passed the filters (late layer, kl > %g, induce < 0); choosing the lowest "
-                    "bypass score of the %d %s", kl_cap, len(pool), what)
-    best = min(pool, key=lambda c: (c.bypass, c.layer))
+                                            kept=not reasons, reason="; ".join(reasons) or None))
+    best = choose_candidate(candidates)
     log.info("refusal direction: layer %d, position %d (bypass %.3f, induce %.3f, kl %.4f)", best.layer,
              best.position, best.bypass, best.induce, best.kl)
     return _direction(model, "refusal", (mean_h[n_post + best.position], mean_s[n_post + best.position]),

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import ihs_sight as ihs
-from ihs_sight.directions import Direction, refusal_score
+from ihs_sight.directions import Candidate, Direction, choose_candidate, refusal_score
 from ihs_sight.prompts import encode
 from ihs_sight.steer import DirectionWarning, SteerResult, steer
 
@@ -207,6 +207,21 @@ def test_harmfulness_direction_reads_last_instruction_token(
     cos = ihs.direction_cosines(direction, harm)
     assert len(cos) == model.n_layers + 1 and all(-1.0 - 1e-6 <= c <= 1.0 + 1e-6 for c in cos)
     assert direction.cosine(direction)[LAYER] == pytest.approx(1.0)
+
+
+def test_choose_candidate_prefers_kept_then_relaxes_kl_only() -> None:
+    def cand(layer: int, bypass: float, reason: str | None = None) -> Candidate:
+        return Candidate(layer=layer, position=-1, norm=1.0, bypass=bypass, induce=0.5, kl=0.05,
+                         kept=reason is None, reason=reason)
+
+    kept, better_but_late = cand(5, 1.0), cand(25, -3.0, "layer >= int(0.8 * L)")
+    assert choose_candidate([better_but_late, kept]) == kept
+    kl_only, kl_and_induce = cand(7, -1.0, "kl 0.3 > kl_max 0.1"), cand(9, -2.0, "kl 0.3 > kl_max 0.1; induce < 0")
+    assert choose_candidate([kl_and_induce, kl_only, better_but_late]) == kl_only
+    assert choose_candidate([kl_and_induce, better_but_late]) == better_but_late
+    assert choose_candidate([cand(9, 0.0), cand(4, 0.0)]).layer == 4
+    with pytest.raises(ihs.InputError, match="could be scored"):
+        choose_candidate([Candidate(layer=1, position=-1, norm=0.0, kept=False, reason="zero")])
 
 
 def test_direction_save_load_round_trip(direction: Direction, tmp_path: Path) -> None:
