@@ -324,7 +324,8 @@ def steer(
     if mode == "add":
         if layers is None and not isinstance(vec, Direction):
             raise InputError("A raw direction tensor has no layer of its own; pass layers=[...] with mode='add'.")
-        chosen = check_layers([vec.layer] if layers is None and isinstance(vec, Direction) else layers, model.n_layers)
+        given = [vec.layer] if layers is None and isinstance(vec, Direction) else layers
+        chosen = sorted(set(check_layers(given, model.n_layers)))  # each layer's state is added to once
         amount = (vec.norm if isinstance(vec, Direction) else float(vec.norm())) if scale is None else \
             checks.finite("scale", scale)
     attn = attention_name(model) if mode == "ablate" else ""
