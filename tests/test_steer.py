@@ -23,7 +23,7 @@ import torch
 import ihs_sight as ihs
 from ihs_sight.directions import Candidate, Direction, choose_candidate, refusal_score
 from ihs_sight.prompts import encode
-from ihs_sight.steer import DirectionWarning, SteerResult, steer
+from ihs_sight.steer import DirectionWarning, SteerMode, SteerResult, steer
 
 REL_TOL = 1e-4
 """Max relative L2 difference of next-token logits against the hook reference on the same batch."""
@@ -237,11 +237,12 @@ def test_direction_save_load_round_trip(direction: Direction, tmp_path: Path) ->
 
 def test_direction_rejects_inconsistent_fields(direction: Direction) -> None:
     fields = direction.model_dump() | {"vectors": direction.vectors}
-    for change, match in [({"vectors": direction.vectors[:, :5]}, "shape"),
-                          ({"vectors": torch.full_like(direction.vectors, float("nan"))}, "NaN"),
-                          ({"layer": direction.n_layers + 1}, "out of range"),
-                          ({"position": 0}, "negative"),
-                          ({"kind": "other"}, "kind")]:
+    cases: list[tuple[dict[str, Any], str]] = [({"vectors": direction.vectors[:, :5]}, "shape"),
+                                               ({"vectors": torch.full_like(direction.vectors, float("nan"))}, "NaN"),
+                                               ({"layer": direction.n_layers + 1}, "out of range"),
+                                               ({"position": 0}, "negative"),
+                                               ({"kind": "other"}, "kind")]
+    for change, match in cases:
         with pytest.raises(ihs.InputError, match=match):
             Direction(**(fields | change))
 
@@ -276,7 +277,7 @@ def test_directions_reject_bad_input(model: ihs.Model, pair: tuple[str, str]) ->
 
 @pytest.mark.parametrize("mode", ["none", "ablate", "add"])
 def test_steer_matches_hooks_logits_and_generation(
-    model: ihs.Model, direction: Direction, prompts: list[str], mode: str
+    model: ihs.Model, direction: Direction, prompts: list[str], mode: SteerMode
 ) -> None:
     rows = encode(model.tokenizer, prompts)
     assert len({len(r) for r in rows}) == 2, "prompts should differ in length so the batch is padded"
