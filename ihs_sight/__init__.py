@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from .deprecations import IhsSightDeprecationWarning, moved
+from .directions import Candidate, Direction, direction_cosines, harmfulness_direction, refusal_direction
 from .emotions import EmotionProfile, InducedLexicon, Lexicon, induce_lexicon, load_lexicon
 from .errors import (
     CacheWarning,
@@ -27,22 +28,26 @@ from .lens import Consistency, LensResult, compare_consistency, logit_lens
 from .models import ARCHITECTURES, ArchSpec, Model, load_model
 from .probe import LayerProbe, ProbeReport, probe, probe_transfer
 from .prompts import Prompt, PromptSet, load_prompts, wrap
+from .steer import DirectionWarning, SteeredPrompt, SteerMeta, SteerResult, steer
 
 __all__ = [
     "ARCHITECTURES",
     "ArchSpec",
     "CacheWarning",
+    "Candidate",
     "Consistency",
     "DefaultModelNotInstalledError",
+    "Direction",
+    "DirectionWarning",
     "EmotionProfile",
     "ExtractMeta",
     "GraftResult",
-    "IhsSightDeprecationWarning",
     "Guard",
     "GuardEvaluation",
     "GuardFitReport",
     "GuardScores",
     "HiddenStates",
+    "IhsSightDeprecationWarning",
     "IhsSightError",
     "InducedLexicon",
     "InputError",
@@ -57,15 +62,20 @@ __all__ = [
     "Prompt",
     "PromptSet",
     "RefusalJudge",
-    "ReplyJudge",
     "RemoteError",
+    "ReplyJudge",
+    "SteerMeta",
+    "SteerResult",
+    "SteeredPrompt",
     "SweepResult",
     "UnsupportedArchitectureError",
     "compare_consistency",
     "default_judge",
+    "direction_cosines",
     "extract",
     "graft",
     "graft_sweep",
+    "harmfulness_direction",
     "induce_lexicon",
     "load_lexicon",
     "load_model",
@@ -73,6 +83,8 @@ __all__ = [
     "logit_lens",
     "probe",
     "probe_transfer",
+    "refusal_direction",
+    "steer",
     "wrap",
 ]
 __version__ = "0.1.0"

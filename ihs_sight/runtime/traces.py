@@ -7,8 +7,8 @@ installed**. Hence the rule for every body here, stated once:
 
 1. it names only torch tensors, Python scalars and containers of them, and nnsight envoys
    (``model.nn`` and its modules) -- never an ihs_sight object, function or class;
-2. it calls no helper of ours, which is why the graft edit is written out in both the
-   next-token and the generation trace (the one documented duplication in the package);
+2. it calls no helper of ours, which is why the graft edit and the steering edit are each
+   written out in both the next-token and the generation trace (the documented duplications);
 3. it reads modules in forward order, and saves only the small tensors that should leave it
    (last-token slices, top-k, masses), as host copies when the backend ships results.
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -442,4 +443,208 @@ def _grafted_generation(
             else:
                 hidden[:, -1] += vecs.to(hidden.device, hidden.dtype)
         generated = nnsight.save(tracer.result.detach().cpu())
+    return {"generated": generated}
+
+
+# ---------------------------------------------------------------------------- directions and steering
+
+
+def tail_states(model: Model, batch: dict[str, torch.Tensor], *, n_tail: int) -> dict[str, torch.Tensor]:
+    """``states`` (B, n_tail, L+1, D) float32: every layer's states at the last ``n_tail`` positions.
+
+    The batch must be left-padded (``last=None``), so the last ``n_tail`` columns of every row
+    are its last ``n_tail`` tokens (a chat template's post-instruction tokens, for directions).
+    """
+    n = int(batch["input_ids"].shape[0])
+    return run(model, functools.partial(_tail_states, model, batch, n_tail=n_tail), n_prompts=n,
+               expect={"states": Expected((n, n_tail, model.n_layers + 1, model.d_model), "float")})
+
+
+def _tail_states(model: Model, batch: dict[str, torch.Tensor], *, n_tail: int) -> dict[str, torch.Tensor]:
+    import nnsight
+
+    blocks = model.blocks()
+    index = model.arch.output_index
+    with model.nn.trace(batch, remote=model.remote, **forward_kwargs(model)) as tracer:
+        saved = nnsight.save([])
+        for layer in range(len(blocks) + 1):
+            if layer == 0:
+                full = blocks[0].input
+            else:
+                out = blocks[layer - 1].output
+                full = out if index is None else out[index]
+            saved.append(full[:, -n_tail:].detach().float().cpu().clone())
+        tracer.stop()
+    return {"states": torch.stack(list(saved), 2)}
+
+
+def steered_next_token(
+    model: Model,
+    batch: dict[str, torch.Tensor],
+    *,
+    mode: str | None,
+    unit: torch.Tensor,
+    add: torch.Tensor,
+    layers: Sequence[int],
+    attn: str,
+    neg_ids: torch.Tensor,
+    pos_ids: torch.Tensor,
+    top_k: int,
+    keep_logits: bool,
+) -> dict[str, torch.Tensor]:
+    """Next-token top-k, lexicon masses (and logits) of one left-padded batch, steered.
+
+    ``mode="ablate"`` projects ``unit`` (D,) out of every block's input, every attention
+    sublayer's output and the last block's output, at every position; ``"add"`` adds ``add``
+    (D,) to the states of ``layers`` at every position; ``None`` runs clean.
+
+    Returns ``top_ids`` / ``top_probs`` (B, k), ``neg_mass`` / ``pos_mass`` (B,) and, with
+    ``keep_logits``, ``logits`` (B, V) float32.
+    """
+    n, vocab = int(batch["input_ids"].shape[0]), model.vocab_size
+    expect = {"top_ids": Expected((n, top_k), "index", vocab), "top_probs": Expected((n, top_k), "float"),
+              "neg_mass": Expected((n,), "float"), "pos_mass": Expected((n,), "float")}
+    if keep_logits:
+        expect["logits"] = Expected((n, vocab), "float")
+    return run(model, functools.partial(_steered_next_token, model, batch, mode=mode, unit=unit, add=add,
+                                        layers=list(layers), attn=attn, neg_ids=neg_ids, pos_ids=pos_ids,
+                                        top_k=top_k, keep_logits=keep_logits), n_prompts=n, expect=expect)
+
+
+def _steered_next_token(
+    model: Model,
+    batch: dict[str, torch.Tensor],
+    *,
+    mode: str | None,
+    unit: torch.Tensor,
+    add: torch.Tensor,
+    layers: list[int],
+    attn: str,
+    neg_ids: torch.Tensor,
+    pos_ids: torch.Tensor,
+    top_k: int,
+    keep_logits: bool,
+) -> dict[str, torch.Tensor]:
+    import nnsight
+
+    blocks = model.blocks()
+    index = model.arch.output_index
+    root = model.nn
+    wanted = set(layers)
+    kwargs = forward_kwargs(model)
+    with model.nn.trace(batch, remote=model.remote, **kwargs):
+        # The steering edit; written out again in _steered_generation (trace bodies call no helper).
+        if mode == "ablate":
+            for i, block in enumerate(blocks):
+                h = block.input
+                d = unit.to(h.device, h.dtype)
+                block.input = h - (h @ d).unsqueeze(-1) * d
+                a = getattr(block, attn).output[0]
+                a -= (a @ d).unsqueeze(-1) * d
+                if i == len(blocks) - 1:
+                    out = block.output
+                    hidden = out if index is None else out[index]
+                    hidden -= (hidden @ d).unsqueeze(-1) * d
+        elif mode == "add":
+            for layer in sorted(wanted):
+                if layer == 0:
+                    h = blocks[0].input
+                    blocks[0].input = h + add.to(h.device, h.dtype)
+                else:
+                    out = blocks[layer - 1].output
+                    hidden = out if index is None else out[index]
+                    hidden += add.to(hidden.device, hidden.dtype)
+        logits = root.output.logits[:, -1].float()
+        probs = logits.softmax(-1)
+        top = probs.topk(top_k, dim=-1)
+        top_ids = nnsight.save(top.indices.detach().cpu())
+        top_probs = nnsight.save(top.values.detach().cpu())
+        neg_mass = nnsight.save(probs[:, neg_ids.to(probs.device)].sum(-1).detach().cpu())
+        pos_mass = nnsight.save(probs[:, pos_ids.to(probs.device)].sum(-1).detach().cpu())
+        if keep_logits:
+            full = nnsight.save(logits.detach().cpu().clone())
+    found = {"top_ids": top_ids, "top_probs": top_probs, "neg_mass": neg_mass, "pos_mass": pos_mass}
+    if keep_logits:
+        found["logits"] = full
+    return found
+
+
+def steered_generation(
+    model: Model,
+    batch: dict[str, torch.Tensor],
+    *,
+    mode: str | None,
+    unit: torch.Tensor,
+    add: torch.Tensor,
+    layers: Sequence[int],
+    attn: str,
+    max_new_tokens: int,
+    pad_id: int,
+) -> dict[str, torch.Tensor]:
+    """``generated`` (B, new) greedy ids of one left-padded batch, steered at **every** step.
+
+    The edit of :func:`steered_next_token` runs inside ``tracer.iter``, so it binds to the
+    prefill and to every decoding step (each new token is edited at its own step; earlier
+    tokens reach later steps through the KV cache, edited). The result is read in a second,
+    empty invoke: code after an ``iter`` loop never runs when every row stops early at EOS.
+    """
+    n, width = (int(x) for x in batch["input_ids"].shape)
+    new = range(width + min(1, max_new_tokens), width + max_new_tokens + 1)
+    with warnings.catch_warnings():
+        # When every row has ended (EOS) before max_new_tokens, nnsight warns that the loop's
+        # later steps were never reached: expected here, and the result is read in its own invoke.
+        warnings.filterwarnings("ignore", message=".*was never reached.*")
+        ids = run(model, functools.partial(_steered_generation, model, batch, mode=mode, unit=unit, add=add,
+                                           layers=list(layers), attn=attn, max_new_tokens=max_new_tokens,
+                                           pad_id=pad_id), n_prompts=n,
+                  expect={"generated": Expected((n, new), "index", model.vocab_size)})["generated"]
+    return {"generated": ids[:, width:]}
+
+
+def _steered_generation(
+    model: Model,
+    batch: dict[str, torch.Tensor],
+    *,
+    mode: str | None,
+    unit: torch.Tensor,
+    add: torch.Tensor,
+    layers: list[int],
+    attn: str,
+    max_new_tokens: int,
+    pad_id: int,
+) -> dict[str, torch.Tensor]:
+    import nnsight
+
+    blocks = model.blocks()
+    index = model.arch.output_index
+    wanted = set(layers)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with model.nn.generate(
+        max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id, remote=model.remote
+    ) as tracer:
+        with tracer.invoke(inputs):
+            if mode is not None:
+                for _step in tracer.iter[:max_new_tokens]:
+                    if mode == "ablate":
+                        for i, block in enumerate(blocks):
+                            h = block.input
+                            d = unit.to(h.device, h.dtype)
+                            block.input = h - (h @ d).unsqueeze(-1) * d
+                            a = getattr(block, attn).output[0]
+                            a -= (a @ d).unsqueeze(-1) * d
+                            if i == len(blocks) - 1:
+                                out = block.output
+                                hidden = out if index is None else out[index]
+                                hidden -= (hidden @ d).unsqueeze(-1) * d
+                    else:
+                        for layer in sorted(wanted):
+                            if layer == 0:
+                                h = blocks[0].input
+                                blocks[0].input = h + add.to(h.device, h.dtype)
+                            else:
+                                out = blocks[layer - 1].output
+                                hidden = out if index is None else out[index]
+                                hidden += add.to(hidden.device, hidden.dtype)
+        with tracer.invoke():
+            generated = nnsight.save(tracer.result.detach().cpu())
     return {"generated": generated}
