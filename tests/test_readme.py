@@ -80,3 +80,15 @@ def test_readme_aligned_table_equals_the_rejudged_json() -> None:
     for m in ("default", "default-aligned"):
         for group in ("malicious", "normal", "lookalike"):
             assert old["models"][m]["rates"][group]["rate"] == result["models"][m]["rates"][group]["old"]["rate"]
+
+
+def test_readme_steering_table_equals_steer_eval_json() -> None:
+    result = json.loads((ROOT / "docs" / "steer_eval.json").read_text(encoding="utf-8"))
+    rows = table("| test prompts | steering | refusal, clean |")
+    assert [row[:2] for row in rows] == [["malicious", "ablate"], ["jailbreak", "ablate"], ["normal", "add"]]
+    for group, mode, clean, steered in rows:
+        runs = result["steering"][group]
+        assert [float(clean.removesuffix("%")), float(steered.removesuffix("%"))] == [
+            round(100 * runs["none"]["refusal_rate"], 1), round(100 * runs[mode]["refusal_rate"], 1)], group
+    assert f"taken at layer {result['refusal']['layer']}, position {result['refusal']['position']}" in README
+    assert f"the harmfulness direction at layer {result['harmfulness']['layer']}" in README
