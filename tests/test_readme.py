@@ -92,3 +92,26 @@ def test_readme_steering_table_equals_steer_eval_json() -> None:
             round(100 * runs["none"]["refusal_rate"], 1), round(100 * runs[mode]["refusal_rate"], 1)], group
     assert f"taken at layer {result['refusal']['layer']}, position {result['refusal']['position']}" in README
     assert f"the harmfulness direction at layer {result['harmfulness']['layer']}" in README
+
+
+def test_readme_probe_table_equals_probe_canonical_json() -> None:
+    result = json.loads((ROOT / "docs" / "probe_canonical.json").read_text(encoding="utf-8"))
+    rows = table("| probe | best accuracy, layers <= L/3 = 10 (lift) |")
+    names = {"linear SVM": "svm", "MLP": "mlp", "logistic regression": "logreg"}
+    assert [row[0] for row in rows] == list(names)
+    for row in rows:
+        held = result["held_out"][names[row[0]]]
+        jail = result["jailbreak_transfer"][names[row[0]]]["at_first_layer"]
+        lift = held["lift_over_surface_baseline"]
+        first = held["first_layer_at_threshold"]
+        assert row[1:] == [
+            f"{held['best_early_accuracy']:.3f} (layer {held['best_early_layer']}; {lift[held['best_early_layer']]:+.3f})",
+            "none" if first is None else str(first),
+            f"{held['best_layer']} ({held['best_accuracy']:.3f}; {held['lift_at_best']:+.3f})",
+            f"{jail['jailbreak_flagged_malicious']:.3f} (layer {jail['layer']})",
+            f"{jail['wrapped_normal_fpr']:.3f}",
+        ], row
+    base = result["surface_baselines"]
+    assert f"bag-of-words {base['bag_of_words']:.3f}, form only {base['form']:.3f}" in README
+    look, other = result["held_out"]["logreg"]["fpr_at_best_lookalike_vs_other_normals"]
+    assert f"flagged malicious {100 * look:.1f}% of the time, other\nnormal prompts {100 * other:.1f}%" in README
