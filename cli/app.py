@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from . import analyses, inspect_cmds
+from . import analyses, inspect_cmds, steer_cmds
 from .common import EXIT_CODES_HELP
 from .guard_cmds import guard_app
 
@@ -24,6 +24,10 @@ COMMANDS = {
               analyses.probe_cmd),
     "lens": ("Logit lens: top-tokens heatmap, emotion curves and Top-K Intermediate Consistency.", analyses.lens_cmd),
     "graft": ("Logit grafting at one layer or a sweep over layers.", analyses.graft_cmd),
+    "directions": ("Refusal and harmfulness directions (difference in means), saved for steer.",
+                   steer_cmds.directions_cmd),
+    "steer": ("Generate with a direction ablated or added, beside the clean run; example replies in summary.md.",
+              steer_cmds.steer_cmd),
     "extract": ("Compute and cache last-token hidden states.", analyses.extract_cmd),
     "models": ("List the bundled models and supported architectures.", inspect_cmds.models_cmd),
     "data": ("List the bundled prompt sets, or inspect a prompt file.", inspect_cmds.data_cmd),
@@ -72,7 +76,7 @@ def main() -> None:
         if type(e).__name__ == "NoArgsIsHelpError":  # a bare group: its help, as before
             e.show()
         else:
-            typer.echo(f"error: {e.format_message()}", err=True)
+            typer.echo(f"error: {' '.join(e.format_message().split())}", err=True)  # one line, always
         sys.exit(e.exit_code)
     except typer.Abort:
         typer.echo("Aborted.", err=True)

@@ -7,7 +7,7 @@ A command takes an option by naming its type, with the default in its own signat
 so each option's flag, help, type and parser live here, and ``--help`` lists them in panels:
 Model, Prompts, Run and Output. Options that only one command has stay in that command.
 
-Choices are Enum types with the library's values (``graft.MODES``, ``guard.POOLS``,
+Choices are Enum types with the library's values (``graft.MODES``, ``steer.MODES``, ``guard.POOLS``,
 ``probe.CLASSIFIERS``; a test keeps them equal), so Typer lists them in ``--help`` and refuses
 anything else (exit 2, one line on stderr). They are written out here rather than read from the
 library so that ``--help`` and usage errors need no import of torch (0.3 s instead of 3.7 s). Lists (``--layers``,
@@ -36,6 +36,14 @@ class Mode(str, Enum):
     replace = "replace"
     add = "add"
     seed = "seed"
+
+
+class SteerMode(str, Enum):
+    """``steer --mode`` (the library's ``steer.MODES``)."""
+
+    ablate = "ablate"
+    add = "add"
+    none = "none"
 
 
 class Pool(str, Enum):

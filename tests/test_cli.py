@@ -39,7 +39,7 @@ def test_cli_help_documents_exit_codes() -> None:
     result = run(["--help"])
     assert result.returncode == 0
     assert "Exit codes" in result.stdout and "4 remote/network failure" in result.stdout
-    for command in ("probe", "lens", "graft", "extract", "models", "data", "demo"):
+    for command in ("probe", "lens", "graft", "directions", "steer", "extract", "models", "data", "demo"):
         assert command in result.stdout
 
 
@@ -108,6 +108,51 @@ def test_cli_graft_one_layer(tmp_path: Path, cli_env: dict[str, str]) -> None:
     graft = GraftResult.model_validate_json((tmp_path / "graft.json").read_text())
     assert graft.layer == 20 and len(graft.targets) == 2
     assert (tmp_path / "graft.png").exists()
+
+
+def test_cli_directions_then_steer_equal_the_library(tmp_path: Path, cli_env: dict[str, str],
+                                                     model: ihs.Model, data: ihs.PromptSet) -> None:
+    """`directions` saves both directions; `steer` with one of them gives the library's replies."""
+    out = tmp_path / "dirs"
+    result = run(["directions", "--model", "default", "--n-train", "4", "--n-val", "2", "--out", str(out), "--quiet",
+                  "--json"], cli_env)
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    refusal = ihs.Direction.load(out / "refusal")
+    harm = ihs.Direction.load(out / "harmfulness")
+    assert (refusal.kind, harm.kind) == ("refusal", "harmfulness")
+    assert payload["refusal"] == {"layer": refusal.layer, "position": refusal.position}
+    assert payload["cosine_per_layer"] == pytest.approx(ihs.direction_cosines(refusal, harm), abs=1e-6)
+    assert (out / "cosines.png").exists() and refusal.weights_hash == model.weights_hash
+
+    steered = tmp_path / "steer"
+    result = run(["steer", "--model", "default", "--mode", "ablate", "--direction", str(out / "refusal"), "--limit", "2",
+                  "--generate", "4", "--out", str(steered), "--quiet", "--json"], cli_env)
+    assert result.returncode == 0, result.stderr
+    runs = json.loads((steered / "steer.json").read_text())
+    assert set(runs) == {"none", "ablate"}
+    prompts = data.test.malicious.sample(2, random_state=0)
+    for mode in ("none", "ablate"):
+        ref = ihs.steer(model, prompts, refusal, mode=mode, generate=4, progress=False)
+        assert runs[mode]["texts"] == ref.texts, mode
+        assert json.loads(result.stdout)["refusal_rate"][mode] == ref.refusal_rate
+    summary = (steered / "summary.md").read_text()
+    assert "## Replies, clean -> ablate" in summary and "- ablate: " in summary
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["steer"], "--mode"),  # required, like the library's keyword
+        (["steer", "--mode", "sideways"], "--mode"),
+        (["steer", "--mode", "ablate", "--direction", "/nonexistent/refusal"], "refusal"),
+    ],
+)
+def test_cli_steer_bad_arguments_exit_2_with_one_line(args: list[str], needle: str) -> None:
+    result = run(args)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], result.stderr
 
 
 def test_cli_guard_fit_then_score(tmp_path: Path, cli_env: dict[str, str], model: ihs.Model,
@@ -222,15 +267,17 @@ def test_cli_band_parses_lo_hi() -> None:
 
 
 def test_cli_choices_equal_the_library_tuples() -> None:
-    from ihs_sight_cli.options import Classifier, Pool
+    from ihs_sight_cli.options import Classifier, Pool, SteerMode
 
     from ihs_sight.graft import MODES
     from ihs_sight.guard import POOLS
     from ihs_sight.probe import CLASSIFIERS
+    from ihs_sight.steer import MODES as STEER_MODES
 
     assert [m.value for m in Mode] == list(MODES)
     assert [p.value for p in Pool] == list(POOLS)
     assert [c.value for c in Classifier] == list(CLASSIFIERS)
+    assert [m.value for m in SteerMode] == list(STEER_MODES)
     assert _parsed(["--mode", "add"])["mode"] == "add"
 
 
