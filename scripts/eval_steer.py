@@ -5,14 +5,17 @@ held-out test prompts through :func:`ihs_sight.steer` and judges the replies wit
 judge:
 
 - malicious prompts: ``none`` (baseline) vs ``ablate`` (refusal direction removed);
-- normal prompts: ``none`` vs ``add`` (refusal direction added at its layer, scale = its norm);
-- jailbreak prompts: ``none`` vs ``ablate``.
+- normal prompts: ``none`` vs ``ablate`` (with the mean next-token KL from the clean model: what
+  ablation costs harmless prompts) and ``add`` (refusal direction added at its layer, scale = its norm);
+- jailbreak prompts (a seeded sample): ``none`` vs ``ablate``.
+
+By default every test-split malicious and normal prompt is run: the figures the README quotes.
 
 Also records every refusal candidate's scores, the harmfulness direction's layer and held-out
 accuracy, and the per-layer cosine of the two directions.
 
 Usage:
-    python scripts/eval_steer.py [docs/steer_eval.json] [--model default-aligned] [--n 32] [--generate 24]
+    python scripts/eval_steer.py [docs/steer_eval.json] [--model default-aligned] [--n 0] [--n-jailbreak 64] [--generate 24]
         [--save-directions DIR] [--threads 1]
 """
 
@@ -38,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", nargs="?", default="docs/steer_eval.json", type=Path)
     parser.add_argument("--model", default="default-aligned")
-    parser.add_argument("--n", type=int, default=32, help="test prompts per label")
+    parser.add_argument("--n", type=int, default=0, help="test prompts per label (0: all of the test split)")
+    parser.add_argument("--n-jailbreak", type=int, default=64, help="jailbreak prompts (sampled; 0: all 350)")
     parser.add_argument("--generate", type=int, default=24)
     parser.add_argument("--save-directions", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 avoids oversubscription)")
@@ -58,14 +62,22 @@ def main(argv: list[str] | None = None) -> int:
         harm.save(args.save_directions / f"{args.model}.harmfulness")
 
     test = data.test
-    sets = {name: getattr(test, name).sample(args.n, random_state=0) for name in ("malicious", "normal", "jailbreak")}
-    runs = {"malicious": ("none", "ablate"), "normal": ("none", "add"), "jailbreak": ("none", "ablate")}
+    def pick(prompts: ihs.PromptSet, n: int) -> ihs.PromptSet:
+        return prompts.sample(n, random_state=0) if 0 < n < len(prompts) else prompts
+
+    sets = {"malicious": pick(test.malicious, args.n), "normal": pick(test.normal, args.n),
+            "jailbreak": pick(data.jailbreak, args.n_jailbreak)}
+    runs = {"malicious": ("none", "ablate"), "normal": ("none", "ablate", "add"), "jailbreak": ("none", "ablate")}
     steering: dict[str, dict[str, object]] = {}
+    logits: dict[str, torch.Tensor] = {}
     for label, modes in runs.items():
         steering[label] = {"n": len(sets[label])}
         for mode in modes:
             started = time.time()
-            result = ihs.steer(model, sets[label], refusal, mode=mode, generate=args.generate)  # type: ignore[arg-type]
+            result = ihs.steer(model, sets[label], refusal, mode=mode, generate=args.generate,  # type: ignore[arg-type]
+                               keep_logits=label == "normal" and mode in ("none", "ablate"))
+            if result.logits is not None:
+                logits[mode] = result.logits.double()
             steering[label][mode] = {
                 "refusal_rate": result.refusal_rate,
                 "mean_neg_mass": result.mean_neg_mass,
@@ -74,6 +86,14 @@ def main(argv: list[str] | None = None) -> int:
                 "examples": [r.text for r in result.records[:3]],
             }
             print(f"{label:9s} {mode:6s} refusal rate {result.refusal_rate:.3f}", flush=True)
+        if label == "normal":
+            # Next-token KL(clean || ablated) per prompt, averaged: what ablation costs harmless prompts.
+            p_log = torch.log_softmax(logits["none"], -1)
+            q_log = torch.log_softmax(logits["ablate"], -1)
+            kl = (p_log.exp() * (p_log - q_log)).sum(-1)
+            steering[label]["kl_ablate_vs_none"] = {"mean": float(kl.mean()), "median": float(kl.median()),
+                                                    "max": float(kl.max())}
+            print(f"normal    ablate next-token KL from clean: mean {float(kl.mean()):.4f} nats", flush=True)
         steering[label]["judge"] = result.meta.judge
 
     summary = {
