@@ -332,6 +332,23 @@ def category_id_tensors(lexicon: Lexicon, tokenizer: Any, vocab_size: int) -> li
     return [torch.tensor([i for i in ids[cat] if i < vocab_size], dtype=torch.long) for cat in CATEGORIES]
 
 
+def mass_token_ids(model: Model, lexicon: str | Lexicon) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """(lexicon name, negative ids, positive ids): the distinct ids a logit row can index, sorted.
+
+    What graft and steer ship into their traces to read next-token negative / positive mass.
+    """
+    lex = resolve_lexicon(lexicon)
+    ids = lex.token_ids(model.tokenizer)
+    vocab = model.vocab_size
+
+    def clean(values: Sequence[int]) -> torch.Tensor:
+        return torch.tensor(sorted({int(i) for i in values if 0 <= int(i) < vocab}), dtype=torch.long)
+
+    digest = getattr(lex, "digest", None)
+    name = f"{lex.version} ({digest})" if isinstance(digest, str) else lex.version
+    return name, clean(ids["negative"]), clean(ids["positive"])
+
+
 # ---------------------------------------------------------------------------- scores
 
 

@@ -31,12 +31,12 @@ from tqdm.auto import tqdm
 
 from . import checks
 from .donors import resolve_donors
-from .emotions import resolve_lexicon
+from .emotions import mass_token_ids
 from .errors import InputError
 from .extract import encode_for
 from .judge import RefusalJudge, default_judge, judge_many, judge_name
 from .layers import check_layer, check_layers
-from .models import Model
+from .models import Model, until_eos
 from .prompts import EncodedPrompts
 from .runtime import traces
 from .runtime.batches import Batch, run_batches
@@ -295,19 +295,6 @@ class _Options:
         return cls(mode, pairing, scale, generate, top_k, batch_size, judge, width, bool(compile))
 
 
-def _lexicon_ids(model: Model, lexicon: str | Lexicon) -> tuple[str, torch.Tensor, torch.Tensor]:
-    """(name, negative ids, positive ids): distinct ids the logits can index."""
-    lex = resolve_lexicon(lexicon)
-    ids = lex.token_ids(model.tokenizer)
-    vocab = int(getattr(model.config, "vocab_size", 0) or len(model.tokenizer))
-
-    def clean(values: Sequence[int]) -> torch.Tensor:
-        kept = sorted({int(i) for i in values if 0 <= int(i) < vocab})
-        return torch.tensor(kept, dtype=torch.long)
-
-    digest = getattr(lex, "digest", None)
-    name = f"{lex.version} ({digest})" if isinstance(digest, str) else lex.version
-    return name, clean(ids["negative"]), clean(ids["positive"])
 
 
 # ---------------------------------------------------------------------------- runs
@@ -331,7 +318,7 @@ def _next_token(model: Model, targets: EncodedPrompts, opts: _Options, *, mode: 
 def _generation(model: Model, targets: EncodedPrompts, opts: _Options, *, mode: str | None, layer: int,
                 vecs: torch.Tensor | None, max_new_tokens: int, bar: Any) -> list[list[int]]:
     """Greedy continuations of every target (left-padded batches), each cut after its first EOS."""
-    eos = _eos_ids(model)
+    eos = model.eos_ids
     generated: dict[int, list[int]] = {}
 
     def step(batch: Batch) -> dict[str, torch.Tensor]:
@@ -339,29 +326,15 @@ def _generation(model: Model, targets: EncodedPrompts, opts: _Options, *, mode: 
         out = traces.grafted_generation(model, batch.inputs, mode=mode, layer=layer, vecs=rows,
                                         max_new_tokens=max_new_tokens, pad_id=model.pad_id)
         for i, row in zip(batch.indices, out["generated"].tolist()):
-            generated[i] = _until_eos(row, eos)
+            generated[i] = until_eos(row, eos)
         return {}
 
     run_batches(model, targets, step, batch_size=opts.batch_size, dedupe=False, bar=bar)
     return [generated[i] for i in range(len(targets))]
 
 
-def _eos_ids(model: Model) -> set[int]:
-    ids: set[int] = set()
-    cfg = getattr(model.hf, "generation_config", None)
-    for value in (getattr(cfg, "eos_token_id", None), model.tokenizer.eos_token_id):
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, (list, tuple)):
-            ids.update(int(v) for v in value)
-    return ids
 
 
-def _until_eos(row: list[int], eos: set[int]) -> list[int]:
-    for j, token in enumerate(row):
-        if token in eos:
-            return row[: j + 1]
-    return row
 
 
 # ---------------------------------------------------------------------------- assembly
@@ -481,7 +454,7 @@ def _sweep_core(
 ) -> list[GraftResult]:
     encoded = encode_for(model, targets, chat=chat, system_prompt=system_prompt, what="targets")
     n = len(encoded)
-    lex_name, neg_ids, pos_ids = _lexicon_ids(model, lexicon)
+    lex_name, neg_ids, pos_ids = mass_token_ids(model, lexicon)
     src = resolve_donors(
         model, source, pairing=opts.pairing, n_targets=n, chat=chat, system_prompt=system_prompt,
         batch_size=opts.batch_size, cache=cache, progress=progress,

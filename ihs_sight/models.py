@@ -341,6 +341,18 @@ class Model:
         return int(pad)
 
     @property
+    def eos_ids(self) -> set[int]:
+        """Token ids that end a generated reply: the generation config's EOS ids and the tokenizer's."""
+        ids: set[int] = set()
+        cfg = getattr(self.hf, "generation_config", None)
+        for value in (getattr(cfg, "eos_token_id", None), self.tokenizer.eos_token_id):
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, (list, tuple)):
+                ids.update(int(v) for v in value)
+        return ids
+
+    @property
     def max_length(self) -> int:
         """Longest input in tokens the model accepts (its position limit)."""
         for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
@@ -373,6 +385,14 @@ class Model:
         if self._weights_hash is None:
             self._weights_hash = weights_hash(self.hf)
         return self._weights_hash
+
+
+def until_eos(row: list[int], eos: set[int]) -> list[int]:
+    """A generated row cut after its first EOS token (kept), or whole if it has none."""
+    for j, token in enumerate(row):
+        if token in eos:
+            return row[: j + 1]
+    return row
 
 
 def weights_hash(module: torch.nn.Module) -> str:

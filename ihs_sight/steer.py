@@ -27,12 +27,12 @@ from tqdm.auto import tqdm
 
 from . import checks
 from .directions import Direction, attention_name
-from .emotions import resolve_lexicon
+from .emotions import mass_token_ids
 from .errors import InputError
 from .extract import encode_for
 from .judge import RefusalJudge, default_judge, judge_many, judge_name
 from .layers import check_layers
-from .models import Model
+from .models import Model, until_eos
 from .runtime import traces
 from .runtime.batches import Batch, run_batches
 from .runtime.provenance import dtype_name, versions
@@ -183,36 +183,10 @@ def _check_direction(model: Model, direction: Any, *, strict: bool) -> Direction
                      f"got {type(direction).__name__}.")
 
 
-def _lexicon_ids(model: Model, lexicon: str | Lexicon) -> tuple[str, torch.Tensor, torch.Tensor]:
-    """(name, negative ids, positive ids): distinct ids the logits can index."""
-    lex = resolve_lexicon(lexicon)
-    ids = lex.token_ids(model.tokenizer)
-    vocab = model.vocab_size
-
-    def clean(values: Sequence[int]) -> torch.Tensor:
-        return torch.tensor(sorted({int(i) for i in values if 0 <= int(i) < vocab}), dtype=torch.long)
-
-    digest = getattr(lex, "digest", None)
-    name = f"{lex.version} ({digest})" if isinstance(digest, str) else lex.version
-    return name, clean(ids["negative"]), clean(ids["positive"])
 
 
-def _eos_ids(model: Model) -> set[int]:
-    ids: set[int] = set()
-    cfg = getattr(model.hf, "generation_config", None)
-    for value in (getattr(cfg, "eos_token_id", None), model.tokenizer.eos_token_id):
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, (list, tuple)):
-            ids.update(int(v) for v in value)
-    return ids
 
 
-def _until_eos(row: list[int], eos: set[int]) -> list[int]:
-    for j, token in enumerate(row):
-        if token in eos:
-            return row[: j + 1]
-    return row
 
 
 # ---------------------------------------------------------------------------- runs
@@ -230,13 +204,13 @@ def _run(model: Model, encoded: EncodedPrompts, *, edit: dict[str, Any], neg_ids
     effect = run_batches(model, encoded, next_step, batch_size=batch_size, dedupe=False, bar=bar).rows
     if generate is None:
         return effect, None
-    eos = _eos_ids(model)
+    eos = model.eos_ids
     replies: dict[int, list[int]] = {}
 
     def gen_step(batch: Batch) -> dict[str, torch.Tensor]:
         out = traces.steered_generation(model, batch.inputs, max_new_tokens=generate, pad_id=model.pad_id, **edit)
         for i, row in zip(batch.indices, out["generated"].tolist()):
-            replies[i] = _until_eos(row, eos)
+            replies[i] = until_eos(row, eos)
         return {}
 
     run_batches(model, encoded, gen_step, batch_size=batch_size, dedupe=False, bar=bar)
@@ -330,7 +304,7 @@ def steer(
             checks.finite("scale", scale)
     attn = attention_name(model) if mode == "ablate" else ""
     encoded = encode_for(model, prompts, chat=chat, system_prompt=system_prompt)
-    lex_name, neg_ids, pos_ids = _lexicon_ids(model, lexicon)
+    lex_name, neg_ids, pos_ids = mass_token_ids(model, lexicon)
     if generate is not None and judge is None:
         judge = default_judge()
     edit = {"mode": None if mode == "none" else mode, "unit": unit,
