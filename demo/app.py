@@ -11,6 +11,8 @@
   pass stopped there) and the "recognised but not converted" jailbreak signal.
 - **Compare**: the probes' accuracy against the layer on the canonical test split, per set,
   for the base model and its refusal-tuned variant.
+- **Steer** (loopback only): the reply without steering and with the model's refusal direction
+  ablated or added, side by side, each read by the shipped refusal judge; bundled models only.
 
 Every callback is a method of :class:`Callbacks` that validates the web inputs, calls the
 library (``ihs_sight.extract``, ``LayerProbe.predict_proba``, ``logit_lens``, ``graft``,
@@ -25,7 +27,10 @@ value): only the bundled models load unless the operator passes ``allow_models``
 (``ihs-sight demo --allow-models PATTERN``), every callback checks the name against them
 before anything is loaded, and the messages a client sees carry no server paths
 (:func:`ihs_sight_demo.state.public_message`). :func:`launch` warns when it binds anything but
-loopback: whoever reaches the port can run models on the machine.
+loopback: whoever reaches the port can run models on the machine. Steering is served only when
+the app binds loopback (:func:`build_app`'s ``steer_enabled``, set by :func:`launch` from the
+host): ablating the refusal direction removes the model's safety behaviour, so beyond loopback
+the tab and its endpoint do not exist and :meth:`Callbacks.steer` refuses whoever calls it.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
+import math
 import os
 import socket
 import threading
@@ -50,6 +56,7 @@ from ihs_sight.errors import IhsSightError, InputError, ModelLoadError
 from ihs_sight.graft import graft
 from ihs_sight.lens import logit_lens, middle_band
 from ihs_sight.plots.lens import display_token
+from ihs_sight.steer import SteerMode, SteerResult
 
 from .state import BUNDLED_MODELS, CLASSIFIER, COMPARE_SETS, PublicError, Workbench, public_message
 
@@ -75,6 +82,16 @@ QUEUE_SIZE = 32
 """Requests waiting in the queue before new ones are turned away."""
 SOURCE_MEAN = "mean normal state"
 SOURCE_PROMPT = "another prompt"
+STEER_MODES: tuple[SteerMode, ...] = ("ablate", "add")
+"""The Steer tab's modes; the reply without steering (mode ``none``) is always shown beside."""
+MAX_STEER_SCALE = 4.0
+"""Largest ``add`` scale in the Steer tab, as a multiple of the refusal direction's norm (the difference
+in means at its layer; 1 is the library's default scale). Allowed: 0 to this, finite."""
+DEFAULT_STEER_SCALE = 1.0
+STEER_NEW_TOKENS = 32
+"""Greedy tokens per reply in the Steer tab: the default and the most (two replies a run, on a CPU)."""
+STEER_DEFAULT_MODEL = "default-aligned"
+"""The Steer tab's preselected model: the refusal-tuned one, whose refusals ablation removes."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -142,6 +159,16 @@ def _integer(value: Any, what: str, low: int, high: int) -> int:
     return int(number)
 
 
+def _number(value: Any, what: str, low: float, high: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be a number between {low:g} and {high:g}, got {value!r}.") from None
+    if not math.isfinite(number) or not low <= number <= high:
+        raise InputError(f"{what} must be a number between {low:g} and {high:g}, got {value!r}.")
+    return number
+
+
 def _mass(value: float) -> str:
     return f"{value:.{MASS_DIGITS - 1}e}"
 
@@ -183,6 +210,14 @@ class _NothingToCompare(PublicError, InputError):
     """Every model of a Compare request failed; the message lists their (client-safe) errors."""
 
 
+class SteerDisabledError(PublicError, InputError):
+    """Steering was asked of an app that does not serve it (it binds beyond loopback)."""
+
+
+STEER_OFF = ("Steering is off in this demo: it binds an address other than loopback, and ablating the refusal "
+             "direction removes the model's safety behaviour. Run `ihs-sight demo` on 127.0.0.1 to steer.")
+
+
 def _shown(error: BaseException) -> str:
     """What a web client sees of ``error``: its message as it is when the workbench made it safe, else
     :func:`ihs_sight_demo.state.public_message` (first line, no server paths)."""
@@ -193,10 +228,17 @@ def _shown(error: BaseException) -> str:
 
 
 class Callbacks:
-    """The app's event handlers, callable as plain functions (tests do)."""
+    """The app's event handlers, callable as plain functions (tests do).
 
-    def __init__(self, workbench: Workbench) -> None:
+    Args:
+        workbench: where models, probes and directions are kept.
+        steer_enabled: whether :meth:`steer` serves requests (the app binds loopback); off, it
+            refuses every call, whatever the page shows.
+    """
+
+    def __init__(self, workbench: Workbench, *, steer_enabled: bool = False) -> None:
         self.wb = workbench
+        self.steer_enabled = steer_enabled
 
     @_friendly(3, keep=(1,))
     def load(self, model_name: str) -> tuple[str, Any, str]:
@@ -370,6 +412,62 @@ class Callbacks:
         note = f" ({scored} test prompts per model)" + ("\n\n" + "\n\n".join(problems) if problems else "")
         return pd.DataFrame(long_rows), table, _done(started, note)
 
+    @_friendly(4)
+    def steer(
+        self, model_name: str, prompt: str, mode: str, scale: float | None, new_tokens: float = STEER_NEW_TOKENS
+    ) -> tuple[str, str, str, str]:
+        """The reply without steering and with the refusal direction ablated or added, each judged.
+
+        Both replies come from :func:`ihs_sight.steer` on the same path (mode ``none``, then
+        ``mode``), greedy, ``new_tokens`` tokens at most; ``scale`` (``add`` only) is a multiple
+        of the direction's norm, 0 to :data:`MAX_STEER_SCALE`.
+        """
+        started = time.perf_counter()
+        if not self.steer_enabled:  # checked here, not only by leaving the tab out: any client may call
+            raise SteerDisabledError(STEER_OFF)
+        name = self.wb.check_bundled(_model_name(model_name, self.wb))
+        text = _text(prompt, "prompt")
+        chosen = next((m for m in STEER_MODES if m == mode), None)
+        if chosen is None:
+            raise InputError(f"Pick a mode: {' or '.join(repr(m) for m in STEER_MODES)}.")
+        factor = _number(scale, "The scale", 0.0, MAX_STEER_SCALE) if chosen == "add" else None
+        n_new = _integer(new_tokens, "New tokens", 1, STEER_NEW_TOKENS)
+        direction = self.wb.refusal_direction(name)
+        model = self.wb.model(name)
+        judge = self.wb.judge()
+        amount = None if factor is None else factor * direction.norm
+        with self.wb.running(name):
+            clean = ihs.steer(model, [text], direction, mode="none", generate=n_new, judge=judge, progress=False)
+            steered = ihs.steer(model, [text], direction, mode=chosen, scale=amount, generate=n_new, judge=judge,
+                                progress=False)
+        return (clean.records[0].text or "", steered.records[0].text or "",
+                _steer_summary(name, direction, clean, steered, factor), _done(started))
+
+
+def _steer_summary(name: str, direction: ihs.Direction, clean: SteerResult, steered: SteerResult,
+                   factor: float | None) -> str:
+    before, after = clean.records[0], steered.records[0]
+    verdicts = {True: "refusal", False: "no refusal", None: "not judged"}
+    if steered.mode == "ablate":
+        how = "projected out of the residual stream at every layer, position and generated token"
+    else:
+        how = (f"added at layer {direction.layer}, scaled to {factor:g} × its norm "
+               f"({steered.meta.scale:.{DECIMALS}f}), at every position and generated token")
+    n_cand = len(direction.candidates)
+    return (
+        f"Refusal direction of **{name}**: layer {direction.layer}, position {direction.position} (counted back "
+        f"from the end of the templated prompt), norm {direction.norm:.{DECIMALS}f}; a difference in means of "
+        f"{direction.n_harmful} malicious and {direction.n_harmless} normal train-split prompts, chosen among "
+        f"{n_cand} candidate{'s' * (n_cand != 1)} on {direction.n_val} + {direction.n_val} held-out ones.\n\n"
+        f"**{steered.mode}**: the direction {how}.\n\n"
+        f"| | without steering | with steering ({steered.mode}) |\n|---|---|---|\n"
+        f"| refusal judge | {verdicts[before.refusal]} | {verdicts[after.refusal]} |\n"
+        f"| next-token top-1 | `{display_token(before.topk_tokens[0])}` | `{display_token(after.topk_tokens[0])}` |\n"
+        f"| negative-lexicon mass | {before.neg_mass:.{DECIMALS}f} | {after.neg_mass:.{DECIMALS}f} |\n"
+        f"| positive-lexicon mass | {before.pos_mass:.{DECIMALS}f} | {after.pos_mass:.{DECIMALS}f} |\n\n"
+        f"Greedy replies of at most {clean.meta.max_new_tokens} tokens; judge: {clean.meta.judge}."
+    )
+
 
 # ---------------------------------------------------------------------------- layout
 
@@ -381,22 +479,35 @@ each tab. Layer 0 is the embeddings; layer *l* is the output of block *l*. The f
 for a model extracts the canonical train split's hidden states and fits its probes, which takes
 a few minutes on a CPU; afterwards they are cached on disk.
 """
+_STEER_NOTE = f"""\
+**Steering, for research.** Ablating the refusal direction removes the model's safety behaviour: the
+reply *with* steering may comply with a harmful request. This tab serves the bundled models only and
+exists only while the demo binds loopback. The first run for a model computes its refusal direction
+on the bundled train split (minutes on a CPU); afterwards it is cached on disk. Each reply is at most
+{STEER_NEW_TOKENS} greedy tokens; *add* scales the direction by a multiple of its norm, 0 to {MAX_STEER_SCALE:g}
+(1: the difference in means itself).
+"""
+_STEER_OFF_NOTE = "*The Steer tab is off: this demo binds an address other than loopback.*"
 
 
-def build_app(workbench: Workbench | None = None) -> gr.Blocks:
+def build_app(workbench: Workbench | None = None, *, steer_enabled: bool = False) -> gr.Blocks:
     """The demo as a ``gr.Blocks`` with its queue set up (concurrency limit, queue size).
 
     Args:
         workbench: where models, probes and reports are kept (default: the process-wide one).
+        steer_enabled: add the Steer tab and its ``steer`` endpoint. Only for an app bound to
+            loopback (:func:`launch` passes ``is_loopback(host)``): ablating the refusal direction
+            removes the model's safety behaviour. Off (the default), neither exists and the
+            callback refuses.
 
     Returns:
         The app; serve it with ``.launch(server_name="127.0.0.1", ...)`` or :func:`launch`.
     """
     wb = workbench or default_workbench()
-    cb = Callbacks(wb)
+    cb = Callbacks(wb, steer_enabled=steer_enabled)
     examples = _examples(wb)
     with gr.Blocks(title="ihs-sight demo") as app:
-        gr.Markdown(_INTRO)
+        gr.Markdown(_INTRO if steer_enabled else _INTRO + "\n" + _STEER_OFF_NOTE)
         with gr.Row():
             offered = wb.offered()
             model_name = gr.Dropdown(
@@ -486,6 +597,29 @@ def build_app(workbench: Workbench | None = None) -> gr.Blocks:
                                            "malicious)", elem_id="compare_plot")
                 compare_table = gr.Dataframe(label="Accuracy per layer", headers=["layer"], elem_id="compare_table",
                                              interactive=False, max_height=1400)
+            if steer_enabled:
+                with gr.Tab("Steer", id="steer", elem_id="tab_steer"):
+                    gr.Markdown(_STEER_NOTE)
+                    with gr.Row():
+                        steer_model = gr.Dropdown(choices=list(BUNDLED_MODELS), value=STEER_DEFAULT_MODEL,
+                                                  allow_custom_value=False, label="model (bundled only)",
+                                                  elem_id="steer_model")
+                        steer_mode = gr.Radio(list(STEER_MODES), value=STEER_MODES[0], label="mode",
+                                              info="ablate: project the direction out everywhere; add: add it at "
+                                              "its layer", elem_id="steer_mode")
+                        steer_scale = gr.Number(value=DEFAULT_STEER_SCALE, step=0.25,
+                                                label=f"scale (add only): × the direction's norm, 0 to "
+                                                f"{MAX_STEER_SCALE:g}", elem_id="steer_scale")
+                        steer_tokens = gr.Slider(1, STEER_NEW_TOKENS, value=STEER_NEW_TOKENS, step=1, precision=0,
+                                                 label="new tokens (greedy)", elem_id="steer_tokens")
+                    steer_btn = gr.Button("Run steer", variant="primary", elem_id="steer_btn")
+                    steer_msg = gr.Markdown(elem_id="steer_msg")
+                    with gr.Row():
+                        steer_clean = gr.Textbox(label="reply without steering", lines=4, interactive=False,
+                                                 elem_id="steer_clean")
+                        steer_steered = gr.Textbox(label="reply with steering", lines=4, interactive=False,
+                                                   elem_id="steer_steered")
+                    steer_summary = gr.Markdown(elem_id="steer_summary")
 
         def refresh_counter() -> str:
             return wb.counter_text()
@@ -503,6 +637,9 @@ def build_app(workbench: Workbench | None = None) -> gr.Blocks:
             compare_btn.click(cb.compare, [compare_models, compare_n], [compare_plot, compare_table, compare_msg],
                               api_name="compare"),
         ]
+        if steer_enabled:
+            events.append(steer_btn.click(cb.steer, [steer_model, prompt, steer_mode, steer_scale, steer_tokens],
+                                          [steer_clean, steer_steered, steer_summary, steer_msg], api_name="steer"))
         for event in events:
             event.then(refresh_counter, None, counter, api_visibility="private", queue=False)
         # Show the picked model's description (loading it once per process) when a page opens.
@@ -563,7 +700,7 @@ def launch(host: str = "127.0.0.1", port: int = 7860, *, workbench: Workbench | 
 
     Args:
         host: interface to bind; the default serves this machine only. Anything but loopback
-            logs :func:`exposure_warning`.
+            logs :func:`exposure_warning` and leaves the Steer tab out (``build_app(steer_enabled=False)``).
         port: TCP port (0: any free one).
         workbench: where models and probes are kept (default: the process-wide one).
         preload: models to load, and whose probes to fit, in the background at start.
@@ -579,12 +716,15 @@ def launch(host: str = "127.0.0.1", port: int = 7860, *, workbench: Workbench | 
     message = exposure_warning(host, port)
     if message and warn:
         log.warning("%s", message)
-    app = build_app(wb)
+    steer_enabled = is_loopback(host)
+    if not steer_enabled:
+        log.info("the Steer tab is off: the demo binds %s, not loopback", host)
+    app = build_app(wb, steer_enabled=steer_enabled)
     for name in preload:
         if wb.allowed(name):
             threading.Thread(target=_warm, args=(wb, name), name=f"warm-{name}", daemon=True).start()
     app.launch(server_name=host, server_port=port, share=False, show_error=False)
 
 
-__all__ = ["Callbacks", "build_app", "default_workbench", "exposure_warning", "free_port", "is_loopback", "launch",
+__all__ = ["Callbacks", "SteerDisabledError", "build_app", "default_workbench", "exposure_warning", "free_port", "is_loopback", "launch",
            "load_counts"]

@@ -25,7 +25,13 @@ only read from it), so that:
 7. a failed load is remembered as a client-safe message (:func:`public_message`: its first
    line, server paths replaced), never as the exception, whose traceback would keep the
    loader's locals (a whole model, for an unsupported architecture) alive; at most
-   :data:`MAX_FAILURES` of them, least recently used dropped first.
+   :data:`MAX_FAILURES` of them, least recently used dropped first;
+8. each bundled model's refusal direction (the Steer tab's) is computed once with
+   ``ihs_sight.refusal_direction``'s defaults (the bundled train split's malicious and normal
+   prompts, 64 + 8 per side, 4 candidate layers: minutes on a CPU) and kept in memory and on disk
+   (``Direction.save``), keyed like the probe. Only the bundled models are steered, whatever
+   ``allow_models`` says (:meth:`Workbench.check_bundled`); the shipped refusal judge that reads
+   the replies runs one request at a time (:meth:`Workbench.judge`).
 
 The train split's hidden states go through the library's states cache (``cache=``), so a
 second process, or the tests, reuse them.
@@ -39,17 +45,19 @@ import logging
 import re
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import ihs_sight as ihs
+from ihs_sight.directions import Direction
 from ihs_sight.errors import IhsSightError, InputError, ModelLoadError
 from ihs_sight.guard import Guard
 from ihs_sight.io import replace_dir, write_text
+from ihs_sight.judge import RefusalJudge, judge_many, judge_name
 from ihs_sight.models import cache_dir
 from ihs_sight.probe import LayerProbe, ProbeReport, probe, probe_transfer
 from ihs_sight.prompts import sha, template_fingerprint
@@ -71,6 +79,8 @@ COMPARE_SETS = ("normal", "malicious", "jailbreak")
 """The canonical test split's sets the Compare tab scores (jailbreaks count as malicious)."""
 PROBE_FORMAT = 3  # bumped when the fast probe engine or the guard's fit changes (3: per-layer Newton fits)
 """Bump when what goes into a cached probe changes, so old files are not reused."""
+DIRECTION_FORMAT = 1
+"""Bump when what goes into a cached refusal direction changes (the library's version is in the key too)."""
 
 Loader = Callable[[str], ihs.Model]
 K = TypeVar("K")
@@ -94,6 +104,25 @@ class ModelRefusedError(PublicError, InputError):
 
 class ModelFailedError(PublicError, ModelLoadError):
     """A model failed to load; the message is :func:`public_message` of the loader's error."""
+
+
+class _SerialJudge:
+    """A refusal judge that reads one batch at a time: its model is shared by every request of the process.
+
+    It records itself under the wrapped judge's name, so results name the judge that read them.
+    """
+
+    def __init__(self, judge: RefusalJudge) -> None:
+        self._judge = judge
+        self._lock = threading.Lock()
+        self.name = judge_name(judge)
+
+    def many(self, texts: list[str], prompts: list[str] | None = None) -> list[bool]:
+        with self._lock:
+            return judge_many(self._judge, texts, prompts)
+
+    def __call__(self, text: str, prompt: str | None = None) -> bool:
+        return self.many([text], None if prompt is None else [prompt])[0]
 
 
 def _hide_path(match: re.Match[str]) -> str:
@@ -152,6 +181,10 @@ class Workbench:
             crosses ``/``) of model names served besides :data:`BUNDLED_MODELS`, e.g.
             ``"HuggingFaceTB/*"`` or ``"/data/models/*"``. Empty (the default): the bundled
             models only. Names with a ``..`` segment or control characters are always refused.
+            Steering is for the bundled models only, whatever the patterns.
+        direction_options: keyword arguments of :func:`ihs_sight.refusal_direction` for the
+            refusal directions (default: none, the library's defaults); part of their cache key.
+            Tests pass a cheap search (``n_train``, ``n_val``, ``layers``).
     """
 
     def __init__(
@@ -162,9 +195,11 @@ class Workbench:
         probe_dir: str | Path | None = None,
         max_models: int = 4,
         allow_models: Sequence[str] = (),
+        direction_options: Mapping[str, Any] | None = None,
     ) -> None:
         if isinstance(allow_models, str):
             raise InputError("allow_models takes a list of patterns, not one string.")
+        self.direction_options: dict[str, Any] = dict(direction_options or {})
         self.allow_models: tuple[str, ...] = tuple(p.strip() for p in allow_models if p.strip())
         self._loader: Loader = loader or ihs.load_model
         self.cache: bool | str | Path = Path(cache) if isinstance(cache, (str, Path)) else cache
@@ -183,6 +218,8 @@ class Workbench:
         self._fits: dict[str, ProbeFit] = {}
         self._guards: dict[str, Guard] = {}
         self._reports: dict[tuple[str, int], tuple[ProbeReport, ihs.PromptSet]] = {}
+        self._directions: dict[str, Direction] = {}
+        self._judges: dict[str, _SerialJudge] = {}
         self._data: ihs.PromptSet | None = None
 
     # ------------------------------------------------------------------ locks and data
@@ -333,13 +370,16 @@ class Workbench:
 
     # ------------------------------------------------------------------ probes
 
-    def _probe_key(self, model: ihs.Model) -> str:
+    def _train_key(self, model: ihs.Model, **extra: Any) -> str:
+        """A cache key of something fitted on the train split: weights hash, template, train prompts and ``extra``."""
         template = template_fingerprint(model.tokenizer, chat=True, system_prompt=None)
         train = self.train_set()
-        parts = {"format": PROBE_FORMAT, "weights": model.weights_hash, "template": template,
-                 "prompts": [sha(p.text) + ":" + str(p.label) for p in train],
-                 "classifier": CLASSIFIER, "seed": SEED}
-        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+        parts = {"weights": model.weights_hash, "template": template,
+                 "prompts": [sha(p.text) + ":" + str(p.label) for p in train], **extra}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=repr).encode()).hexdigest()[:24]
+
+    def _probe_key(self, model: ihs.Model) -> str:
+        return self._train_key(model, format=PROBE_FORMAT, classifier=CLASSIFIER, seed=SEED)
 
     def probe_fit(self, name: str) -> ProbeFit:
         """Model ``name``'s probe: read from memory or disk, else fitted once on the train split."""
@@ -400,6 +440,53 @@ class Workbench:
             fitted = Guard.fit(model, self.train_set(), random_state=SEED, cache=self.cache, progress=False)
         replace_dir(path, fitted.save)  # built aside, then swapped in whole
         return fitted
+
+    # ------------------------------------------------------------------ steering
+
+    def check_bundled(self, name: str) -> str:
+        """``name`` if it is a bundled model, else :class:`ModelRefusedError`: only those are steered.
+
+        Steering needs the model's refusal direction (minutes on a CPU), and ablating it removes
+        the model's safety behaviour; ``allow_models`` does not extend to it.
+        """
+        self.check(name)
+        if name not in BUNDLED_MODELS:
+            raise ModelRefusedError(f"Steering serves the bundled models only: pick one of {', '.join(BUNDLED_MODELS)} "
+                                    f"({name!r} is served by the other tabs only).")
+        return name
+
+    def refusal_direction(self, name: str) -> Direction:
+        """Bundled model ``name``'s refusal direction: from memory or disk, else computed once.
+
+        Computed by :func:`ihs_sight.refusal_direction` with :attr:`direction_options` (default:
+        the library's defaults, on the bundled train split), then saved beside the probes.
+        """
+        self.check_bundled(name)
+        return self._once(self._directions, name, ("direction", name), lambda: self._fit_direction(name))
+
+    def _fit_direction(self, name: str) -> Direction:
+        model = self.model(name)
+        key = self._train_key(model, format=DIRECTION_FORMAT, kind="refusal", version=ihs.__version__,
+                              options=self.direction_options)
+        stem = self.probe_dir / f"direction-{key}"
+        if stem.with_suffix(".json").is_file():  # written last: the commit marker
+            try:
+                found = Direction.load(stem)
+                if found.weights_hash == model.weights_hash:
+                    return found
+                log.warning("ignoring the cached direction %s: computed on other weights", stem)
+            except InputError as e:
+                log.warning("ignoring the cached direction %s (%s); computing it again", stem, e)
+        log.info("computing the refusal direction of %r on the bundled train split", name)
+        with self.running(name):
+            direction = ihs.refusal_direction(model, progress=False, **self.direction_options)
+        self.probe_dir.mkdir(parents=True, exist_ok=True)
+        direction.save(stem)
+        return direction
+
+    def judge(self) -> RefusalJudge:
+        """The shipped refusal judge (:func:`ihs_sight.default_judge`), one request at a time."""
+        return self._once(self._judges, "default", ("judge", "default"), lambda: _SerialJudge(ihs.default_judge()))
 
     # ------------------------------------------------------------------ compare
 

@@ -13,6 +13,12 @@ out the session's ``model`` instead of loading a second copy.
 What a web client may do is checked too: only listed models load (``allow_models`` opts in to
 more), refusals load nothing, messages carry no server paths, failed loads are remembered as
 bounded messages (RSS stays flat over 50 failing loads), and a non-loopback host is warned of.
+
+The Steer tab's replies equal ``ihs.steer`` on the same direction and plain ``hf.generate``
+without steering; it steers the bundled models only, and beyond loopback it does not exist and
+its callback refuses. Its tests use a cheap refusal-direction search (:data:`CHEAP_DIRECTION`;
+the demo uses the library's defaults, about two minutes on one CPU thread) and
+:data:`STEER_TOKENS` tokens per reply, on one torch thread.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +46,7 @@ from ihs_sight_demo.app import (
     MAX_PROMPT_CHARS,
     SOURCE_MEAN,
     SOURCE_PROMPT,
+    STEER_OFF,
     Callbacks,
     build_app,
     exposure_warning,
@@ -55,6 +63,7 @@ from ihs_sight.lens import logit_lens
 from ihs_sight.models import aligned_adapter_dir, default_gguf_path, gguf_to_safetensors
 from ihs_sight.plots.lens import display_token
 from ihs_sight.probe import ProbeReport, probe, probe_transfer
+from ihs_sight.prompts import encode
 
 pytestmark = pytest.mark.slow
 
@@ -65,10 +74,20 @@ NORMAL = "How do I bake a loaf of bread?"
 MARKS = {"positive": " (+)", "negative": " (−)", "neutral": " (○)"}
 
 
-def make_workbench(model: ihs.Model, states_cache: Path, allow_models: Sequence[str] = ()) -> Workbench:
+STEER_TOKENS = 8
+"""Greedy tokens per reply in the Steer tests (one prompt each)."""
+CHEAP_DIRECTION: dict[str, Any] = {"n_train": 8, "n_val": 2, "layers": [18], "positions": [-3]}
+"""A cheap refusal-direction search on the bundled train split (one candidate, ~5 s), for the Steer tests only:
+layer 18 and position -3 are where the library's default search (~2 min on one CPU thread) puts the
+default model's direction."""
+PHISHING = "Write a convincing phishing email that steals bank passwords."
+"""A prompt whose first 8 greedy tokens change under both ablation and addition of that direction."""
+
+
+def make_workbench(model: ihs.Model, states_cache: Path, allow_models: Sequence[str] = (), **kw: Any) -> Workbench:
     """A workbench whose "default" is the session model (no second copy in RAM)."""
     return Workbench(lambda name: model if name == "default" else ihs.load_model(name), cache=states_cache,
-                     allow_models=allow_models)
+                     allow_models=allow_models, **kw)
 
 
 def train_split(data: ihs.PromptSet) -> ihs.PromptSet:
@@ -362,15 +381,15 @@ UNLISTED = ["/etc/passwd", "~/.ssh/id_rsa", "HuggingFaceTB/SmolLM2-1.7B-Instruct
 def test_demo_refuses_an_unlisted_model_and_loads_nothing(name: str, tmp_path: Path) -> None:
     loader = RecordingLoader()
     wb = Workbench(loader, cache=tmp_path, allow_models=["org/*"] if ".." in name else ())
-    cb = Callbacks(wb)
+    cb = Callbacks(wb, steer_enabled=True)
     messages = [cb.load(name)[-1], cb.probe(name, NORMAL)[-1], cb.guard(name, NORMAL)[-1],
                 cb.lens(name, NORMAL, 3)[-1], cb.graft(name, NORMAL, 5, SOURCE_MEAN, "", 2)[-1],
-                cb.compare(["default", name], 12)[-1]]
+                cb.compare(["default", name], 12)[-1], cb.steer(name, NORMAL, "ablate", 1.0, 2)[-1]]
     for message in messages:
         assert message.startswith("⚠️ This demo does not serve the model"), message
         assert "default, default-aligned" in message
     # The workbench refuses too, whoever calls it (the widget's list is not trusted).
-    for call in (wb.model, wb.probe_fit, wb.guard, wb.test_report):
+    for call in (wb.model, wb.probe_fit, wb.guard, wb.test_report, wb.refusal_direction):
         with pytest.raises(ModelRefusedError):
             call(name)
     assert loader.calls == [] and wb.load_counts() == {} and wb.failures() == {}
@@ -404,8 +423,8 @@ def served() -> Iterator[Any]:
     """Serve build_app(workbench) on a free loopback port; yields a function that starts one and returns its URL."""
     apps: list[gr.Blocks] = []
 
-    def serve(wb: Workbench) -> str:
-        app = build_app(wb)
+    def serve(wb: Workbench, steer_enabled: bool = False) -> str:
+        app = build_app(wb, steer_enabled=steer_enabled)
         port = free_port()
         app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, share=False)
         apps.append(app)
@@ -601,3 +620,173 @@ def test_cli_demo_passes_allow_models_and_warns_on_one_stderr_line(monkeypatch: 
     result = CliRunner().invoke(cli_app, ["demo"])
     assert result.exit_code == 0 and result.stderr == ""
     assert calls[-1] == {"host": "127.0.0.1", "port": 7860, "allow_models": [], "warn": False}
+
+
+# ---------------------------------------------------------------------------- steer
+
+
+@contextmanager
+def _torch_on_one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def one_thread() -> Iterator[None]:
+    """Torch on one thread: generation on a shared two-core box runs far slower on two."""
+    with _torch_on_one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def steer_workbench(model: ihs.Model, states_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Workbench:
+    return make_workbench(model, states_cache, probe_dir=tmp_path_factory.mktemp("steer"),
+                          direction_options=CHEAP_DIRECTION)
+
+
+@pytest.fixture(scope="module")
+def cheap_direction(model: ihs.Model) -> ihs.Direction:
+    """The library's refusal direction with :data:`CHEAP_DIRECTION`, computed here, independently of the demo."""
+    with _torch_on_one_thread():
+        return ihs.refusal_direction(model, progress=False, **CHEAP_DIRECTION)
+
+
+def _tab_ids(app: gr.Blocks) -> set[str]:
+    return {b.elem_id for b in app.blocks.values() if isinstance(getattr(b, "elem_id", None), str)}
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize(("mode", "factor"), [("ablate", None), ("add", 2.0)])
+def test_demo_steer_matches_library_and_plain_generation(
+    steer_workbench: Workbench, model: ihs.Model, cheap_direction: ihs.Direction, mode: str, factor: float | None
+) -> None:
+    clean, steered, summary, message = Callbacks(steer_workbench, steer_enabled=True).steer(
+        "default", PHISHING, mode, factor, STEER_TOKENS)
+    _ok(message)
+    # The direction the callback used: the library's, with the workbench's options, computed once.
+    direction = steer_workbench.refusal_direction("default")
+    assert direction == cheap_direction
+    # With steering: an independent library call on the same direction and prompt.
+    scale = None if factor is None else factor * direction.norm
+    ref = ihs.steer(model, [PHISHING], direction, mode=mode, scale=scale, generate=STEER_TOKENS, progress=False)
+    assert steered == ref.texts[0]
+    # Without steering: plain greedy generation with transformers, same prompt and token count.
+    ids = encode(model.tokenizer, [PHISHING])[0]
+    with torch.no_grad():
+        out = model.hf.generate(input_ids=torch.tensor([ids]), max_new_tokens=STEER_TOKENS, do_sample=False,
+                                pad_token_id=model.pad_id)
+    assert clean == model.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+    assert clean != steered, "steering changed nothing: the test would not tell the two replies apart"
+    # The judge's verdicts (the shipped judge, each reply read with its prompt) and the direction's layer.
+    before, after = ihs.default_judge().many([clean, steered], [PHISHING, PHISHING])
+    verdict = {True: "refusal", False: "no refusal"}
+    assert f"| refusal judge | {verdict[before]} | {verdict[after]} |" in summary
+    assert f"Refusal direction of **default**: layer {direction.layer}," in summary
+    assert ref.records[0].refusal == after
+    if mode == "add":
+        assert f"added at layer {direction.layer}, scaled to 2 × its norm ({scale:.{DECIMALS}f})" in summary
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_demo_steer_endpoint_serves_loopback_clients(served: Any, steer_workbench: Workbench) -> None:
+    from gradio_client import Client
+
+    client = Client(served(steer_workbench, steer_enabled=True), verbose=False)
+    n = 4
+    got = client.predict("default", NORMAL, "ablate", 1.0, n, api_name="/steer")
+    direct = Callbacks(steer_workbench, steer_enabled=True).steer("default", NORMAL, "ablate", 1.0, n)
+    _ok(got[-1])
+    assert tuple(got[:3]) == direct[:3]
+
+
+def test_demo_steer_direction_is_computed_once_with_library_defaults(
+    model: ihs.Model, tmp_path: Path, steer_workbench: Workbench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    direction = steer_workbench.refusal_direction("default")
+    calls: list[tuple[Any, ...]] = []
+
+    def spy(m: ihs.Model, *args: Any, **kw: Any) -> ihs.Direction:
+        calls.append((m, args, kw))
+        time.sleep(0.3)  # long enough for every thread to arrive while the first one computes
+        return direction
+
+    monkeypatch.setattr(ihs, "refusal_direction", spy)
+    wb = make_workbench(model, tmp_path)
+    got: list[ihs.Direction] = []
+    threads = [threading.Thread(target=lambda: got.append(wb.refusal_direction("default"))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # The library's defaults (the bundled train split), computed once, kept on disk for a new workbench.
+    assert calls == [(model, (), {"progress": False})] and len(got) == 4 and all(d is direction for d in got)
+    assert make_workbench(model, tmp_path).refusal_direction("default") == direction and len(calls) == 1
+    # Other options are another cache entry.
+    make_workbench(model, tmp_path, direction_options={"n_val": 4}).refusal_direction("default")
+    assert len(calls) == 2 and calls[-1][2] == {"progress": False, "n_val": 4}
+
+
+def test_demo_steer_is_absent_and_refused_beyond_loopback(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, served: Any
+) -> None:
+    from gradio_client import Client
+
+    loader = RecordingLoader()
+    wb = Workbench(loader, cache=tmp_path)
+    # The callback refuses, whoever calls it, before it checks or loads anything.
+    for cb in (Callbacks(wb), Callbacks(wb, steer_enabled=False)):
+        assert cb.steer("default", MALICIOUS, "ablate", 1.0, 2) == (None, None, None, f"⚠️ {STEER_OFF}")
+    assert loader.calls == [] and wb.load_counts() == {}
+    # launch() leaves the tab and its endpoint out beyond loopback.
+    launched: list[gr.Blocks] = []
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: launched.append(self))
+    for host in ("0.0.0.0", "192.168.1.10", "::", "127.0.0.1", "localhost", "::1"):
+        launch(host, 7865, workbench=wb, preload=(), warn=False)
+    for app, exposed in zip(launched, [True] * 3 + [False] * 3):
+        names = {fn.api_name for fn in app.fns.values()}
+        assert ("tab_steer" in _tab_ids(app)) is not exposed and ("steer" in names) is not exposed
+        assert "probe" in names
+    monkeypatch.undo()
+    # A web client of an app without the tab finds no steer endpoint to call.
+    client = Client(served(wb), verbose=False)
+    with pytest.raises(Exception, match="steer"):
+        client.predict("default", MALICIOUS, "ablate", 1.0, 2, api_name="/steer")
+    assert loader.calls == []
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("default", "", "ablate", 1.0, 2), "prompt is empty"),
+        (("default", None, "add", 1.0, 2), "prompt is empty"),
+        (("default", NORMAL, "add", float("nan"), 2), "scale must be a number between 0 and 4, got nan"),
+        (("default", NORMAL, "add", float("inf"), 2), "scale must be a number between 0 and 4"),
+        (("default", NORMAL, "add", -0.5, 2), "scale must be a number between 0 and 4, got -0.5"),
+        (("default", NORMAL, "add", 4.5, 2), "scale must be a number between 0 and 4, got 4.5"),
+        (("default", NORMAL, "add", "lots", 2), "scale must be a number between 0 and 4, got 'lots'"),
+        (("default", NORMAL, "add", None, 2), "scale must be a number"),
+        (("default", NORMAL, "sideways", 1.0, 2), "Pick a mode: 'ablate' or 'add'"),
+        (("default", NORMAL, "none", 1.0, 2), "Pick a mode: 'ablate' or 'add'"),
+        (("default", NORMAL, "ablate", 1.0, 0), "New tokens must be a whole number between 1 and 32"),
+        (("default", NORMAL, "ablate", 1.0, 33), "New tokens must be a whole number between 1 and 32"),
+        (("org/model", NORMAL, "ablate", 1.0, 2), ("Steering serves the bundled models only: pick one of default, "
+                                                   "default-aligned ('org/model' is served by the other tabs only)")),
+        (("HuggingFaceTB/SmolLM2-1.7B-Instruct", NORMAL, "ablate", 1.0, 2), "does not serve the model"),
+        (("", NORMAL, "ablate", 1.0, 2), "Pick a model"),
+    ],
+)
+def test_demo_steer_turns_bad_input_into_a_message(args: tuple[Any, ...], expected: str, tmp_path: Path) -> None:
+    # "org/*" is allowed for the other tabs: steering still takes the bundled models only.
+    loader = RecordingLoader()
+    wb = Workbench(loader, cache=tmp_path, allow_models=["org/*"])
+    *outputs, message = Callbacks(wb, steer_enabled=True).steer(*args)
+    assert message.startswith("⚠️") and expected in message, message
+    assert all(o is None for o in outputs)
+    assert loader.calls == [] and wb.load_counts() == {}  # refused before anything loads
+    with pytest.raises(ModelRefusedError, match="bundled models only"):
+        wb.refusal_direction("org/model")
+    assert loader.calls == []
