@@ -39,7 +39,8 @@ and normal already separated). AdamW (``--lr``, 10 warm-up steps, then linear de
 thread count writes the same adapter. It runs on a 2-core CPU; CI never trains.
 
     python scripts/train_aligned.py --version 1              # v1 -> ihs_sight/assets/default-aligned/
-    python scripts/train_aligned.py --validation --out ihs_sight/assets/default-aligned-v2   # v2, as shipped
+    python scripts/train_aligned.py --validation --keep-near-test --threads 1 \
+        --out ihs_sight/assets/default-aligned-v2                                  # v2, as shipped
     python scripts/train_aligned.py --validation --lr 4e-4 --out /tmp/cand   # another recipe candidate
 
 The adapter is saved as safetensors with its peft config, plus ``train_meta.json`` (data,
@@ -77,7 +78,8 @@ DISTILL = {1: DATA / "distill_normal.jsonl", 2: DATA / "distill_normal_v2.jsonl"
 VALIDATION_SEED = 20261205
 NEAR_TEST = {2: frozenset({"x036", "x073", "x109", "x101", "x045"})}
 """Extra benign prompts ``scripts/check_overlap.py`` finds close to a test prompt (data README,
-"Training data for default-aligned v2"): v1 trained on them; v2 leaves them out."""
+"Training data for default-aligned v2"): v1 trained on them; v2 leaves them out. The shipped v2
+adapter was trained before this line existed (``--keep-near-test`` reproduces it)."""
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 BASE_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -129,7 +131,7 @@ def refusal_targets(seed: int, version: int, exclude: set[str], repeat: int = 1)
     return out
 
 
-def distill_targets(version: int, exclude: set[str]) -> list[tuple[str, str, str]]:
+def distill_targets(version: int, exclude: set[str], keep_near_test: bool = False) -> list[tuple[str, str, str]]:
     """(prompt, base model's answer, kind) for the train-split normal and extra benign prompts."""
     test = {p.text.strip().casefold() for p in ihs.load_prompts().test}
     out = []
@@ -137,7 +139,7 @@ def distill_targets(version: int, exclude: set[str]) -> list[tuple[str, str, str
         if not line.strip():
             continue
         rec = json.loads(line)
-        if rec["id"] in exclude or rec["id"] in NEAR_TEST.get(version, ()):
+        if rec["id"] in exclude or (not keep_near_test and rec["id"] in NEAR_TEST.get(version, ())):
             continue
         if rec["prompt"].strip().casefold() in test:
             raise SystemExit(f"distill_normal.jsonl holds a test prompt: {rec['prompt']!r}")
@@ -226,6 +228,8 @@ def main() -> None:
     ap.add_argument("--answer-tokens", type=int, default=24, help="answer tokens trained on per example")
     ap.add_argument("--opening-tokens", type=int, default=4, help="answer tokens that get the extra weight")
     ap.add_argument("--opening-weight", type=float, default=2.0, help="weight of the opening tokens' mean loss")
+    ap.add_argument("--keep-near-test", action="store_true",
+                    help="train on the NEAR_TEST prompts too, as the shipped v2 adapter was (to reproduce it)")
     ap.add_argument("--refusal-repeat", type=int, default=1,
                     help="each malicious prompt appears this many times, with different refusals (class balance)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
@@ -250,7 +254,8 @@ def main() -> None:
     tok, hf = base.tokenizer, base.hf
     n_layers = base.n_layers
     held = validation_fifth() if args.validation else set()
-    refusals, distill = refusal_targets(args.seed, args.version, held, args.refusal_repeat), distill_targets(args.version, held)
+    refusals = refusal_targets(args.seed, args.version, held, args.refusal_repeat)
+    distill = distill_targets(args.version, held, args.keep_near_test)
     examples = refusals + distill
     rows = tokenise(tok, examples, args.answer_tokens)
     logging.info("%d examples: %d refusals, %d distilled answers", len(rows), len(refusals), len(distill))
@@ -322,7 +327,7 @@ def main() -> None:
             "refusals": len(refusals), "distilled": len(distill),
             f"{DISTILL[args.version].name}_sha256_16": sha16(DISTILL[args.version]),
             f"{REFUSALS[args.version].name}_sha256_16": sha16(REFUSALS[args.version]),
-            "validation_fifth_held_out": len(held),
+            "validation_fifth_held_out": len(held), "near_test_kept": args.keep_near_test or args.version == 1,
         },
         "lora": {"rank": args.rank, "alpha": args.alpha, "dropout": 0.0, "target_modules": TARGETS,
                  "layers": [args.first_layer, n_layers - 1], "trainable_parameters": n_trainable},
