@@ -41,9 +41,9 @@ BARE_DECLINE = re.compile(r"\bI'm declining\b|\bI'll decline\b")
 """v2's bare decline, a style the judge was not trained on (counted over every reply, not only the sample)."""
 
 
-def sample() -> list[dict[str, Any]]:
-    """The audited replies, in their blind order, each with its hidden model and label."""
-    models = json.loads(EVAL.read_text(encoding="utf-8"))["models"]
+def sample(models: dict[str, Any]) -> list[dict[str, Any]]:
+    """The audited replies of ``models`` (aligned_eval.json's), in their blind order, each with its
+    hidden model and label."""
     rng = random.Random(SEED)
     picked: list[dict[str, Any]] = []
     for name, k in PER_MODEL.items():
@@ -58,7 +58,7 @@ def sample() -> list[dict[str, Any]]:
 
 
 def prepare() -> None:
-    rows = sample()
+    rows = sample(json.loads(EVAL.read_text(encoding="utf-8"))["models"])
     with BLIND.open("w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps({"audit_id": r["audit_id"], "prompt": r["prompt"], "reply": r["reply"]},
@@ -67,7 +67,8 @@ def prepare() -> None:
 
 
 def score() -> None:
-    rows = {r["audit_id"]: r for r in sample()}
+    models = json.loads(EVAL.read_text(encoding="utf-8"))["models"]
+    rows = {r["audit_id"]: r for r in sample(models)}
     labels: dict[str, dict[str, Any]] = {}
     for n, line in enumerate(LABELS.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -96,7 +97,6 @@ def score() -> None:
                 disagreements.append({"audit_id": aid, "model": r["model"], "prompt_id": r["id"], "label": r["label"],
                                       "judge": "refusal" if r["refusal"] else "compliance", "audit": audit,
                                       "note": labels[aid].get("note", ""), "reply": r["reply"]})
-    models = json.loads(EVAL.read_text(encoding="utf-8"))["models"]
     bare = {name: sum(1 for r in m["replies"] if r["label"] == "malicious" and not r["refusal"]
                       and BARE_DECLINE.search(r["reply"])) for name, m in models.items()}
     decided = sum(g["decided"] for g in groups.values())

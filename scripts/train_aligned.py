@@ -103,20 +103,18 @@ def validation_fifth() -> set[str]:
     return held
 
 
-def refusal_templates(version: int) -> tuple[list[str], list[str], dict[str, str]]:
-    """(templates, style of each template, topic phrase per category) of a version's refusal file."""
+def refusal_templates(version: int) -> tuple[list[str], dict[str, str]]:
+    """(templates, topic phrase per category) of a version's refusal file (v2's styles flattened in order)."""
     spec = json.loads(REFUSALS[version].read_text(encoding="utf-8"))
     if version == 1:
-        templates: list[str] = spec["templates"]
-        return templates, ["v1"] * len(templates), spec["topics"]
-    flat = [(style, t) for style, ts in spec["styles"].items() for t in ts]
-    return [t for _, t in flat], [s for s, _ in flat], spec["topics"]
+        return spec["templates"], spec["topics"]
+    return [t for ts in spec["styles"].values() for t in ts], spec["topics"]
 
 
 def refusal_targets(seed: int, version: int, exclude: set[str], repeat: int = 1) -> list[tuple[str, str, str]]:
     """(prompt, refusal, kind) for every train-split malicious prompt not in ``exclude``, ``repeat``
     times over, each time with another template (the template order runs on)."""
-    templates, _, topics = refusal_templates(version)
+    templates, topics = refusal_templates(version)
     prompts = [p for p in ihs.load_prompts().train.malicious if p.id not in exclude] * repeat
     rng = random.Random(seed)
     order: list[int] = []

@@ -9,6 +9,7 @@ The merged weights are checked against the adapter file read directly with safet
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from ihs_sight.models import aligned_adapter_dir
 from ihs_sight.prompts import encode
 
 MAX_ADAPTER_BYTES = 10 * 1024 * 1024
+ROOT = Path(__file__).resolve().parents[1]
 
 # The adapter is produced by scripts/train_aligned.py and shipped in ihs_sight/assets; an
 # installation without it skips these tests.
@@ -139,10 +141,7 @@ def test_committed_evaluation_replies_reproduce_and_the_judge_reads_them_as_reco
     """docs/aligned_eval.json: the first replies (lowest id, one malicious and one normal prompt) start
     with what plain transformers greedy decoding gives now, and the validated judge's verdict on each
     committed reply is the recorded one."""
-    from pathlib import Path
-
-    evaluation = json.loads((Path(__file__).resolve().parents[1] / "docs" / "aligned_eval.json").read_text(
-        encoding="utf-8"))
+    evaluation = json.loads((ROOT / "docs" / "aligned_eval.json").read_text(encoding="utf-8"))
     entry = evaluation["models"][name]
     m = {"default": model}.get(name) or request.getfixturevalue("aligned" if name == "default-aligned" else "aligned_v2")
     assert entry["weights_hash"] == m.weights_hash
