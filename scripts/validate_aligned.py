@@ -14,6 +14,8 @@ normal refusal rate wins (ties: higher malicious rate); when none passes, the on
 largest ``malicious - normal - lookalike`` margin wins, and the miss is recorded.
 
     python scripts/validate_aligned.py --candidate lr8e-4=/tmp/cand_a --candidate lr4e-4=/tmp/cand_b
+    python scripts/validate_aligned.py --model gemma3-270m --candidate v1=/tmp/gemma-cand \
+        --out docs/gemma_aligned_validation.json          # gemma3-270m-aligned, the same rule
 
 Writes ``docs/aligned_validation.json``: every candidate's settings (its ``train_meta.json``),
 rates and replies, and the choice. Candidates already in the file are kept (a later run adds
@@ -50,13 +52,16 @@ def held_out() -> dict[str, list[ihs.Prompt]]:
     return {"malicious": mal, "normal": normal, "lookalike": [p for p in normal if p.lookalike]}
 
 
-def score(adapter: Path, *, batch_size: int) -> dict[str, Any]:
-    """Rates and replies of the base model with ``adapter`` merged, on the validation fifth."""
+def score(adapter: Path, *, base: str, batch_size: int) -> dict[str, Any]:
+    """Rates and replies of the base model ``base`` with ``adapter`` merged, on the validation fifth."""
     from peft import PeftModel
 
     groups = held_out()
     prompts = groups["malicious"] + groups["normal"]
-    model = ihs.load_model("default", device="cpu", dtype="float32")
+    model = ihs.load_model(base, device="cpu", dtype="float32")
+    meta = json.loads((adapter / "train_meta.json").read_text(encoding="utf-8"))
+    if meta["base_weights_hash"] != model.weights_hash:
+        sys.exit(f"{adapter} was trained on other weights ({meta['base_model']}); pass its --model")
     PeftModel.from_pretrained(model.hf, str(adapter)).merge_and_unload()  # merges in place
     t0 = time.perf_counter()
     texts = [a[0] for a in generate(model, [p.text for p in prompts], max_new_tokens=24, batch_size=batch_size)]
@@ -95,8 +100,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--candidate", action="append", default=[], metavar="NAME=DIR",
                     help="a candidate adapter trained with train_aligned.py --validation (repeatable)")
+    ap.add_argument("--model", default="default", choices=("default", "gemma3-270m"),
+                    help="the base model the candidates were trained on")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--out", type=Path, default=OUT, help="Gemma: docs/gemma_aligned_validation.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(0)
@@ -111,7 +118,7 @@ def main() -> None:
         meta = json.loads((adapter / "train_meta.json").read_text(encoding="utf-8"))
         if not meta.get("data", {}).get("validation_fifth_held_out"):
             sys.exit(f"{adapter} was trained on the whole train split; its validation rates would be training rates")
-        results[name] = score(adapter, batch_size=args.batch_size)
+        results[name] = score(adapter, base=args.model, batch_size=args.batch_size)
         for key, r in results[name]["rates"].items():
             logging.info("%s %-10s refused %3d/%3d = %.1f%%", name, key, r["refused"], r["n"], 100 * r["rate"])
     chosen, why = choose(results)

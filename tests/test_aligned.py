@@ -92,11 +92,16 @@ def test_aligned_weights_equal_base_plus_lora_delta(version: str, request: pytes
     name = "default-aligned" if version == "v1" else "default-aligned@v2"
     aligned = request.getfixturevalue("aligned" if version == "v1" else "aligned_v2")
     assert aligned.name == name
-    config = json.loads((aligned_adapter_dir(name) / "adapter_config.json").read_text(encoding="utf-8"))
+    assert_base_plus_lora(model.hf, aligned.hf, aligned_adapter_dir(name))
+
+
+def assert_base_plus_lora(base_hf: torch.nn.Module, tuned_hf: torch.nn.Module, adapter: Path) -> None:
+    """Every weight of ``tuned_hf`` is the base weight plus the adapter file's ``alpha/r * B @ A``, or unchanged."""
+    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
     scale = config["lora_alpha"] / config["r"]
-    lora = load_file(str(aligned_adapter_dir(name) / "adapter_model.safetensors"))
-    base = model.hf.state_dict()
-    tuned = aligned.hf.state_dict()
+    lora = load_file(str(adapter / "adapter_model.safetensors"))
+    base = base_hf.state_dict()
+    tuned = tuned_hf.state_dict()
     assert base.keys() == tuned.keys()
     changed = set()
     for key in [k for k in lora if "lora_A" in k]:

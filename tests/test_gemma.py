@@ -9,6 +9,7 @@ session (about 1.5 minutes the first time, to dequantise; seconds after).
 from __future__ import annotations
 
 import importlib.metadata
+import json
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from ihs_sight.guard.features import template_prefix
 from ihs_sight.prompts import encode
 
 from .conftest import FP32_REL_TOL
+from .test_aligned import assert_base_plus_lora
 from .test_extract import assert_matches_reference
 from .test_graft import assert_close, hf_batch_logits, hf_greedy, hf_logits, hooked
 from .test_guard import reference_features
@@ -179,3 +181,38 @@ def test_gemma_guard_runs_only_to_its_layer(gemma: ihs.Model) -> None:
     p = guard.probe
     expected = torch.sigmoid((ref - p.mean_[0]) / p.scale_[0] @ p.coef_[0][:, 0] + p.intercept_[0][0])
     np.testing.assert_allclose(scores.p_malicious, expected.numpy(), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- gemma3-270m-aligned
+
+ALIGNED_DIR = models.aligned_adapter_dir("gemma3-270m-aligned")
+
+
+@pytest.fixture(scope="module")
+def gemma_aligned(gemma: ihs.Model) -> ihs.Model:
+    return ihs.load_model("gemma3-270m-aligned")
+
+
+def test_gemma_aligned_is_base_plus_its_lora_and_keeps_the_early_blocks(gemma: ihs.Model,
+                                                                        gemma_aligned: ihs.Model) -> None:
+    assert gemma_aligned.source.endswith("+ihs_sight/assets/gemma3-270m-aligned")
+    assert gemma_aligned.tokenizer.chat_template == models.GEMMA_TURN_TEMPLATE
+    assert_base_plus_lora(gemma.hf, gemma_aligned.hf, ALIGNED_DIR)
+    meta = json.loads((ALIGNED_DIR / "train_meta.json").read_text(encoding="utf-8"))
+    first = meta["lora"]["layers"][0]
+    assert meta["base_weights_hash"] == gemma.weights_hash
+    # Blocks below the first LoRA block are untouched: states l = 0..first agree exactly.
+    a = ihs.extract(gemma, PROMPTS[:3], cache=False, progress=False).states
+    b = ihs.extract(gemma_aligned, PROMPTS[:3], cache=False, progress=False).states
+    assert torch.equal(a[:, : first + 1], b[:, : first + 1])
+    assert not torch.allclose(a[:, -1], b[:, -1])
+
+
+def test_gemma_aligned_ships_the_gemma_terms_notice_and_use_restrictions() -> None:
+    notice = (ALIGNED_DIR / "NOTICE").read_text(encoding="utf-8").strip()
+    assert notice == "Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms"
+    assert "Gemma Terms of Use" in (ALIGNED_DIR / "GEMMA_TERMS.html").read_text(encoding="utf-8")
+    restrictions = (ALIGNED_DIR / "USE_RESTRICTIONS.md").read_text(encoding="utf-8")
+    assert "Prohibited Use Policy" in restrictions and "modified" in restrictions
+    card = (ALIGNED_DIR / "README.md").read_text(encoding="utf-8")
+    assert "Gemma Terms of Use" in card and "NOTICE" in card
