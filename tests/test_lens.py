@@ -254,3 +254,11 @@ def test_logit_lens_is_identical_through_nnsight_remote_serialisation(
     shipped = logit_lens(simulated, prompts.head(2), top_k=K, layers=[0, 15, model.n_layers], progress=False)
     assert torch.equal(shipped.token_ids, local.token_ids)
     assert torch.equal(shipped.probs, local.probs) and torch.equal(shipped.emotion_mass, local.emotion_mass)
+
+
+def test_lens_heatmap_draws_dollar_tokens_as_text(lens: LensResult, output_dir: Path) -> None:
+    # Gemma's vocabulary has tokens such as "$$\\": drawn as mathtext they crashed the heatmap.
+    odd = lens.model_copy(update={"vocab": {tid: "$$\\ " + text for tid, text in lens.vocab.items()}})
+    path = output_dir / "lens_heatmap_dollar_tokens.png"
+    odd.heatmap().savefig(path, dpi=60)
+    assert path.stat().st_size > 5_000

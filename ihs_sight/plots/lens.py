@@ -91,6 +91,7 @@ def lens_heatmap(
                 fontsize=9,
                 color=_text_color(image[y][x]),
                 fontweight="bold" if category in ("positive", "negative") else "normal",
+                parse_math=False,  # a token such as "$$\\" is text, not mathtext
             )
     ax.set_xticks(range(k), [f"#{r + 1}" for r in range(k)])
     ax.set_yticks(range(rows), [str(layer) for layer in wanted])
