@@ -177,6 +177,8 @@ def induced_plot(induced: InducedLexicon, *, n: int = 20, names: tuple[str, str]
         items = side[:n][::-1]
         ax.barh(range(len(items)), [abs(t.score) for t in items], color=color)
         ax.set_yticks(range(len(items)), [display_token(t.token, 16) for t in items], fontsize=8)
+        for label in ax.get_yticklabels():
+            label.set_parse_math(False)  # tokens are text, not mathtext
         ax.set_xlabel("mean lens probability difference")
         ax.set_title(
             f"more likely for {name} (n={induced.n_a if side is induced.a else induced.n_b})", fontsize=9
