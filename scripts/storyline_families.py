@@ -86,6 +86,7 @@ def probes(model: ihs.Model, data: ihs.PromptSet, cache: Path, *, chat: bool, qu
     return {
         "chat": chat, "layers": report.layers, "rel_depth": [rel(layer, model.n_layers) for layer in report.layers],
         "accuracy": [round(a, 4) for a in acc], "first_layer_95": first,
+        "best_early": round(max(a for layer, a in zip(report.layers, acc) if layer <= model.n_layers / 3), 4),
         "first_rel_95": None if first is None else rel(first, model.n_layers),
         "baselines": report.baselines.accuracy if report.baselines is not None else None,
         "baseline_best": report.baselines.best if report.baselines is not None else None,
@@ -148,15 +149,21 @@ def claims(result: dict[str, Any]) -> list[dict[str, Any]]:
     for family in ("SmolLM2-135M", "Gemma-3-270m"):
         base, aligned = (result["models"][n] for n in MODELS if MODELS[n][0] == family)
         c1 = {k: m["probe"]["first_rel_95"] for k, m in (("base", base), ("aligned", aligned))}
+        evidence = "first l/L at 0.95: base {}, aligned {}; best at l/L <= 1/3: base {:.3f}, aligned {:.3f}".format(
+            c1["base"] or "none", c1["aligned"] or "none", base["probe"]["best_early"], aligned["probe"]["best_early"])
+        if "probe_raw" in base:
+            evidence += " (raw prompt: {:.3f})".format(base["probe_raw"]["best_early"])
         rows.append({"claim": "C1", "family": family,
                      "holds": all(v is not None and v <= 1 / 3 for v in c1.values()),
-                     "evidence": "first l/L at 0.95: base {}, aligned {} (bag-of-words {:.3f})".format(
-                         c1["base"], c1["aligned"], base["probe"]["baseline_best"])})
+                     "evidence": evidence + "; bag-of-words {:.3f}".format(base["probe"]["baseline_best"])})
         bm, bn = aligned["lens"]["malicious"]["band_mean"], aligned["lens"]["normal"]["band_mean"]
         neg = bm["negative"] / max(bn["negative"], 1e-12)
         pos = bn["positive"] / max(bm["positive"], 1e-12)
+        base_m, base_n = base["lens"]["malicious"]["band_mean"], base["lens"]["normal"]["band_mean"]
+        base_neg = base_m["negative"] / max(base_n["negative"], 1e-12)
         rows.append({"claim": "C2", "family": family, "holds": neg >= 1.5 and pos >= 1.5,
-                     "evidence": f"aligned neg mass malicious/normal x{neg:.2f}, pos normal/malicious x{pos:.2f}"})
+                     "evidence": f"aligned neg mass malicious/normal x{neg:.2f}, pos normal/malicious x{pos:.2f} "
+                                 f"(base: neg x{base_neg:.2f})"})
         jb = aligned["probe"]["jailbreaks_called_malicious"]
         jneg = aligned["lens"]["jailbreak"]["band_mean"]["negative"]
         rows.append({"claim": "C3", "family": family, "holds": jb >= 0.9 and jneg < bm["negative"],
@@ -213,14 +220,21 @@ def figures(result: dict[str, Any], profiles: dict[str, list[Any]], out: Path) -
     ax.set(xlabel="relative depth l / L", ylabel="test accuracy (logreg)", title="Probes on two families")
     ax.legend(fontsize=7)
     fig.savefig(out / "families_probe.png", dpi=110, bbox_inches="tight")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, category in zip(axes, ("negative", "positive")):
-        for name, m in result["models"].items():
-            depth = [rel(layer, m["n_layers"]) for layer in m["lens"]["layers"]]
-            for group, style in (("malicious", "-"), ("normal", "--"), ("jailbreak", ":")):
-                ax.plot(depth, m["lens"][group]["mass"][category], style, label=f"{name} {group}")
-        ax.set(xlabel="relative depth l / L", title=f"lens {category} mass", yscale="log")
-    axes[0].legend(fontsize=6)
+    names = list(result["models"])
+    fig, axes = plt.subplots(2, len(names), figsize=(3.2 * len(names), 6), sharey="row", squeeze=False)
+    for col, name in enumerate(names):
+        m = result["models"][name]
+        depth = [rel(layer, m["n_layers"]) for layer in m["lens"]["layers"]]
+        for row, category in enumerate(("negative", "positive")):
+            ax = axes[row][col]
+            for group, color in (("malicious", "#d1362f"), ("normal", "#2e9b47"), ("jailbreak", "#7a4fb5")):
+                ax.plot(depth, m["lens"][group]["mass"][category], color=color, label=group)
+            ax.set(yscale="log", title=f"{name}: {category}" if row == 0 else category)
+            if row == 1:
+                ax.set_xlabel("relative depth l / L")
+    axes[0][0].set_ylabel("lens mass of the lexicon")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
     fig.savefig(out / "families_lens.png", dpi=110, bbox_inches="tight")
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, m in result["models"].items():
