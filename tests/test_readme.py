@@ -235,3 +235,13 @@ def test_readme_gemma_section_equals_its_json_files() -> None:
     assert f"test split ({mem['n_prompts']} prompts, 19 layers" in flat
     assert f"peaks at {mem['peak_rss_gb']:.2f} GB RSS" in flat
     assert mem["below_limit"] == (mem["peak_rss_gb"] < 6.0)
+
+
+def test_readme_claims_table_equals_the_generated_one() -> None:
+    generated = (ROOT / "docs" / "claims_table.md").read_text(encoding="utf-8").strip()
+    assert generated in README
+    families = json.loads((ROOT / "docs" / "families.json").read_text(encoding="utf-8"))
+    assert families["quick"] is False, "the README's table must come from a full run, not --quick"
+    assert set(families["models"]) == {"default", "default-aligned", "gemma3-270m", "gemma3-270m-aligned"}
+    for claim in families["claims"]:
+        assert f"{'holds' if claim['holds'] else 'does not hold'}: {claim['evidence']}" in generated
