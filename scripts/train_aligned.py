@@ -42,6 +42,13 @@ thread count writes the same adapter. It runs on a 2-core CPU; CI never trains.
     python scripts/train_aligned.py --validation --keep-near-test --threads 1 \
         --out ihs_sight/assets/default-aligned-v2                                  # v2, as shipped
     python scripts/train_aligned.py --validation --lr 4e-4 --out /tmp/cand   # another recipe candidate
+    python scripts/train_aligned.py --model gemma3-270m --validation --threads 2 \
+        --out ihs_sight/assets/gemma3-270m-aligned                                 # gemma3-270m-aligned, as shipped
+
+``--model gemma3-270m`` trains the same recipe on the Gemma base model (which answers nothing in
+turns by itself, so SmolLM2's answers are its benign targets), with ``<end_of_turn>`` ending each
+answer and LoRA from block 4 (0-based) of 18. The adapter folder also needs the Gemma Terms, the
+NOTICE and the use restrictions, which this script does not write (they ship beside the adapter).
 
 The adapter is saved as safetensors with its peft config, plus ``train_meta.json`` (data,
 steps, losses, wall time). ``load_model("default-aligned")`` (= ``"default-aligned@v1"``) and
