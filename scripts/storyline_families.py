@@ -32,6 +32,11 @@ Whether a claim holds is decided by rules fixed here, before the first run:
 
     python scripts/guard_eval.py --models gemma3-270m gemma3-270m-aligned --out docs/guard_eval_gemma.json
     python scripts/storyline_families.py          # docs/families.json, docs/claims_table.md, docs/figures/families_*.png
+    python scripts/storyline_families.py --from-json   # re-apply the rules to the recorded run (no model runs)
+
+Bands are decided on layer indices (3 l <= L, L <= 3 l <= 2 L), end points included. The first
+recorded run compared the rounded l / L instead, which left out both end points of C4's band
+(l / L = 1/3 and 2/3); ``--from-json`` re-applied the rules as written to that run's measurements.
 
 About 40 minutes on 2 CPU cores, most of it the grafting sweeps' generation.
 """
@@ -97,7 +102,7 @@ def probes(model: ihs.Model, data: ihs.PromptSet, cache: Path, *, chat: bool, qu
     }
 
 
-def lens(model: ihs.Model, data: ihs.PromptSet, aligned: bool, n: int) -> tuple[dict[str, Any], list[Any], Any]:
+def lens(model: ihs.Model, data: ihs.PromptSet, aligned: bool, n: int) -> tuple[dict[str, Any], Any]:
     """Emotion mass per layer for malicious, normal and jailbreak prompts (and the band means)."""
     groups = {"malicious": data.test.malicious.sample(n, random_state=0),
               "normal": data.test.normal.sample(n, random_state=0),
@@ -117,7 +122,7 @@ def lens(model: ihs.Model, data: ihs.PromptSet, aligned: bool, n: int) -> tuple[
                 for layer in range(band[0], model.n_layers + 1, max(1, model.n_layers // 9))}
             heat = result.heatmap(title=f"{model.name}, malicious test prompts: top lens token")
     out["layers"] = profiles[0].layers
-    return out, profiles, heat
+    return out, heat
 
 
 def graft(model: ihs.Model, data: ihs.PromptSet, n: int, new_tokens: int) -> dict[str, Any]:
@@ -149,12 +154,13 @@ def claims(result: dict[str, Any]) -> list[dict[str, Any]]:
     for family in ("SmolLM2-135M", "Gemma-3-270m"):
         base, aligned = (result["models"][n] for n in MODELS if MODELS[n][0] == family)
         c1 = {k: m["probe"]["first_rel_95"] for k, m in (("base", base), ("aligned", aligned))}
+        early = [m["probe"]["first_layer_95"] for m in (base, aligned)]
         evidence = "first l/L at 0.95: base {}, aligned {}; best at l/L <= 1/3: base {:.3f}, aligned {:.3f}".format(
             c1["base"] or "none", c1["aligned"] or "none", base["probe"]["best_early"], aligned["probe"]["best_early"])
         if "probe_raw" in base:
             evidence += " (raw prompt: {:.3f})".format(base["probe_raw"]["best_early"])
         rows.append({"claim": "C1", "family": family,
-                     "holds": all(v is not None and v <= 1 / 3 for v in c1.values()),
+                     "holds": all(f is not None and 3 * f <= base["n_layers"] for f in early),
                      "evidence": evidence + "; bag-of-words {:.3f}".format(base["probe"]["baseline_best"])})
         bm, bn = aligned["lens"]["malicious"]["band_mean"], aligned["lens"]["normal"]["band_mean"]
         neg = bm["negative"] / max(bn["negative"], 1e-12)
@@ -171,11 +177,13 @@ def claims(result: dict[str, Any]) -> list[dict[str, Any]]:
                                  f"neg mass jailbreak {jneg:.4f} vs malicious {bm['negative']:.4f}"})
         g = aligned.get("graft")
         if g and g["refusal_rate"] is not None:
-            middle = [r for r, d in zip(g["refusal_rate"], g["rel_depth"]) if 1 / 3 <= d <= 2 / 3]
+            n = aligned["n_layers"]  # the band on layer indices: the rounded l/L would drop its end points
+            middle = [r for r, layer in zip(g["refusal_rate"], g["layers"]) if n <= 3 * layer <= 2 * n]
             lowest = min(middle) if middle else None
             rows.append({"claim": "C4", "family": family,
                          "holds": lowest is not None and lowest <= g["refusal_rate_before"] / 2,
-                         "evidence": f"refusal {g['refusal_rate_before']:.3f} clean, lowest {lowest} at l/L in [1/3, 2/3]"})
+                         "evidence": f"refusal {g['refusal_rate_before']:.3f} clean, lowest "
+                                     f"{'none' if lowest is None else format(lowest, '.3f')} at l/L in [1/3, 2/3]"})
         gd, gb = aligned.get("guard"), base.get("guard")
         if gd:
             evidence = (f"aligned guard at l/L {rel(gd['layer'], gd['n_layers'])}: TPR {gd['tpr']:.3f}, "
@@ -207,7 +215,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figures(result: dict[str, Any], profiles: dict[str, list[Any]], out: Path) -> None:
+def figures(result: dict[str, Any], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -251,6 +259,24 @@ def figures(result: dict[str, Any], profiles: dict[str, list[Any]], out: Path) -
     plt.close("all")
 
 
+def write_claims(result: dict[str, Any], out: Path) -> None:
+    """The claims (when all four models ran), ``claims_table.md`` beside ``out``, and the figures."""
+    result["claims"] = claims(result) if len(result["models"]) == len(MODELS) else []
+    out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    if result["claims"]:
+        (out.parent / "claims_table.md").write_text(table(result["claims"]), encoding="utf-8")
+    figs = out.parent / "figures"
+    figs.mkdir(parents=True, exist_ok=True)
+    figures(result, figs)
+
+
+def rederive(out: Path) -> None:
+    """Re-apply the claim rules to a recorded run (the measurements are not repeated)."""
+    result = json.loads(out.read_text(encoding="utf-8"))
+    write_claims(result, out)
+    log.info("re-derived the claims of %s", out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -258,15 +284,19 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true",
                     help="small seeded subsets, to check the script end to end (its numbers are not the README's)")
     ap.add_argument("--out", type=Path, default=DOCS / "families.json")
+    ap.add_argument("--from-json", action="store_true",
+                    help="run no model: re-derive the claims, the table and the figures from the recorded --out file")
     args = ap.parse_args()
-    n_lens, n_graft, new_tokens = (8, 4, 4) if args.quick else (N_LENS, N_GRAFT, 16)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.from_json:
+        rederive(args.out)
+        return
+    n_lens, n_graft, new_tokens = (8, 4, 4) if args.quick else (N_LENS, N_GRAFT, 16)
     torch.manual_seed(0)
     data = ihs.load_prompts()
     cache = ihs.models.cache_dir() / "families"
     result: dict[str, Any] = {"classifier": CLASSIFIER, "judge": ihs.default_judge().name, "quick": args.quick,
                               "models": {}}
-    profiles: dict[str, list[Any]] = {}
     figs = args.out.parent / "figures"
     if args.quick and args.out == DOCS / "families.json":
         ap.error("--quick writes subset numbers: pass --out outside docs/")
@@ -280,7 +310,7 @@ def main() -> None:
         entry["probe"] = probes(model, data, cache, chat=True, quick=args.quick)
         if family == "Gemma-3-270m" and kind == "base":
             entry["probe_raw"] = probes(model, data, cache, chat=False, quick=args.quick)
-        entry["lens"], profiles[name], heat = lens(model, data, kind == "aligned", n_lens)
+        entry["lens"], heat = lens(model, data, kind == "aligned", n_lens)
         if heat is not None:
             heat.savefig(figs / f"families_lens_{name}_malicious.png", dpi=110, bbox_inches="tight")
         if kind == "aligned" and not args.skip_graft:
@@ -289,12 +319,8 @@ def main() -> None:
         result["models"][name] = entry
         log.info("%s done (%.0f s)", name, time.perf_counter() - t0)
         del model
-    result["claims"] = claims(result) if len(result["models"]) == len(MODELS) else []
     result["seconds"] = round(time.perf_counter() - t0, 1)
-    args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    if result["claims"]:
-        (args.out.parent / "claims_table.md").write_text(table(result["claims"]), encoding="utf-8")
-    figures(result, profiles, figs)
+    write_claims(result, args.out)
     log.info("wrote %s in %.0f s", args.out, time.perf_counter() - t0)
 
 
