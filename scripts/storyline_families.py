@@ -38,7 +38,7 @@ Bands are decided on layer indices (3 l <= L, L <= 3 l <= 2 L), end points inclu
 recorded run compared the rounded l / L instead, which left out both end points of C4's band
 (l / L = 1/3 and 2/3); ``--from-json`` re-applied the rules as written to that run's measurements.
 
-About 40 minutes on 2 CPU cores, most of it the grafting sweeps' generation.
+About 20 minutes on 2 CPU cores (1194 s for the recorded run).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,7 @@ def lens(model: ihs.Model, data: ihs.PromptSet, aligned: bool, n: int) -> tuple[
     groups = {"malicious": data.test.malicious.sample(n, random_state=0),
               "normal": data.test.normal.sample(n, random_state=0),
               "jailbreak": data.jailbreak.sample(n, random_state=0)}
-    band = (round(model.n_layers / 3), model.n_layers)
+    band = (math.ceil(model.n_layers / 3), model.n_layers)  # the layers with 3 l >= L
     out: dict[str, Any] = {"band": list(band), "n_per_group": n}
     profiles, heat = [], None
     for group, prompts in groups.items():
@@ -156,7 +157,7 @@ def claims(result: dict[str, Any]) -> list[dict[str, Any]]:
         c1 = {k: m["probe"]["first_rel_95"] for k, m in (("base", base), ("aligned", aligned))}
         early = [m["probe"]["first_layer_95"] for m in (base, aligned)]
         evidence = "first l/L at 0.95: base {}, aligned {}; best at l/L <= 1/3: base {:.3f}, aligned {:.3f}".format(
-            c1["base"] or "none", c1["aligned"] or "none", base["probe"]["best_early"], aligned["probe"]["best_early"])
+            "none" if c1["base"] is None else c1["base"], "none" if c1["aligned"] is None else c1["aligned"], base["probe"]["best_early"], aligned["probe"]["best_early"])
         if "probe_raw" in base:
             evidence += " (raw prompt: {:.3f})".format(base["probe_raw"]["best_early"])
         rows.append({"claim": "C1", "family": family,
@@ -190,7 +191,8 @@ def claims(result: dict[str, Any]) -> list[dict[str, Any]]:
                         f"FPR {gd['fpr']:.3f}")
             if gb:
                 evidence += f" (base: l/L {rel(gb['layer'], gb['n_layers'])}, TPR {gb['tpr']:.3f}, FPR {gb['fpr']:.3f})"
-            rows.append({"claim": "C5", "family": family, "holds": gd["tpr"] >= 0.95 and gd["fpr"] <= 0.05,
+            rows.append({"claim": "C5", "family": family,
+                         "holds": gd["tpr"] >= 0.95 and gd["fpr"] <= 0.05 and gd["layer"] < gd["n_layers"],
                          "evidence": evidence})
     return rows
 

@@ -14,8 +14,8 @@ normal refusal rate wins (ties: higher malicious rate); when none passes, the on
 largest ``malicious - normal - lookalike`` margin wins, and the miss is recorded.
 
     python scripts/validate_aligned.py --candidate lr8e-4=/tmp/cand_a --candidate lr4e-4=/tmp/cand_b
-    python scripts/validate_aligned.py --model gemma3-270m --candidate v1=/tmp/gemma-cand \
-        --out docs/gemma_aligned_validation.json          # gemma3-270m-aligned, the same rule
+    python scripts/validate_aligned.py --model gemma3-270m --candidate lr8e-4=/tmp/gemma-cand
+        # gemma3-270m-aligned, the same rule, into docs/gemma_aligned_validation.json
 
 Writes ``docs/aligned_validation.json``: every candidate's settings (its ``train_meta.json``),
 rates and replies, and the choice. Candidates already in the file are kept (a later run adds
@@ -103,8 +103,11 @@ def main() -> None:
     ap.add_argument("--model", default="default", choices=("default", "gemma3-270m"),
                     help="the base model the candidates were trained on")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--out", type=Path, default=OUT, help="Gemma: docs/gemma_aligned_validation.json")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default: docs/aligned_validation.json, or docs/gemma_aligned_validation.json for Gemma")
     args = ap.parse_args()
+    if args.out is None:  # one file per base model: candidates of two families are never compared
+        args.out = OUT if args.model == "default" else OUT.with_name("gemma_aligned_validation.json")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(0)
     results: dict[str, dict[str, Any]] = {}

@@ -55,6 +55,7 @@ def test_gemma_is_the_pinned_base_model_with_our_turn_template(gemma: ihs.Model)
     assert type(gemma.hf).__name__ == "Gemma3ForCausalLM"
     assert (gemma.n_layers, gemma.d_model, gemma.vocab_size) == (18, 640, 262_144)
     assert gemma.source == f"{models.GEMMA_PACKAGE}=={importlib.metadata.version(models.GEMMA_PACKAGE)}:{models.GEMMA_GGUF}"
+    assert models.GEMMA_VERSION == importlib.metadata.version(models.GEMMA_PACKAGE)
     assert (models.gemma_cache_dir() / ".complete").is_file()
     # Token ids of Gemma's own turn markers (<bos>=2, <start_of_turn>=105, <end_of_turn>=106, "\n"=107):
     # one BOS, the user turn, the model header.
@@ -65,7 +66,11 @@ def test_gemma_is_the_pinned_base_model_with_our_turn_template(gemma: ihs.Model)
     assert {1, 106} <= gemma.eos_ids, "<end_of_turn> must end a generated reply"
 
 
-def test_gemma_refuses_float16_before_loading() -> None:
+def test_gemma_refuses_float16_before_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_load() -> Path:
+        raise AssertionError("the dtype must be refused before the model is prepared")
+
+    monkeypatch.setattr(models, "gemma_model_dir", no_load)
     with pytest.raises(InputError, match="bfloat16"):
         ihs.load_model("gemma3-270m", dtype="float16")
 
