@@ -249,3 +249,8 @@ def test_readme_claims_table_equals_the_generated_one() -> None:
     fresh = claims(families)
     assert fresh == families["claims"], "docs/families.json's claims are stale: run storyline_families.py --from-json"
     assert table(fresh).strip() == generated
+    g = families["models"]["gemma3-270m-aligned"]["graft"]
+    lowest = min(r for r, layer in zip(g["refusal_rate"], g["layers"]) if 18 <= 3 * layer <= 36)
+    clean = round(g["refusal_rate_before"] * g["n_targets"])
+    assert (f"{round(lowest * g['n_targets'])} of {g['n_targets']} prompts still refused against a bar of "
+            f"{clean / 2:g} (half the clean {clean})") in " ".join(README.split())
