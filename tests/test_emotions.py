@@ -198,3 +198,17 @@ def test_induce_lexicon_matches_manual_mean_difference(
         induce_lexicon(model, set_a, set_b, layers=(5, 99), progress=False)
     with pytest.raises(ihs.InputError, match="set_b"):
         induce_lexicon(model, set_a, [], progress=False)
+
+
+def test_induced_plot_draws_dollar_tokens_as_text(tmp_path: Path) -> None:
+    # Token labels such as Gemma's "$$\\" must not be parsed as mathtext (it raised on drawing).
+    from ihs_sight.emotions import InducedLexicon, InducedToken
+
+    def tok(i: int, text: str, score: float) -> InducedToken:
+        return InducedToken(token_id=i, token=text, score=score, mean_a=max(score, 0.0), mean_b=max(-score, 0.0))
+
+    lexicon = InducedLexicon(band=(1, 2), n_a=3, n_b=3, a=[tok(1, "$$\\", 0.2), tok(2, " $x", 0.1)],
+                             b=[tok(3, "a$b$", -0.3)], model_name="hand-made", weights_hash="0")
+    path = tmp_path / "induced.png"
+    lexicon.plot(n=2).savefig(path, dpi=50)
+    assert path.stat().st_size > 2_000
