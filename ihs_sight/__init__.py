@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from .anatomy import FamilyAnatomy, GroupReading, JailbreakAnatomy, Projections, jailbreak_anatomy, project
 from .deprecations import IhsSightDeprecationWarning, moved
 from .directions import Candidate, Direction, direction_cosines, harmfulness_direction, refusal_direction
 from .emotions import EmotionProfile, InducedLexicon, Lexicon, induce_lexicon, load_lexicon
@@ -41,7 +42,9 @@ __all__ = [
     "DirectionWarning",
     "EmotionProfile",
     "ExtractMeta",
+    "FamilyAnatomy",
     "GraftResult",
+    "GroupReading",
     "Guard",
     "GuardEvaluation",
     "GuardFitReport",
@@ -51,6 +54,7 @@ __all__ = [
     "IhsSightError",
     "InducedLexicon",
     "InputError",
+    "JailbreakAnatomy",
     "JailbreakSignal",
     "LayerProbe",
     "LensResult",
@@ -59,6 +63,7 @@ __all__ = [
     "ModelLoadError",
     "PhraseJudge",
     "ProbeReport",
+    "Projections",
     "Prompt",
     "PromptSet",
     "RefusalJudge",
@@ -77,12 +82,14 @@ __all__ = [
     "graft_sweep",
     "harmfulness_direction",
     "induce_lexicon",
+    "jailbreak_anatomy",
     "load_lexicon",
     "load_model",
     "load_prompts",
     "logit_lens",
     "probe",
     "probe_transfer",
+    "project",
     "refusal_direction",
     "steer",
     "wrap",

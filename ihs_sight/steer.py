@@ -159,7 +159,8 @@ class SteerResult(BaseModel):
 # ---------------------------------------------------------------------------- checks
 
 
-def _check_direction(model: Model, direction: Any, *, strict: bool) -> Direction | torch.Tensor:
+def check_direction(model: Model, direction: Any, *, strict: bool) -> Direction | torch.Tensor:
+    """The direction, checked against the model: width and depth must match; other weights warn (``strict``: refused)."""
     if isinstance(direction, Direction):
         if direction.d_model != model.d_model or direction.n_layers != model.n_layers:
             raise InputError(f"The direction has width {direction.d_model} over {direction.n_layers} blocks; the model "
@@ -181,12 +182,6 @@ def _check_direction(model: Model, direction: Any, *, strict: bool) -> Direction
         return vec
     raise InputError(f"direction must be a Direction (ihs.refusal_direction) or a tensor [D], "
                      f"got {type(direction).__name__}.")
-
-
-
-
-
-
 
 
 # ---------------------------------------------------------------------------- runs
@@ -281,7 +276,7 @@ def steer(
         >>> ihs.steer(model, harmful, direction, mode="ablate").refusal_rate
     """
     mode = checks.one_of("mode", mode, MODES)
-    vec = _check_direction(model, direction, strict=bool(strict))
+    vec = check_direction(model, direction, strict=bool(strict))
     if mode != "add" and scale is not None:
         raise InputError(f"scale applies to mode='add' only (mode={mode!r}); leave it None.")
     if mode != "add" and layers is not None:
