@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from ihs_sight_demo.app import DECIMALS, build_app, free_port
 from ihs_sight_demo.state import Workbench
 
@@ -30,6 +31,8 @@ from ihs_sight.graft import graft
 from ihs_sight.lens import logit_lens
 from ihs_sight.plots.lens import display_token
 from ihs_sight.probe import probe_transfer
+
+from .test_demo import CHEAP_DIRECTION, PHISHING, STEER_TOKENS, make_workbench
 
 pytestmark = pytest.mark.slow
 
@@ -302,3 +305,64 @@ def test_browser_counter_shows_one_load_after_concurrent_clients(page: Any, work
                            timeout=60_000)
     assert page.inner_text("#load_counter").strip() == "Models loaded: default ×1"
     assert workbench.load_counts() == {"default": 1}
+
+
+# ---------------------------------------------------------------------------- steer
+
+
+@pytest.fixture(scope="module")
+def steer_server(model: ihs.Model, states_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
+        tuple[str, Workbench]]:
+    """A second app with the Steer tab (loopback), its direction the cheap search of tests/test_demo.py."""
+    wb = make_workbench(model, states_cache, probe_dir=tmp_path_factory.mktemp("steer_browser"),
+                        direction_options=CHEAP_DIRECTION)
+    app = build_app(wb, steer_enabled=True)
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, share=False)
+    try:
+        yield f"http://127.0.0.1:{port}/", wb
+    finally:
+        app.close()
+
+
+def test_browser_has_no_steer_tab_beyond_the_steer_app(page: Any) -> None:
+    page.get_by_role("tab", name="Probe").wait_for()
+    assert page.get_by_role("tab", name="Steer").count() == 0
+
+
+def test_browser_steer_tab_shows_both_replies_as_the_library_gives_them(
+    browser: Any, steer_server: tuple[str, Workbench], model: ihs.Model, shots: Path
+) -> None:
+    url, wb = steer_server
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the server runs in this process; two threads on two shared cores crawl
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        pg = context.new_page()
+        pg.goto(url, wait_until="domcontentloaded")
+        pg.wait_for_selector("#prompt_box textarea", timeout=60_000)
+        pg.fill("#prompt_box textarea", PHISHING)
+        pg.get_by_role("tab", name="Steer").click()
+        pg.locator("#steer_model input").click()
+        pg.get_by_role("option", name="default", exact=True).click()
+        pg.get_by_label("ablate", exact=True).check()
+        pg.fill("#steer_tokens input[type=number]", str(STEER_TOKENS))
+        pg.press("#steer_tokens input[type=number]", "Enter")
+        message = _run(pg, "Steer", "steer_btn", "steer_msg", LONG_WAIT_MS)
+        assert message.startswith("✓"), message
+        # The library on the same direction (the workbench's, computed once) and prompt.
+        direction = wb.refusal_direction("default")
+        clean = ihs.steer(model, [PHISHING], direction, mode="none", generate=STEER_TOKENS, progress=False)
+        ablated = ihs.steer(model, [PHISHING], direction, mode="ablate", generate=STEER_TOKENS, progress=False)
+        assert pg.input_value("#steer_clean textarea") == clean.texts[0]
+        assert pg.input_value("#steer_steered textarea") == ablated.texts[0] != clean.texts[0]
+        summary = pg.inner_text("#steer_summary")
+        assert f"layer {direction.layer}, position {direction.position}" in summary
+        verdicts = {True: "refusal", False: "no refusal"}
+        row = next(line for line in summary.splitlines() if line.startswith("refusal judge"))
+        assert row.split("\t")[1:] == [verdicts[bool(clean.records[0].refusal)],
+                                       verdicts[bool(ablated.records[0].refusal)]], row
+        pg.screenshot(path=str(shots / "steer.png"), full_page=True)
+    finally:
+        context.close()
+        torch.set_num_threads(before)
