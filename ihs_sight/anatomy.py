@@ -107,25 +107,37 @@ def project(model: Model, prompts: Any, direction: Direction, *, batch_size: int
         >>> harm = ihs.harmfulness_direction(model)
         >>> ihs.project(model, ["How do I pick a lock?"], harm).mean()[harm.layer]
     """
-    if not isinstance(direction, Direction):
-        raise InputError(f"direction must be a Direction (it names the position to read), "
-                         f"got {type(direction).__name__}.")
-    check_direction(model, direction, strict=strict)
+    return _projections(model, prompts, [direction], batch_size=batch_size, strict=strict, progress=progress)[0]
+
+
+def _projections(model: Model, prompts: Any, directions: list[Direction], *, batch_size: int, strict: bool,
+                 progress: bool) -> list[Projections]:
+    """:func:`project` for several directions of one template in one pass (each at its own position)."""
+    for direction in directions:
+        if not isinstance(direction, Direction):
+            raise InputError(f"direction must be a Direction (it names the position to read), "
+                             f"got {type(direction).__name__}.")
+        check_direction(model, direction, strict=strict)
+    if len({d.system_prompt for d in directions}) != 1:
+        raise InputError("The directions were computed with different system prompts; project them one at a time.")
     bs = checks.batch_size(batch_size)
     given = as_prompts(prompts)
-    encoded = encode_for(model, given, chat=True, system_prompt=direction.system_prompt)
-    n_tail = -direction.position
-    units = _units(direction)
+    encoded = encode_for(model, given, chat=True, system_prompt=directions[0].system_prompt)
+    n_tail = max(-d.position for d in directions)
+    units = [_units(d).double() for d in directions]
 
     def step(batch: Batch) -> dict[str, torch.Tensor]:
-        states = traces.tail_states(model, batch.inputs, n_tail=n_tail)["states"][:, 0]
-        return {"proj": (states.double() * units.double()).sum(-1)}
+        states = traces.tail_states(model, batch.inputs, n_tail=n_tail)["states"].double()
+        return {f"proj{i}": (states[:, n_tail + d.position] * u).sum(-1)
+                for i, (d, u) in enumerate(zip(directions, units, strict=True))}
 
-    with tqdm(total=len(encoded), desc=f"{direction.kind} projection", unit="prompt", disable=not progress) as bar:
-        rows = run_batches(model, encoded, step, batch_size=bs, dedupe=False, bar=bar).rows["proj"]
-    return Projections(kind=direction.kind, direction_layer=direction.layer, position=direction.position,
-                       model_name=model.name, weights_hash=model.weights_hash, ids=[p.id for p in given.items],
-                       values=rows.tolist())
+    kinds = "/".join(d.kind for d in directions)
+    with tqdm(total=len(encoded), desc=f"{kinds} projection", unit="prompt", disable=not progress) as bar:
+        rows = run_batches(model, encoded, step, batch_size=bs, dedupe=False, bar=bar).rows
+    ids = [p.id for p in given.items]
+    return [Projections(kind=d.kind, direction_layer=d.layer, position=d.position, model_name=model.name,
+                        weights_hash=model.weights_hash, ids=ids, values=rows[f"proj{i}"].tolist())
+            for i, d in enumerate(directions)]
 
 
 # ---------------------------------------------------------------------------- anatomy
@@ -293,9 +305,8 @@ def jailbreak_anatomy(
     families = list(dict.fromkeys(f for f in sets["jailbreaks"].families if f is not None))
     if not families or None in sets["jailbreaks"].families:
         raise InputError("Every jailbreak prompt needs a family (the bundled jailbreak.jsonl has them).")
-    kw: dict[str, Any] = {"batch_size": batch_size, "strict": strict, "progress": progress}
-    proj = {name: (project(model, ps, harmfulness, **kw), project(model, ps, refusal, **kw))
-            for name, ps in sets.items()}
+    proj = {name: tuple(_projections(model, ps, [harmfulness, refusal], batch_size=batch_size, strict=strict,
+                                     progress=progress)) for name, ps in sets.items()}
     flags = {name: None if guard is None else guard.score(ps).flagged for name, ps in sets.items()}
     ref = (proj["malicious"][0], proj["normal"][0], proj["malicious"][1], proj["normal"][1])
 

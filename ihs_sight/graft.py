@@ -42,7 +42,7 @@ from .runtime import traces
 from .runtime.batches import Batch, run_batches
 from .runtime.compiled import check_compilable
 from .runtime.packing import check_pack
-from .runtime.provenance import dtype_name, versions
+from .runtime.provenance import RunMeta, run_fields
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -60,27 +60,9 @@ PAIRINGS: tuple[Pairing, ...] = ("mean", "paired")
 # ---------------------------------------------------------------------------- results
 
 
-class GraftMeta(BaseModel):
-    """How a graft was made: model, template, graft settings, lexicon and judge."""
+class GraftMeta(RunMeta):
+    """How a graft was made: the model and template (:class:`RunMeta`), graft settings, lexicon and judge."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-    model_name: str
-    """What was passed to ``load_model`` ("default", a path or a Hub id)."""
-    model_class: str
-    """The transformers class, e.g. ``LlamaForCausalLM``."""
-    weights_hash: str
-    """blake2b of every weight, adapters included."""
-    dtype: str
-    """The model's compute dtype."""
-    n_layers: int
-    """Number of blocks ``L``."""
-    chat: bool
-    """Whether the chat template was applied to targets (and donor prompts)."""
-    system_prompt: str | None
-    """The system prompt passed (``None``: the template's own default)."""
-    template: str
-    """The template rendered around the placeholder ``{prompt}``."""
     mode: Mode
     """``replace``, ``add`` or ``seed`` (see :func:`graft`)."""
     pairing: Pairing
@@ -103,8 +85,6 @@ class GraftMeta(BaseModel):
     """Greedy tokens generated per target, or ``None`` when nothing was generated."""
     judge: str | None
     """The refusal judge used on generated text, or ``None``."""
-    versions: dict[str, str] = Field(default_factory=dict)
-    """Package versions (ihs-sight, nnsight, transformers, torch)."""
 
 
 class GraftedTarget(BaseModel):
@@ -468,14 +448,7 @@ def _sweep_core(
     opts = _Options(opts.mode, opts.pairing, opts.scale, generate, top_k, opts.batch_size, judge, opts.pack,
                     opts.compile)
     meta = GraftMeta(
-        model_name=model.name,
-        model_class=type(model.hf).__name__,
-        weights_hash=model.weights_hash,
-        dtype=dtype_name(model),
-        n_layers=model.n_layers,
-        chat=chat,
-        system_prompt=system_prompt,
-        template=encoded.template,
+        **run_fields(model, encoded),
         mode=opts.mode,
         pairing=opts.pairing,
         scale=opts.scale,
@@ -487,7 +460,6 @@ def _sweep_core(
         n_positive_ids=len(pos_ids),
         max_new_tokens=generate,
         judge=judge_name(judge) if judge is not None and generate is not None else None,
-        versions=versions(),
     )
     runs = (1 + len(layers)) * (1 if generate is None else 2)
     masses: dict[str, Any] = {"neg_ids": neg_ids, "pos_ids": pos_ids, "keep_logits": keep_logits}

@@ -35,7 +35,7 @@ from .layers import check_layers
 from .models import Model, until_eos
 from .runtime import traces
 from .runtime.batches import Batch, run_batches
-from .runtime.provenance import dtype_name, versions
+from .runtime.provenance import RunMeta, run_fields
 
 if TYPE_CHECKING:
     from .emotions import Lexicon
@@ -54,27 +54,9 @@ class DirectionWarning(UserWarning):
 # ---------------------------------------------------------------------------- results
 
 
-class SteerMeta(BaseModel):
-    """How a steering run was made: model, template, direction, settings, lexicon and judge."""
+class SteerMeta(RunMeta):
+    """How a steering run was made: the model and template (:class:`RunMeta`), direction, settings, lexicon, judge."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-    model_name: str
-    """What was passed to ``load_model``."""
-    model_class: str
-    """The transformers class."""
-    weights_hash: str
-    """blake2b of the steered model's weights."""
-    dtype: str
-    """The model's compute dtype."""
-    n_layers: int
-    """Number of blocks ``L``."""
-    chat: bool
-    """Whether the chat template was applied."""
-    system_prompt: str | None
-    """The system prompt passed (``None``: the template's default)."""
-    template: str
-    """The template rendered around ``{prompt}``."""
     mode: SteerMode
     """``ablate``, ``add`` or ``none``."""
     layers: list[int]
@@ -95,8 +77,6 @@ class SteerMeta(BaseModel):
     """Greedy tokens generated per prompt (``None``: next token only)."""
     judge: str | None
     """The refusal judge that read the replies."""
-    versions: dict[str, str] = Field(default_factory=dict)
-    """Package versions."""
 
 
 class SteeredPrompt(BaseModel):
@@ -327,14 +307,12 @@ def steer(
             refusal=None if verdicts is None else verdicts[i],
         ))
     meta = SteerMeta(
-        model_name=model.name, model_class=type(model.hf).__name__, weights_hash=model.weights_hash,
-        dtype=dtype_name(model), n_layers=model.n_layers, chat=chat, system_prompt=system_prompt,
-        template=encoded.template, mode=mode, layers=chosen, scale=amount,
+        **run_fields(model, encoded), mode=mode, layers=chosen, scale=amount,
         direction_kind=vec.kind if isinstance(vec, Direction) else "tensor",
         direction_layer=vec.layer if isinstance(vec, Direction) else None,
         direction_weights_hash=vec.weights_hash if isinstance(vec, Direction) else None,
         top_k=top_k, lexicon=lex_name, max_new_tokens=generate,
-        judge=judge_name(judge) if judge is not None and generate is not None else None, versions=versions(),
+        judge=judge_name(judge) if judge is not None and generate is not None else None,
     )
     result = SteerResult(
         mode=mode, records=records, texts=texts,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -55,6 +55,38 @@ class ExtractMeta(BaseModel):
     """Remote runs: bytes the server sent back for the prompts computed in this call (``None`` locally)."""
     bytes_per_prompt: float | None = None
     """Remote runs: ``bytes_received`` per computed prompt (cached prompts cost nothing)."""
+
+
+class RunMeta(BaseModel):
+    """The model and template an intervention ran on: the common part of grafting's and steering's metadata."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    model_name: str
+    """What was passed to ``load_model`` ("default", a path or a Hub id)."""
+    model_class: str
+    """The transformers class, e.g. ``LlamaForCausalLM``."""
+    weights_hash: str
+    """blake2b of every weight, adapters included."""
+    dtype: str
+    """The model's compute dtype."""
+    n_layers: int
+    """Number of blocks ``L``."""
+    chat: bool
+    """Whether the chat template was applied."""
+    system_prompt: str | None
+    """The system prompt passed (``None``: the template's own default)."""
+    template: str
+    """The template rendered around the placeholder ``{prompt}``."""
+    versions: dict[str, str] = Field(default_factory=dict)
+    """Package versions (ihs-sight, nnsight, transformers, torch)."""
+
+
+def run_fields(model: Model, encoded: EncodedPrompts) -> dict[str, Any]:
+    """:class:`RunMeta`'s fields for prompts ``encoded`` for ``model`` (pass them to a subclass)."""
+    return {"model_name": model.name, "model_class": type(model.hf).__name__, "weights_hash": model.weights_hash,
+            "dtype": dtype_name(model), "n_layers": model.n_layers, "chat": encoded.chat,
+            "system_prompt": encoded.system_prompt, "template": encoded.template, "versions": versions()}
 
 
 @functools.cache
