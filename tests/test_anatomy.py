@@ -130,7 +130,11 @@ def test_anatomy_scores_recomputed_from_hook_projections(
     assert table.count("\n") == 1 + len(FAMILIES) and f"{a.families[0].jailbreak.harm:.2f}" in table
     fig = a.plot()
     assert len(fig.axes) == 2
-    assert all(len(ax.lines) == 2 + 2 * len(FAMILIES) + 1 for ax in fig.axes)  # refs, families, layer mark
+    assert all(len(ax.lines) == 3 + 2 * len(FAMILIES) + 1 for ax in fig.axes)  # refs + threshold, families, layer
+    # Each panel's first family line, at the direction's own layer, is the table's score.
+    for ax, layer, score in ((fig.axes[0], a.harm_layer, a.families[0].jailbreak.harm),
+                             (fig.axes[1], a.refusal_layer, a.families[0].jailbreak.refusal)):
+        assert ax.lines[3].get_ydata()[layer] == pytest.approx(score)
 
 
 def test_verdict_rule() -> None:

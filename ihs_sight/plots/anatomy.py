@@ -1,40 +1,52 @@
-"""Figure for jailbreak anatomy: each family's mean projection per layer on both directions."""
+"""Figure for jailbreak anatomy: each family's place between direct normal and malicious, per layer."""
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
-    from ..anatomy import JailbreakAnatomy
+    from ..anatomy import GroupReading, JailbreakAnatomy
 
 _COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf")
+_YLIM = (-0.75, 2.0)
+
+
+def _scores(group: GroupReading, low: list[float], high: list[float], field: str) -> list[float]:
+    """Per layer: (group - normal) / (malicious - normal) of the mean projections; NaN where they coincide."""
+    values: list[float] = getattr(group, field)
+    return [(v - lo) / (hi - lo) if abs(hi - lo) > 1e-9 * max(abs(hi), abs(lo), 1.0) else math.nan
+            for v, lo, hi in zip(values, low, high, strict=True)]
 
 
 def plot_anatomy(result: JailbreakAnatomy) -> Figure:
-    """Two panels (harmfulness, refusal): mean projection per layer of every family's jailbreaks
-    (solid) and controls (dashed), with the direct malicious and normal prompts in black and a
-    dotted line at each direction's own layer, where the table's scores are read."""
+    """Two panels (harmfulness, refusal): per layer, each family's mean projection placed on the scale
+    direct normal = 0, direct malicious = 1; jailbreaks solid, their wrapped-normal controls dashed,
+    the verdict threshold dotted, and each direction's own layer (where the table reads) marked."""
     fig = Figure(figsize=(11, 4.4), layout="constrained")
-    axes = fig.subplots(1, 2)
+    axes = fig.subplots(1, 2, sharey=True)
     layers = list(range(result.n_layers + 1))
     panels = (("harmfulness", "harm_per_layer", result.harm_layer, result.harm_position),
               ("refusal", "refusal_per_layer", result.refusal_layer, result.refusal_position))
     for ax, (name, field, layer, position) in zip(axes, panels, strict=True):
-        ax.plot(layers, getattr(result.malicious, field), color="black", lw=2, label="direct malicious")
-        ax.plot(layers, getattr(result.normal, field), color="black", lw=2, ls="--", label="direct normal")
+        low, high = getattr(result.normal, field), getattr(result.malicious, field)
+        ax.axhline(1.0, color="black", lw=1.5, label="direct malicious")
+        ax.axhline(0.0, color="black", lw=1.5, ls="--", label="direct normal")
+        ax.axhline(result.threshold, color="grey", lw=0.8, ls=":")
         for i, fam in enumerate(result.families):
             color = _COLORS[i % len(_COLORS)]
-            ax.plot(layers, getattr(fam.jailbreak, field), color=color, lw=1.3, label=f"{fam.family}")
+            ax.plot(layers, _scores(fam.jailbreak, low, high, field), color=color, lw=1.3, label=fam.family)
             if fam.control is not None:
-                ax.plot(layers, getattr(fam.control, field), color=color, lw=1.0, ls="--", alpha=0.7)
+                ax.plot(layers, _scores(fam.control, low, high, field), color=color, lw=1.0, ls="--", alpha=0.7)
         ax.axvline(layer, color="grey", ls=":", lw=1)
+        ax.set_ylim(*_YLIM)
         ax.set_xlabel("layer l (0 = first block's input)")
-        ax.set_ylabel(f"projection on the {name} direction")
-        ax.set_title(f"{name} direction (position {position}; scores read at layer {layer})", fontsize=9)
-    axes[1].legend(fontsize=7, frameon=False, loc="upper left", title="solid: jailbreak, dashed: control",
-                   title_fontsize=7)
+        ax.set_title(f"{name} direction (position {position}; the table reads layer {layer})", fontsize=9)
+    axes[0].set_ylabel("mean projection, direct normal = 0, direct malicious = 1")
+    axes[1].legend(fontsize=7, frameon=False, loc="upper left", ncols=2,
+                   title="solid: jailbreaks, dashed: their controls", title_fontsize=7)
     fig.suptitle(f"Jailbreak anatomy on {result.model_name}", fontsize=10)
     return fig
