@@ -202,7 +202,7 @@ class Direction(BaseModel):
     def load(cls, path: str | Path) -> Direction:
         """Read what :meth:`save` wrote."""
         payload, tensors, _ = io.load_pair(path, what="a direction")
-        stem = Path(path).with_suffix("")
+        stem = io.pair_stem(path)
         if "vectors" not in tensors:
             raise InputError(f"Cannot read a direction at {stem}: no 'vectors' tensor.")
         try:

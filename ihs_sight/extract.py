@@ -183,7 +183,7 @@ class HiddenStates(BaseModel):
     def load(cls, path: str | Path) -> HiddenStates:
         """Read what :meth:`save` wrote."""
         payload, tensors, _ = io.load_pair(path, what="hidden states")
-        stem = Path(path).with_suffix("")
+        stem = io.pair_stem(path)
         if "states" not in tensors:
             raise InputError(f"Cannot read hidden states at {stem}: no 'states' tensor.")
         try:

@@ -124,6 +124,23 @@ def read_json(path: str | Path, *, what: str | None = None) -> Any:
         raise InputError(f"Cannot read {what or target}: {e}") from e
 
 
+PAIR_SUFFIXES = (".json", ".safetensors")
+
+
+def pair_stem(path: str | Path) -> Path:
+    """The stem of a JSON + safetensors pair: ``path`` without a ``.json`` / ``.safetensors`` suffix.
+
+    Any other suffix is part of the name, so ``dirs/model.refusal`` and ``dirs/model.harmfulness``
+    stay two pairs (``Path.with_suffix`` would map both to ``dirs/model``, one overwriting the other).
+    """
+    p = Path(path)
+    return p.with_suffix("") if p.suffix in PAIR_SUFFIXES else p
+
+
+def _sibling(base: Path, suffix: str) -> Path:
+    return base.with_name(base.name + suffix)
+
+
 def save_pair(stem: str | Path, payload: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], *,
               metadata: dict[str, str] | None = None) -> Path:
     """Write ``stem.safetensors`` (``tensors``, with optional string ``metadata``) then ``stem.json``.
@@ -131,10 +148,10 @@ def save_pair(stem: str | Path, payload: Mapping[str, Any], tensors: Mapping[str
     Returns:
         The stem, without suffix.
     """
-    base = Path(stem).with_suffix("")
+    base = pair_stem(stem)
     data = st_save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
-    write_bytes(base.with_suffix(".safetensors"), data)
-    write_json(base.with_suffix(".json"), dict(payload))
+    write_bytes(_sibling(base, ".safetensors"), data)
+    write_json(_sibling(base, ".json"), dict(payload))
     return base
 
 
@@ -150,14 +167,14 @@ def load_pair(stem: str | Path, *, writer: str = "save()", what: str = "results"
     Raises:
         InputError: a file is missing or cannot be read; the message names it.
     """
-    base = Path(stem).with_suffix("")
-    for suffix in (".json", ".safetensors"):
-        if not base.with_suffix(suffix).is_file():
-            raise InputError(f"Missing {base.with_suffix(suffix)}; {writer} writes a .json and a .safetensors file.")
-    payload = read_json(base.with_suffix(".json"), what=f"{what} at {base.with_suffix('.json')}")
+    base = pair_stem(stem)
+    for suffix in PAIR_SUFFIXES:
+        if not _sibling(base, suffix).is_file():
+            raise InputError(f"Missing {_sibling(base, suffix)}; {writer} writes a .json and a .safetensors file.")
+    payload = read_json(_sibling(base, ".json"), what=f"{what} at {_sibling(base, '.json')}")
     if not isinstance(payload, dict):
-        raise InputError(f"Cannot read {what} at {base.with_suffix('.json')}: not a JSON object.")
-    path = str(base.with_suffix(".safetensors"))
+        raise InputError(f"Cannot read {what} at {_sibling(base, '.json')}: not a JSON object.")
+    path = str(_sibling(base, ".safetensors"))
     try:
         with safe_open(path, framework="pt") as f:
             metadata = dict(f.metadata() or {})

@@ -392,7 +392,7 @@ class LensResult(BaseModel):
         try:
             return cls.from_parts(payload, tensors)
         except InputError as e:
-            raise InputError(f"Cannot read a lens result at {Path(path).with_suffix('')}: {e}") from None
+            raise InputError(f"Cannot read a lens result at {io.pair_stem(path)}: {e}") from None
 
 
 @dataclass

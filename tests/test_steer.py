@@ -235,6 +235,21 @@ def test_direction_save_load_round_trip(direction: Direction, tmp_path: Path) ->
         Direction.load(stem)
 
 
+def test_direction_names_with_dots_stay_apart(direction: Direction, tmp_path: Path) -> None:
+    """``m.refusal`` and ``m.harmfulness`` are two pairs: the dot is not a suffix to replace."""
+    other = direction.model_copy(update={"vectors": -direction.vectors})
+    a, b = direction.save(tmp_path / "model-1.5.refusal"), other.save(tmp_path / "model-1.5.harmfulness")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "model-1.5.harmfulness.json", "model-1.5.harmfulness.safetensors", "model-1.5.refusal.json",
+        "model-1.5.refusal.safetensors"]
+    assert torch.equal(Direction.load(a).vectors, direction.vectors)
+    assert torch.equal(Direction.load(tmp_path / "model-1.5.harmfulness.json").vectors, -direction.vectors)
+    assert Direction.load(b) == other
+    # A .json or .safetensors suffix names the pair itself.
+    assert direction.save(tmp_path / "plain.json") == tmp_path / "plain"
+    assert (tmp_path / "plain.safetensors").is_file() and Direction.load(tmp_path / "plain") == direction
+
+
 def test_direction_rejects_inconsistent_fields(direction: Direction) -> None:
     fields = direction.model_dump() | {"vectors": direction.vectors}
     cases: list[tuple[dict[str, Any], str]] = [({"vectors": direction.vectors[:, :5]}, "shape"),

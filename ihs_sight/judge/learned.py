@@ -164,7 +164,7 @@ class ReplyJudge:
         """Read what :meth:`save` wrote; ``model`` defaults to the bundled default model (checked by hash)."""
         payload, tensors, _ = io.load_pair(path, what="a reply judge")
         if payload.get("format") != FORMAT or payload.get("features") != list(FEATURES):
-            raise InputError(f"{Path(path).with_suffix('.json')} is not a reply judge of this ihs-sight "
+            raise InputError(f"{io.pair_stem(path)}.json is not a reply judge of this ihs-sight "
                              "(format or cue list differ).")
         model = model if model is not None else _default_model()
         if payload.get("weights_hash") != model.weights_hash:

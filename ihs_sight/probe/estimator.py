@@ -24,7 +24,7 @@ from sklearn.exceptions import ConvergenceWarning
 from .. import checks
 from ..errors import InputError
 from ..extract import HiddenStates
-from ..io import load_pair, save_pair
+from ..io import load_pair, pair_stem, save_pair
 from .inputs import FloatArray, IntArray, as_features, as_labels, positive_class, training_set
 from .solvers import (
     CLASSIFIERS,
@@ -374,16 +374,16 @@ class LayerProbe(BaseEstimator):  # type: ignore[misc]
         The loaded probe uses the torch engine (``engine="torch"``, ``preset=None``) whatever
         engine fitted it; ``fitted_with`` in the JSON records the original.
         """
-        stem = Path(path).with_suffix("")
+        stem = pair_stem(path)
         payload, tensors, meta = load_pair(stem, writer="LayerProbe.save()", what="a probe")
         if payload.get("format") != PROBE_FORMAT:
-            raise InputError(f"{stem.with_suffix('.json')} is not an ihs-sight probe (format "
+            raise InputError(f"{stem}.json is not an ihs-sight probe (format "
                              f"{payload.get('format')!r}, expected {PROBE_FORMAT!r}).")
         if payload.get("version") != PROBE_FORMAT_VERSION:
-            raise InputError(f"{stem.with_suffix('.json')} has probe format version {payload.get('version')!r}; "
+            raise InputError(f"{stem}.json has probe format version {payload.get('version')!r}; "
                              f"this ihs-sight reads version {PROBE_FORMAT_VERSION}. Re-save the probe with it.")
         if meta.get("format") != PROBE_FORMAT or meta.get("version") != str(PROBE_FORMAT_VERSION):
-            raise InputError(f"{stem.with_suffix('.safetensors')} is not an ihs-sight probe weights file "
+            raise InputError(f"{stem}.safetensors is not an ihs-sight probe weights file "
                              f"(metadata {meta}).")
         try:
             probe = cls._from_payload(payload, tensors)
