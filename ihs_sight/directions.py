@@ -49,6 +49,8 @@ Kind = Literal["refusal", "harmfulness"]
 KINDS: tuple[Kind, ...] = ("refusal", "harmfulness")
 ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
 """Attribute names of a block's attention sublayer across the supported architectures."""
+SANDWICH_NORMS = ("post_attention_layernorm", "pre_feedforward_layernorm")
+"""A block with both norms (Gemma 2 / 3) writes ``post_attention_layernorm``'s output into the stream."""
 REFUSAL_TOKENS = ("I", "As", "Sorry")
 """Default reply openers whose first token ids make up the refusal score (Arditi et al.: "I", "As")."""
 LATE_FRACTION = 0.8
@@ -234,8 +236,16 @@ def direction_cosines(a: Direction, b: Direction) -> list[float]:
 
 
 def attention_name(model: Model) -> str:
-    """The attribute name of each block's attention sublayer (``self_attn`` for Llama-like models)."""
+    """The module whose output is each block's attention write into the residual stream (ablation edits it).
+
+    Llama-like blocks add the attention sublayer's output (``self_attn``). Blocks with sandwich
+    norms (Gemma 2 and 3: ``post_attention_layernorm`` after attention, ``pre_feedforward_layernorm``
+    before the MLP) add the post-attention norm's output instead, so that is the site: projecting
+    the direction out of the attention output before that norm would leave a component in the write.
+    """
     block = model.block_modules()[0]
+    if all(isinstance(getattr(block, name, None), torch.nn.Module) for name in SANDWICH_NORMS):
+        return SANDWICH_NORMS[0]
     for name in ATTENTION_NAMES:
         if isinstance(getattr(block, name, None), torch.nn.Module):
             return name

@@ -20,6 +20,7 @@ Writes ``docs/anatomy_<model>.json`` and ``docs/figures/anatomy_<model>.png``.
 Usage:
     python scripts/jailbreak_anatomy.py [--model default-aligned] [--directions DIR] [--n-compare 48]
         [--generate 24] [--threads 2]
+    python scripts/jailbreak_anatomy.py --tables docs/anatomy_*.json     # the README's tables
 """
 
 from __future__ import annotations
@@ -104,8 +105,39 @@ def _compare(model: ihs.Model, refusal: ihs.Direction, data: Any, n: int, genera
     return out
 
 
+ANATOMY_HEADER = ("| model | family | harm: jailbreak / control | refusal: jailbreak / control "
+                  "| guard flags: jailbreak / control | refused, clean replies: jailbreak / control | verdict |")
+COMPARE_HEADER = "| model | targets | n | layer | refusal, clean | graft (last token) | steer | steering |"
+
+
+def readme_tables(summaries: list[dict[str, Any]]) -> str:
+    """The README's anatomy and graft-vs-steer tables from the JSON files this script wrote."""
+    lines = [ANATOMY_HEADER, "|" + "---|" * 7]
+    for s in summaries:
+        rates = s["behaviour"]
+        for fam in s["anatomy"]["families"]:
+            jb, ctl, name = fam["jailbreak"], fam["control"], fam["family"]
+            refused = (f"{rates['jailbreak']['families'][name]['rate']:.2f} / "
+                       f"{rates['control']['families'][name]['rate']:.2f}")
+            note = " (the wrapper alone reads harmful)" if fam["wrapper_reads_harmful"] else ""
+            lines.append(f"| `{s['model']}` | {name} | {jb['harm']:.2f} / {ctl['harm']:.2f} | "
+                         f"{jb['refusal']:.2f} / {ctl['refusal']:.2f} | "
+                         f"{jb['guard_flagged']:.2f} / {ctl['guard_flagged']:.2f} | {refused} | {fam['verdict']}{note} |")
+    lines += ["", COMPARE_HEADER, "|" + "---|" * 8]
+    for s in summaries:
+        c = s["graft_vs_steer"]
+        for label in ("malicious", "normal"):
+            r = c[label]
+            lines.append(f"| `{s['model']}` | {label} | {r['n']} | {c['layer']} | {r['clean_refusal']:.1%} | "
+                         f"{r['graft_refusal']:.1%} | {r['steer_refusal']:.1%} | {r['steer_mode']} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Directions, guard, anatomy, behaviour, graft vs steer; write the JSON and the figure."""
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--tables":
+        print(readme_tables([json.loads(Path(p).read_text(encoding="utf-8")) for p in sys.argv[2:]]))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="default-aligned")
     ap.add_argument("--directions", type=Path, default=None, help="load <DIR>/<model>.refusal/.harmfulness")

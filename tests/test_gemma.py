@@ -221,3 +221,46 @@ def test_gemma_aligned_ships_the_gemma_terms_notice_and_use_restrictions() -> No
     assert "Prohibited Use Policy" in restrictions and "modified" in restrictions
     card = (ALIGNED_DIR / "README.md").read_text(encoding="utf-8")
     assert "Gemma Terms of Use" in card and "NOTICE" in card
+
+
+def test_gemma_ablation_matches_arditi_hooks_at_the_sandwich_norms(gemma: ihs.Model) -> None:
+    """Gemma 3 blocks add ``post_attention_layernorm(attn)`` and ``post_feedforward_layernorm(mlp)`` to the
+    stream. Arditi-style ablation as plain hooks (block 1's input, then every attention and MLP write,
+    after those norms) must equal ``steer``'s sites (every block input, the post-attention norm's
+    output, the last block's output); ablating the attention output before its norm must not."""
+    from ihs_sight.directions import attention_name
+    from ihs_sight.steer import steer
+
+    assert attention_name(gemma) == "post_attention_layernorm"
+    texts = PROMPTS[:3]
+    rows = encode(gemma.tokenizer, texts)
+    unit = torch.randn(gemma.d_model, generator=torch.Generator().manual_seed(0))
+    unit /= unit.norm()
+    got = steer(gemma, texts, unit, mode="ablate", generate=None, keep_logits=True, progress=False).logits
+    assert got is not None
+
+    def ablate(x: torch.Tensor) -> torch.Tensor:
+        return x - (x @ unit).unsqueeze(-1) * unit
+
+    def reference(write_sites: tuple[str, ...]) -> torch.Tensor:
+        blocks = gemma.hf.model.layers
+        handles = [blocks[0].register_forward_pre_hook(lambda _m, args: (ablate(args[0]), *args[1:]))]
+        for block in blocks:
+            for site in write_sites:
+                handles.append(getattr(block, site).register_forward_hook(
+                    lambda _m, _a, out: (ablate(out[0]), *out[1:]) if isinstance(out, tuple) else ablate(out)))
+        try:
+            return hf_batch_logits(gemma, rows, gemma.pad_id)
+        finally:
+            for h in handles:
+                h.remove()
+
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a - b).norm() / b.norm())
+
+    ref = reference(("post_attention_layernorm", "post_feedforward_layernorm"))
+    clean = hf_batch_logits(gemma, rows, gemma.pad_id)
+    assert rel(got, ref) < 1e-4, f"logits drifted {rel(got, ref):.2e}"
+    assert rel(ref, clean) > 1e-2, "the ablation should change the logits"
+    before_norm = reference(("self_attn", "post_feedforward_layernorm"))
+    assert rel(before_norm, ref) > 1e-2 * rel(ref, clean), "the attention site must matter on Gemma"

@@ -539,7 +539,8 @@ def _steered_next_token(
                 h = block.input
                 d = unit.to(h.device, h.dtype)
                 block.input = h - (h @ d).unsqueeze(-1) * d
-                a = getattr(block, attn).output[0]
+                a = getattr(block, attn).output
+                a = a[0] if isinstance(a, tuple) else a  # attention: (hidden, weights); a sandwich norm: hidden
                 a -= (a @ d).unsqueeze(-1) * d
                 if i == len(blocks) - 1:
                     out = block.output
@@ -630,7 +631,8 @@ def _steered_generation(
                             h = block.input
                             d = unit.to(h.device, h.dtype)
                             block.input = h - (h @ d).unsqueeze(-1) * d
-                            a = getattr(block, attn).output[0]
+                            a = getattr(block, attn).output
+                            a = a[0] if isinstance(a, tuple) else a
                             a -= (a @ d).unsqueeze(-1) * d
                             if i == len(blocks) - 1:
                                 out = block.output
