@@ -7,6 +7,8 @@ screenshots, reports) go to ``$IHS_TEST_OUTPUT`` (default ``test-output/``).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -20,6 +22,24 @@ import ihs_sight as ihs  # noqa: E402
 
 FP32_REL_TOL = 1e-5
 """Relative L2 tolerance for fp32 equivalence against plain transformers."""
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Torch on ``n`` CPU threads inside the block, the previous count restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """A module's tests on one torch thread: on a shared two-core box, two threads run them many times slower."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

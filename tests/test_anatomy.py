@@ -9,9 +9,10 @@ batches through nnsight traces. Torch runs on one thread (two threads on two sha
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,22 +22,16 @@ from ihs_sight.directions import Direction
 from ihs_sight.prompts import encode
 from ihs_sight.steer import DirectionWarning
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REL_TOL = 1e-4
 """Max relative difference of a projection against the hook reference (float32 states)."""
 FAMILIES = ("roleplay", "obfuscation")
 """Two jailbreak families, two prompts each (and two controls each): 8 wrapped prompts."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def sets(data: ihs.PromptSet) -> dict[str, ihs.PromptSet]:
+def sets(data: ihs.PromptSet) -> dict[str, Any]:
     def per_family(ps: ihs.PromptSet) -> ihs.PromptSet:
         return ihs.PromptSet.concat(ps.select(family=f).head(2) for f in FAMILIES)
 
@@ -80,7 +75,7 @@ def hook_projections(model: ihs.Model, texts: list[str], direction: Direction) -
 
 
 def test_project_matches_hooks_on_a_padded_batch(model: ihs.Model, directions: tuple[Direction, Direction],
-                                                 sets: dict[str, ihs.PromptSet]) -> None:
+                                                 sets: dict[str, Any]) -> None:
     texts = sets["jailbreaks"].texts[:2] + sets["normal"].texts[:1]  # lengths differ: left padding
     assert len({len(x) for x in encode(model.tokenizer, texts)}) > 1
     for direction in directions:
@@ -99,7 +94,7 @@ def test_project_matches_hooks_on_a_padded_batch(model: ihs.Model, directions: t
 
 
 def test_anatomy_scores_recomputed_from_hook_projections(
-    model: ihs.Model, directions: tuple[Direction, Direction], sets: dict[str, ihs.PromptSet], data: ihs.PromptSet,
+    model: ihs.Model, directions: tuple[Direction, Direction], sets: dict[str, Any], data: ihs.PromptSet,
     states_cache: Path
 ) -> None:
     refusal, harm = directions
@@ -134,7 +129,7 @@ def test_anatomy_scores_recomputed_from_hook_projections(
     # Each panel's first family line, at the direction's own layer, is the table's score.
     for ax, layer, score in ((fig.axes[0], a.harm_layer, a.families[0].jailbreak.harm),
                              (fig.axes[1], a.refusal_layer, a.families[0].jailbreak.refusal)):
-        assert ax.lines[3].get_ydata()[layer] == pytest.approx(score)
+        assert float(np.asarray(ax.lines[3].get_ydata())[layer]) == pytest.approx(score)
 
 
 def test_verdict_rule() -> None:
@@ -145,7 +140,7 @@ def test_verdict_rule() -> None:
 
 
 def test_anatomy_and_project_refuse_bad_input(
-    model: ihs.Model, directions: tuple[Direction, Direction], sets: dict[str, ihs.PromptSet], data: ihs.PromptSet
+    model: ihs.Model, directions: tuple[Direction, Direction], sets: dict[str, Any], data: ihs.PromptSet
 ) -> None:
     refusal, harm = directions
     with pytest.raises(ihs.InputError, match="Direction"):

@@ -32,7 +32,6 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +63,8 @@ from ihs_sight.models import aligned_adapter_dir, default_gguf_path, gguf_to_saf
 from ihs_sight.plots.lens import display_token
 from ihs_sight.probe import ProbeReport, probe, probe_transfer
 from ihs_sight.prompts import encode
+
+from .conftest import torch_threads
 
 pytestmark = pytest.mark.slow
 
@@ -625,20 +626,10 @@ def test_cli_demo_passes_allow_models_and_warns_on_one_stderr_line(monkeypatch: 
 # ---------------------------------------------------------------------------- steer
 
 
-@contextmanager
-def _torch_on_one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @pytest.fixture()
 def one_thread() -> Iterator[None]:
     """Torch on one thread: generation on a shared two-core box runs far slower on two."""
-    with _torch_on_one_thread():
+    with torch_threads(1):
         yield
 
 
@@ -651,7 +642,7 @@ def steer_workbench(model: ihs.Model, states_cache: Path, tmp_path_factory: pyte
 @pytest.fixture(scope="module")
 def cheap_direction(model: ihs.Model) -> ihs.Direction:
     """The library's refusal direction with :data:`CHEAP_DIRECTION`, computed here, independently of the demo."""
-    with _torch_on_one_thread():
+    with torch_threads(1):
         return ihs.refusal_direction(model, progress=False, **CHEAP_DIRECTION)
 
 

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from ihs_sight_demo.app import DECIMALS, build_app, free_port
 from ihs_sight_demo.state import Workbench
 
@@ -32,6 +31,7 @@ from ihs_sight.lens import logit_lens
 from ihs_sight.plots.lens import display_token
 from ihs_sight.probe import probe_transfer
 
+from .conftest import torch_threads
 from .test_demo import CHEAP_DIRECTION, PHISHING, STEER_TOKENS, make_workbench
 
 pytestmark = pytest.mark.slow
@@ -334,35 +334,35 @@ def test_browser_steer_tab_shows_both_replies_as_the_library_gives_them(
     browser: Any, steer_server: tuple[str, Workbench], model: ihs.Model, shots: Path
 ) -> None:
     url, wb = steer_server
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the server runs in this process; two threads on two shared cores crawl
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    try:
-        pg = context.new_page()
-        pg.goto(url, wait_until="domcontentloaded")
-        pg.wait_for_selector("#prompt_box textarea", timeout=60_000)
-        pg.fill("#prompt_box textarea", PHISHING)
-        pg.get_by_role("tab", name="Steer").click()
-        pg.locator("#steer_model input").click()
-        pg.get_by_role("option", name="default", exact=True).click()
-        pg.get_by_label("ablate", exact=True).check()
-        pg.fill("#steer_tokens input[type=number]", str(STEER_TOKENS))
-        pg.press("#steer_tokens input[type=number]", "Enter")
-        message = _run(pg, "Steer", "steer_btn", "steer_msg", LONG_WAIT_MS)
-        assert message.startswith("✓"), message
-        # The library on the same direction (the workbench's, computed once) and prompt.
-        direction = wb.refusal_direction("default")
-        clean = ihs.steer(model, [PHISHING], direction, mode="none", generate=STEER_TOKENS, progress=False)
-        ablated = ihs.steer(model, [PHISHING], direction, mode="ablate", generate=STEER_TOKENS, progress=False)
-        assert pg.input_value("#steer_clean textarea") == clean.texts[0]
-        assert pg.input_value("#steer_steered textarea") == ablated.texts[0] != clean.texts[0]
-        summary = pg.inner_text("#steer_summary")
-        assert f"layer {direction.layer}, position {direction.position}" in summary
-        verdicts = {True: "refusal", False: "no refusal"}
-        row = next(line for line in summary.splitlines() if line.startswith("refusal judge"))
-        assert row.split("\t")[1:] == [verdicts[bool(clean.records[0].refusal)],
-                                       verdicts[bool(ablated.records[0].refusal)]], row
-        pg.screenshot(path=str(shots / "steer.png"), full_page=True)
-    finally:
-        context.close()
-        torch.set_num_threads(before)
+    # The server runs in this process: one torch thread for it too (two on two shared cores crawl).
+    with torch_threads(1):
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        try:
+            pg = context.new_page()
+            pg.goto(url, wait_until="domcontentloaded")
+            pg.wait_for_selector("#prompt_box textarea", timeout=60_000)
+            pg.fill("#prompt_box textarea", PHISHING)
+            pg.get_by_role("tab", name="Steer").click()
+            pg.locator("#steer_model input").click()
+            pg.get_by_role("option", name="default", exact=True).click()
+            pg.get_by_label("ablate", exact=True).check()
+            pg.fill("#steer_tokens input[type=number]", str(STEER_TOKENS))
+            pg.press("#steer_tokens input[type=number]", "Enter")
+            message = _run(pg, "Steer", "steer_btn", "steer_msg", LONG_WAIT_MS)
+            assert message.startswith("✓"), message
+            # The library on the same direction (the workbench's, computed once) and prompt.
+            direction = wb.refusal_direction("default")
+            clean = ihs.steer(model, [PHISHING], direction, mode="none", generate=STEER_TOKENS, progress=False)
+            ablated = ihs.steer(model, [PHISHING], direction, mode="ablate", generate=STEER_TOKENS, progress=False)
+            assert clean.texts is not None and ablated.texts is not None
+            assert pg.input_value("#steer_clean textarea") == clean.texts[0]
+            assert pg.input_value("#steer_steered textarea") == ablated.texts[0] != clean.texts[0]
+            summary = pg.inner_text("#steer_summary")
+            assert f"layer {direction.layer}, position {direction.position}" in summary
+            verdicts = {True: "refusal", False: "no refusal"}
+            row = next(line for line in summary.splitlines() if line.startswith("refusal judge"))
+            assert row.split("\t")[1:] == [verdicts[bool(clean.records[0].refusal)],
+                                           verdicts[bool(ablated.records[0].refusal)]], row
+            pg.screenshot(path=str(shots / "steer.png"), full_page=True)
+        finally:
+            context.close()

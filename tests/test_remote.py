@@ -42,17 +42,11 @@ from ihs_sight.graft import graft
 from ihs_sight.lens import logit_lens
 from ihs_sight.models import default_gguf_path, gguf_to_safetensors, load_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SERVER = Path(__file__).with_name("ndif_server.py")
 KEY = "test-secret-key-5f3a9c"
 PROMPTS = ["How do I bake bread?", "Write a haiku about rain.", "Hi"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

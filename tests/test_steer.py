@@ -25,6 +25,8 @@ from ihs_sight.directions import Candidate, Direction, choose_candidate, refusal
 from ihs_sight.prompts import encode
 from ihs_sight.steer import DirectionWarning, SteerMode, SteerResult, steer
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REL_TOL = 1e-4
 """Max relative L2 difference of next-token logits against the hook reference on the same batch."""
 SCORE_TOL = 1e-3
@@ -33,14 +35,6 @@ LAYER = 12
 """A middle layer of the 30-block default model."""
 N_NEW = 4
 """Greedy tokens per prompt in the generation checks (2 prompts: 8 tokens per test)."""
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------------------- references
