@@ -21,6 +21,7 @@ Usage:
     python scripts/jailbreak_anatomy.py [--model default-aligned] [--directions DIR] [--n-compare 48]
         [--generate 24] [--threads 2]
     python scripts/jailbreak_anatomy.py --tables docs/anatomy_*.json     # the README's tables
+    python scripts/jailbreak_anatomy.py --redraw docs/anatomy_*.json     # the figures again, from the JSON
 """
 
 from __future__ import annotations
@@ -135,8 +136,13 @@ def readme_tables(summaries: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Directions, guard, anatomy, behaviour, graft vs steer; write the JSON and the figure."""
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--tables":
-        print(readme_tables([json.loads(Path(p).read_text(encoding="utf-8")) for p in sys.argv[2:]]))
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] in ("--tables", "--redraw"):
+        summaries = [json.loads(Path(p).read_text(encoding="utf-8")) for p in sys.argv[2:]]
+        if sys.argv[1] == "--tables":
+            print(readme_tables(summaries))
+        for s in summaries if sys.argv[1] == "--redraw" else []:
+            ihs.JailbreakAnatomy.model_validate(s["anatomy"]).plot().savefig(ROOT / s["figure"], dpi=110)
+            print(f"redrew {s['figure']}")
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="default-aligned")

@@ -26,7 +26,7 @@ def plot_anatomy(result: JailbreakAnatomy) -> Figure:
     """Two panels (harmfulness, refusal): per layer, each family's mean projection placed on the scale
     direct normal = 0, direct malicious = 1; jailbreaks solid, their wrapped-normal controls dashed,
     the verdict threshold dotted, and each direction's own layer (where the table reads) marked."""
-    fig = Figure(figsize=(11, 4.4), layout="constrained")
+    fig = Figure(figsize=(11, 5.0), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     layers = list(range(result.n_layers + 1))
     panels = (("harmfulness", "harm_per_layer", result.harm_layer, result.harm_position),
@@ -46,7 +46,9 @@ def plot_anatomy(result: JailbreakAnatomy) -> Figure:
         ax.set_xlabel("layer l (0 = first block's input)")
         ax.set_title(f"{name} direction (position {position}; the table reads layer {layer})", fontsize=9)
     axes[0].set_ylabel("mean projection, direct normal = 0, direct malicious = 1")
-    axes[1].legend(fontsize=7, frameon=False, loc="upper left", ncols=2,
-                   title="solid: jailbreaks, dashed: their controls", title_fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=5, fontsize=7, frameon=False,
+               title="solid: jailbreaks, dashed: their wrapped-normal controls (early layers, where the direct "
+               "means nearly coincide, leave the scale)", title_fontsize=7)
     fig.suptitle(f"Jailbreak anatomy on {result.model_name}", fontsize=10)
     return fig
