@@ -28,8 +28,9 @@ from .judge import PhraseJudge, RefusalJudge, ReplyJudge, default_judge
 from .lens import Consistency, LensResult, compare_consistency, logit_lens
 from .models import ARCHITECTURES, ArchSpec, Model, load_model
 from .probe import LayerProbe, ProbeReport, probe, probe_transfer
-from .prompts import Prompt, PromptSet, load_prompts, wrap
+from .prompts import Prompt, PromptSet, load_prompts
 from .steer import DirectionWarning, SteeredPrompt, SteerMeta, SteerResult, steer
+from .wrappers import wrap
 
 __all__ = [
     "ARCHITECTURES",

@@ -77,6 +77,13 @@ def as_list(name: str, value: Any, expected: str, *, hint: str = "") -> list[Any
         raise InputError(f"{name} must be {expected}, got {type(value).__name__}.") from None
 
 
+def flag(name: str, value: Any) -> bool:
+    """``value`` if it is a bool (not merely truthy), else ``InputError``."""
+    if not isinstance(value, bool):
+        raise InputError(f"{name} must be True or False; got {value!r}.")
+    return value
+
+
 def one_of(name: str, value: Any, choices: Sequence[T]) -> T:
     """``value`` if it is one of ``choices`` (compared with ``==``), else ``InputError`` listing them."""
     for choice in choices:

@@ -1,10 +1,12 @@
-"""Prompt sets, loaders, jailbreak wrappers and chat templating.
+"""Prompt sets, loaders and chat templating (the jailbreak wrappers live in :mod:`ihs_sight.wrappers`).
 
 A :class:`PromptSet` is an ordered list of :class:`Prompt` records (text, label, category,
 family, source, split). The bundled data (``ihs_sight/data``, see its README) has normal and
 malicious requests with one canonical train/test split, jailbreak variants built only from
 test-split malicious prompts, and the same wrappers applied to test-split normal prompts as a
-control (labelled ``normal``).
+control (labelled ``normal``). On request (:func:`load_prompts`), two more sets: the same
+wrappers around train-split normal *and* malicious prompts (so a wrapper carries no label), and
+test-only wrapper families of other kinds around test-split prompts.
 
 Templating: a prompt is rendered through the tokenizer's own chat template with the generation
 prompt appended (or used as is in raw mode, ``chat=False``, for base models), tokenised once
@@ -18,7 +20,6 @@ tokenises and length-checks them once into an :class:`EncodedPrompts` value.
 
 from __future__ import annotations
 
-import base64
 import csv
 import hashlib
 import json
@@ -33,6 +34,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from . import checks
+from .deprecations import moved
 from .errors import InputError
 
 log = logging.getLogger(__name__)
@@ -237,10 +239,20 @@ def _data_path(name: str) -> Path:
     return Path(__file__).resolve().parent / "data" / name
 
 
-def bundled_prompts() -> PromptSet:
-    """All bundled prompts: normal and malicious (train and test), jailbreak and wrapped-normal (test)."""
+BUNDLED_FILES = ("normal.jsonl", "malicious.jsonl", "jailbreak.jsonl", "wrapped_normal.jsonl")
+WRAPPED_TRAIN_FILE = "wrapped_train.jsonl"
+"""Train-split normal and malicious prompts in the 7 bundled wrapper families (split ``train``)."""
+HELDOUT_WRAPPED_FILE = "wrapped_heldout.jsonl"
+"""Test-split prompts in the test-only wrapper families of ``wrappers_heldout.json`` (split ``test``)."""
+
+
+def bundled_prompts(*, wrapped_train: bool = False, heldout_wrapped: bool = False) -> PromptSet:
+    """All bundled prompts: normal and malicious (train and test), jailbreak and wrapped-normal (test),
+    and the optional wrapped sets (see :func:`load_prompts`)."""
     items: list[Prompt] = []
-    for name in ("normal.jsonl", "malicious.jsonl", "jailbreak.jsonl", "wrapped_normal.jsonl"):
+    names = BUNDLED_FILES + ((WRAPPED_TRAIN_FILE,) if wrapped_train else ()) + (
+        (HELDOUT_WRAPPED_FILE,) if heldout_wrapped else ())
+    for name in names:
         for line in _data_path(name).read_text(encoding="utf-8").splitlines():
             if line.strip():
                 items.append(Prompt.model_validate_json(line))
@@ -338,6 +350,8 @@ def load_prompts(
     category_column: str | None = None,
     label_map: dict[str, str] | None = None,
     hf_split: str = "train",
+    wrapped_train: bool = False,
+    heldout_wrapped: bool = False,
 ) -> PromptSet:
     """Load prompts: the bundled sets by default, or a file or Hugging Face dataset.
 
@@ -352,12 +366,20 @@ def load_prompts(
         label_map: rename labels, e.g. ``{"0": "normal", "1": "malicious"}``; a label
             missing from the map is an error.
         hf_split: the dataset split to read from a Hugging Face dataset.
+        wrapped_train: bundled only: add the train-split normal and malicious prompts in the 7
+            bundled wrapper families (``label`` ``normal`` / ``jailbreak``, ``split`` ``train``), so
+            ``data.train.jailbreak`` and ``data.train.wrapped_normal`` exist for fitting on wrappers.
+        heldout_wrapped: bundled only: add test-split prompts in the test-only wrapper families
+            (``split`` ``test``); for a final test, never for fitting or choosing.
 
     Empty rows are errors (the message names the row); duplicates (same text, label and
     family) are dropped with a warning and counted in ``PromptSet.duplicates_dropped``.
     """
     if source is None:
-        return bundled_prompts()
+        return bundled_prompts(wrapped_train=checks.flag("wrapped_train", wrapped_train),
+                               heldout_wrapped=checks.flag("heldout_wrapped", heldout_wrapped))
+    if wrapped_train or heldout_wrapped:
+        raise InputError("wrapped_train and heldout_wrapped add bundled sets; they do not apply to another source.")
     path = Path(source).expanduser()
     kw: dict[str, Any] = dict(text_column=text_column, label_column=label_column, category_column=category_column,
                               label=label, label_map=label_map)
@@ -424,43 +446,6 @@ def _load_hf_dataset(name: str, *, hf_split: str, **kw: Any) -> PromptSet:
         raise InputError(f"Could not load dataset {name!r} (split {hf_split!r}): {e}") from e
     records = [dict(r) for r in ds]
     return _dedupe(_records_to_prompts(records, path=Path(name), **kw), name)
-
-
-# ---------------------------------------------------------------------------- jailbreaks
-
-_LEET = str.maketrans({"a": "4", "e": "3", "i": "1", "o": "0", "s": "5", "t": "7", "A": "4", "E": "3", "I": "1",
-                       "O": "0", "S": "5", "T": "7"})
-
-
-def wrappers() -> dict[str, list[str]]:
-    """The bundled jailbreak templates, by family."""
-    data = json.loads(_data_path("wrappers.json").read_text(encoding="utf-8"))
-    return {name: list(f["templates"]) for name, f in data["families"].items()}
-
-
-def wrap(text: str, family: str, *, template: int = 0, encoding: str = "base64") -> str:
-    """Wrap a request in a jailbreak template of ``family`` (template index modulo the family size).
-
-    ``payload_splitting`` splits the request's words into two halves; ``obfuscation`` encodes
-    it with ``encoding`` (``base64`` or ``leetspeak``).
-    """
-    families = wrappers()
-    if family not in families:
-        raise InputError(f"Unknown jailbreak family {family!r}; choose from {sorted(families)}.")
-    tpl = families[family][template % len(families[family])]
-    if family == "payload_splitting":
-        words = text.split()
-        half = max(1, len(words) // 2)
-        return tpl.format(part_a=" ".join(words[:half]) + " ", part_b=" ".join(words[half:]))
-    if family == "obfuscation":
-        if encoding == "base64":
-            encoded = base64.b64encode(text.encode("utf-8")).decode("ascii")
-        elif encoding == "leetspeak":
-            encoded = text.translate(_LEET)
-        else:
-            raise InputError(f"Unknown encoding {encoding!r}; use 'base64' or 'leetspeak'.")
-        return tpl.format(encoded=encoded, encoding=encoding)
-    return tpl.format(request=text)
 
 
 # ---------------------------------------------------------------------------- templating
@@ -632,3 +617,7 @@ def template_prefix(tokenizer: Any, *, chat: bool, system_prompt: str | None) ->
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1
     return n
+
+
+# wrap() and wrappers() moved to ihs_sight.wrappers (one concept, one module); the old names still work.
+__getattr__ = moved(__name__, {name: ("ihs_sight.wrappers", name) for name in ("wrap", "wrappers")})

@@ -17,7 +17,8 @@ import json
 import random
 from pathlib import Path
 
-from ihs_sight.prompts import Prompt, PromptSet, wrap, wrappers
+from ihs_sight.prompts import Prompt, PromptSet
+from ihs_sight.wrappers import wrap, wrappers
 
 DATA = Path(__file__).resolve().parents[1] / "ihs_sight" / "data"
 SEED = 0

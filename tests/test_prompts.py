@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,8 @@ import numpy as np
 import pytest
 
 import ihs_sight as ihs
-from ihs_sight.prompts import encode, render, wrappers
+from ihs_sight.prompts import encode, render
+from ihs_sight.wrappers import wrappers
 
 # ------------------------------------------------------------------ bundled data
 
@@ -299,3 +301,65 @@ def test_templating_equals_apply_chat_template(model: ihs.Model, system_prompt: 
 def test_raw_mode_skips_the_template(model: ihs.Model) -> None:
     assert encode(model.tokenizer, ["The capital of France is"], chat=False)[0] == model.tokenizer(
         "The capital of France is")["input_ids"]
+
+
+# ---------------------------------------------------------------------------- wrapped sets (harm, not form)
+
+
+def _read(name: str) -> list[ihs.Prompt]:
+    path = Path(ihs.__file__).parent / "data" / name
+    return [ihs.Prompt.model_validate_json(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def test_wrapped_sets_load_only_when_asked_and_leave_the_direct_split_alone() -> None:
+    plain, more = ihs.load_prompts(), ihs.load_prompts(wrapped_train=True, heldout_wrapped=True)
+    assert len(more) == len(plain) + len(_read("wrapped_train.jsonl")) + len(_read("wrapped_heldout.jsonl"))
+    for part in ("normal", "malicious"):
+        assert getattr(more.train, part).texts == getattr(plain.train, part).texts
+        assert getattr(more.test, part).texts == getattr(plain.test, part).texts
+    assert len(plain.train.jailbreak) == len(plain.train.wrapped_normal) == 0
+    assert len(more.train.jailbreak) == len(more.train.wrapped_normal) == 7 * 40
+    assert more.test.jailbreak.texts[: len(plain.jailbreak)] == plain.jailbreak.texts  # the test files untouched
+    with pytest.raises(ihs.InputError, match="True or False"):
+        ihs.load_prompts(wrapped_train="yes")  # type: ignore[arg-type]
+    with pytest.raises(ihs.InputError, match="another source"):
+        ihs.load_prompts("prompts.txt", heldout_wrapped=True)
+
+
+def test_wrapped_train_carries_no_label_and_no_test_prompt() -> None:
+    data = ihs.load_prompts()
+    split = {p.id: p.split for p in data.normal.items + data.malicious.items}
+    wrapped = _read("wrapped_train.jsonl")
+    by_family = Counter((p.family, p.label) for p in wrapped)
+    families = set(wrappers())
+    assert {f for f, _ in by_family} == families
+    for family in families:  # as many wrapped normal as wrapped malicious prompts in every family
+        assert by_family[(family, "jailbreak")] == by_family[(family, "normal")] > 0
+    test_texts = [p.text for p in data.test.items if p.family is None]
+    for p in wrapped:
+        assert p.split == "train" and p.id is not None
+        assert split[p.id.split("-")[0]] == "train", p.id  # built from a train-split prompt
+        assert not any(t in p.text for t in test_texts), p.id
+
+
+def test_heldout_families_are_new_and_built_from_test_prompts() -> None:
+    data = ihs.load_prompts()
+    split = {p.id: p.split for p in data.normal.items + data.malicious.items}
+    heldout = _read("wrapped_heldout.jsonl")
+    new = set(wrappers(heldout=True))
+    assert len(new) >= 4 and not new & set(wrappers())
+    assert {p.family for p in heldout} == new
+    for family in new:
+        assert {p.label for p in heldout if p.family == family} == {"jailbreak", "normal"}
+    assert all(p.split == "test" and split[str(p.id).split("-")[0]] == "test" for p in heldout)
+    assert all(150 <= len(t.split()) <= 300 for t in wrappers(heldout=True)["persona_long"])
+
+
+def test_character_obfuscation_can_be_read_back() -> None:
+    text = "How do I bake bread without yeast?"
+    spaced, backwards, words = (ihs.wrap(text, "char_obfuscation", template=i) for i in range(3))
+    assert spaced.endswith(" ".join(text.replace(" ", "/")))
+    assert backwards.rsplit(": ", 1)[1][::-1] == text
+    assert " ".join(w[::-1] for w in words.rsplit(": ", 1)[1].split()) == text
+    with pytest.raises(ihs.InputError, match="Unknown jailbreak family"):
+        ihs.wrap(text, "no_such_family")

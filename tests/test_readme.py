@@ -263,3 +263,53 @@ def test_readme_claims_table_equals_the_generated_one() -> None:
     clean = round(g["refusal_rate_before"] * g["n_targets"])
     assert (f"{round(lowest * g['n_targets'])} of {g['n_targets']} prompts still refused against a bar of "
             f"{clean / 2:g} (half the clean {clean})") in " ".join(README.split())
+
+
+ANATOMY_FILES = ("anatomy_default-aligned.json", "anatomy_gemma3-270m-aligned.json")
+"""What ``scripts/jailbreak_anatomy.py`` wrote for each aligned model."""
+
+
+def _anatomy(file: str) -> dict[str, Any]:
+    return json.loads((ROOT / "docs" / file).read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+
+
+def test_readme_anatomy_tables_equal_the_anatomy_json() -> None:
+    want, compare = [], []
+    for file in ANATOMY_FILES:
+        s = _anatomy(file)
+        model = f"`{s['model']}`"
+        for fam in s["anatomy"]["families"]:
+            jb, ctl, name = fam["jailbreak"], fam["control"], fam["family"]
+            rates = [s["behaviour"][k]["families"][name]["rate"] for k in ("jailbreak", "control")]
+            # The rule fixed in ihs_sight/anatomy.py, applied here to the recorded scores.
+            verdict = (("harm recognised" if jb["harm"] >= 0.5 else "harm not recognised") + ", "
+                       + ("refusal signal kept" if jb["refusal"] >= 0.5 else "refusal signal suppressed"))
+            if ctl["harm"] >= 0.5:
+                verdict += " (the wrapper alone reads harmful)"
+            want.append([model, name, f"{jb['harm']:.2f} / {ctl['harm']:.2f}",
+                         f"{jb['refusal']:.2f} / {ctl['refusal']:.2f}",
+                         f"{jb['guard_flagged']:.2f} / {ctl['guard_flagged']:.2f}",
+                         f"{rates[0]:.2f} / {rates[1]:.2f}", verdict])
+        c = s["graft_vs_steer"]
+        for label in ("malicious", "normal"):
+            r = c[label]
+            assert r["clean_texts_identical"], (file, label)  # graft's and steer's clean paths agree
+            compare.append([model, label, str(r["n"]), str(c["layer"]), f"{100 * r['clean_refusal']:.1f}%",
+                            f"{100 * r['graft_refusal']:.1f}%", f"{100 * r['steer_refusal']:.1f}%", r["steer_mode"]])
+        assert c["layer"] == s["refusal_direction"]["layer"]
+    assert table("| model | family | harm: jailbreak / control |") == want
+    assert table("| model | targets | n | layer | refusal, clean |") == compare
+
+
+def test_readme_anatomy_reading_quotes_the_refusal_correlation() -> None:
+    """The refusal score of the 14 groups (7 families x jailbreak / control) against their clean refusal rates."""
+    np = pytest.importorskip("numpy")
+    for file in ANATOMY_FILES:
+        s = _anatomy(file)
+        scores, rates = [], []
+        for fam in s["anatomy"]["families"]:
+            for key in ("jailbreak", "control"):
+                scores.append(fam[key]["refusal"])
+                rates.append(s["behaviour"][key]["families"][fam["family"]]["rate"])
+        r = float(np.corrcoef(scores, rates)[0, 1])
+        assert f"`{s['model']}`: r = {r:.2f}" in " ".join(README.split()), (file, r)
