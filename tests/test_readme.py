@@ -104,7 +104,7 @@ def test_readme_steering_table_equals_steer_eval_json() -> None:
         kl = result["steering"]["normal"]["kl_ablate_vs_none"]["mean"]
         assert f"(next-token KL {kl:.3f} nats)" in mine[2][4]
         steering = result["steering"]
-        verdicts = [row[6] for row in mine]
+        verdicts = [row[6].split(" (")[0] for row in mine]  # a note may follow the rule's verdict
         assert verdicts[0] == ("met" if steering["malicious"]["none"]["refusal_rate"]
                                - steering["malicious"]["ablate"]["refusal_rate"] >= 0.6 else "**missed**")
         assert verdicts[2] == ("met" if steering["normal"]["ablate"]["refusal_rate"] <= 0.1 and kl <= 0.1
@@ -313,3 +313,21 @@ def test_readme_anatomy_reading_quotes_the_refusal_correlation() -> None:
                 rates.append(s["behaviour"][key]["families"][fam["family"]]["rate"])
         r = float(np.corrcoef(scores, rates)[0, 1])
         assert f"`{s['model']}`: r = {r:.2f}" in " ".join(README.split()), (file, r)
+
+
+def test_readme_direction_diagnostics_equal_their_json() -> None:
+    result = json.loads((ROOT / "docs" / "direction_diagnostics.json").read_text(encoding="utf-8"))["models"]
+    text = " ".join(README.split())
+    gemma, smol = result["gemma3-270m-aligned"], result["default-aligned"]
+    assert f"its largest coordinate holds {gemma['top_shares'][0]:.2f} of the unit vector" in text
+    assert f"(SmolLM2's largest: {smol['top_shares'][0]:.2f})" in text
+    share = {name: (max(e["ablated_share"]["other_positions"]), max(e["ablated_share"]["first_token"]))
+             for name, e in (("gemma", gemma), ("smol", smol))}
+    assert (f"projects out is up to {share['gemma'][0]:.0%} as long as the state itself away from the first token, "
+            f"and {share['gemma'][1]:.0%} at it (SmolLM2: at most {share['smol'][0]:.0%} and {share['smol'][1]:.0%})") in text
+    for e, file in ((gemma, "steer_eval_gemma.json"), (smol, "steer_eval.json")):
+        recorded = json.loads((ROOT / "docs" / file).read_text(encoding="utf-8"))["refusal"]
+        assert (e["layer"], e["position"]) == (recorded["layer"], recorded["position"])
+    kl = json.loads((ROOT / "docs" / "steer_eval_gemma.json").read_text(encoding="utf-8"))["steering"]["normal"]
+    assert f"harmless prompts is {kl['kl_ablate_vs_none']['mean']:.1f} nats" in text
+    assert f"({100 * kl['none']['refusal_rate']:.1f}% -> {100 * kl['add']['refusal_rate']:.1f}%)" in text
