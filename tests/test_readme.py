@@ -331,3 +331,41 @@ def test_readme_direction_diagnostics_equal_their_json() -> None:
     kl = json.loads((ROOT / "docs" / "steer_eval_gemma.json").read_text(encoding="utf-8"))["steering"]["normal"]
     assert f"harmless prompts is {kl['kl_ablate_vs_none']['mean']:.1f} nats" in text
     assert f"({100 * kl['none']['refusal_rate']:.1f}% -> {100 * kl['add']['refusal_rate']:.1f}%)" in text
+
+
+def test_readme_storyline_equals_the_figures_summary() -> None:
+    """The first-section storyline bullets against ``docs/figures/summary.json`` (scripts/make_readme_figures.py)."""
+    s = json.loads((ROOT / "docs" / "figures" / "summary.json").read_text(encoding="utf-8"))
+    text = " ".join(README.split())
+    probe = s["probe"]
+    assert f"all {probe['n_train']} train prompts, scored on the {probe['n_test']} direct test prompts" in text
+    best = {}
+    for m in ("base", "aligned"):
+        acc = probe[m]["logreg"]
+        assert probe[m]["first_layer_95"] is None and max(max(probe[m][c]) for c in ("logreg", "svm", "mlp")) < 0.95
+        early = max(range(11), key=lambda layer: acc[layer])
+        best[m] = (early, acc[early], acc.index(max(acc)), max(acc))
+    assert best["base"][1] == best["aligned"][1]
+    assert (f"is {best['base'][1]:.3f} in both (logistic regression; base at layer {best['base'][0]}, aligned at "
+            f"layer {best['aligned'][0]})") in text
+    assert (f"{best['base'][3]:.3f} (base, layer {best['base'][2]}) and {best['aligned'][3]:.3f} (aligned, layer "
+            f"{best['aligned'][2]})") in text
+    same = [layer for layer in probe["base"]["layers"] if probe["base"]["logreg"][layer] == probe["aligned"]["logreg"][layer]]
+    assert same[: same.index(max(same)) + 1] == list(range(8)) and "at layers 0-7" in text
+    lens = s["lens"]
+    neg = {m: lens[f"{m}_malicious"]["middle_late_mass"]["negative"] for m in ("base", "aligned")}
+    assert f"{neg['aligned'] / neg['base']:.1f}x the base model's ({neg['aligned']:.4f} vs {neg['base']:.4f})" in text
+    top = lens["aligned_malicious"]["top_tokens"]
+    first = {word: min(int(layer) for layer, toks in top.items() if any(t[0].strip() == word for t in toks))
+             for word in ("Unfortunately", "Sorry")}
+    assert f'"Unfortunately" enters the top-5 at layer {first["Unfortunately"]} and "Sorry" at {first["Sorry"]}' in text
+    g = s["graft_aligned"]
+    assert g["judge"].startswith("ReplyJudge") and g["n_targets"] == 24
+    rates = dict(zip(g["layers"], g["refusal_rate"]))
+    early_rates = [rates[layer] for layer in g["layers"] if layer <= 21]
+    assert f"The clean model refuses {100 * g['refusal_rate_before']:.1f}%" in text
+    assert f"layers 3-21 it refuses {100 * min(early_rates):.1f}-{100 * max(early_rates):.1f}%" in text
+    assert f"{100 * rates[24]:.1f}% / {100 * rates[27]:.1f}% / {100 * rates[30]:.1f}%" in text
+    # "does not remove the refusal at any layer": never below half the clean rate (the storyline's C4 rule)
+    assert min(g["refusal_rate"]) >= g["refusal_rate_before"] / 2
+    assert f"falls from {g['mean_neg_mass_before']:.3f} to {g['mean_neg_mass'][-1]:.4f} at layer 30" in text
