@@ -301,18 +301,25 @@ def test_readme_anatomy_tables_equal_the_anatomy_json() -> None:
     assert table("| model | targets | n | layer | refusal, clean |") == compare
 
 
-def test_readme_anatomy_reading_quotes_the_refusal_correlation() -> None:
-    """The refusal score of the 14 groups (7 families x jailbreak / control) against their clean refusal rates."""
+def test_readme_anatomy_reading_quotes_the_correlations() -> None:
+    """The refusal and the harm score of the 14 groups (7 families x jailbreak / control) against their
+    clean refusal rates, per model, as the reading quotes them."""
     np = pytest.importorskip("numpy")
+    text = " ".join(README.split())
+    quoted = {"refusal": [], "harm": []}
     for file in ANATOMY_FILES:
         s = _anatomy(file)
-        scores, rates = [], []
+        scores: dict[str, list[float]] = {"refusal": [], "harm": []}
+        rates = []
         for fam in s["anatomy"]["families"]:
             for key in ("jailbreak", "control"):
-                scores.append(fam[key]["refusal"])
+                for kind in scores:
+                    scores[kind].append(fam[key][kind])
                 rates.append(s["behaviour"][key]["families"][fam["family"]]["rate"])
-        r = float(np.corrcoef(scores, rates)[0, 1])
-        assert f"`{s['model']}`: r = {r:.2f}" in " ".join(README.split()), (file, r)
+        for kind in scores:
+            quoted[kind].append(f"`{s['model']}`: r = {float(np.corrcoef(scores[kind], rates)[0, 1]):.2f}")
+    for kind, parts in quoted.items():
+        assert f"{kind} score against refusal rate: {', '.join(parts)}" in text, parts
 
 
 def test_readme_direction_diagnostics_equal_their_json() -> None:
@@ -369,3 +376,33 @@ def test_readme_storyline_equals_the_figures_summary() -> None:
     # "does not remove the refusal at any layer": never below half the clean rate (the storyline's C4 rule)
     assert min(g["refusal_rate"]) >= g["refusal_rate_before"] / 2
     assert f"falls from {g['mean_neg_mass_before']:.3f} to {g['mean_neg_mass'][-1]:.4f} at layer 30" in text
+
+
+def test_readme_anatomy_reading_ranges_equal_the_json() -> None:
+    text = " ".join(README.split())
+    smol, gemma = (_anatomy(f) for f in ANATOMY_FILES)
+
+    def span(values: list[float], fmt: str) -> str:
+        return f"{fmt.format(min(values))}-{fmt.format(max(values))}"
+
+    fams = smol["anatomy"]["families"]
+    rate = {k: {f: v["rate"] for f, v in smol["behaviour"][k]["families"].items()} for k in ("jailbreak", "control")}
+    assert all(f["verdict"] == "harm recognised, refusal signal kept" and f["wrapper_reads_harmful"] for f in fams)
+    assert f"as harmful as the direct malicious prompts or more ({span([f['jailbreak']['harm'] for f in fams], '{:.2f}')})" in text
+    assert f"keep the refusal signal ({span([f['jailbreak']['refusal'] for f in fams], '{:.2f}')})" in text
+    assert f"refuses {span([100 * v for v in rate['jailbreak'].values()], '{:.0f}')}% of them" in text
+    named = ("roleplay", "refusal_suppression", "obfuscation", "authority")
+    assert all(rate["control"][f] >= 0.8 > max(rate["control"][g] for g in rate["control"] if g not in named)
+               for f in named)
+    assert f"are refused {span([100 * rate['control'][f] for f in named], '{:.0f}')}% of the time" in text
+    gf = gemma["anatomy"]["families"]
+    broken = [f for f in gf if f["verdict"] == "harm recognised, refusal signal suppressed"]
+    assert f"for {len(broken)} of {len(gf)} families" in text
+    assert f"({sum(f['control']['harm'] < 0.5 for f in gf)} of {len(gf)} controls score < 0.5)" in text
+    g_rate = gemma["behaviour"]["jailbreak"]["families"]
+    assert f"Gemma refuses {span([100 * g_rate[f['family']]['rate'] for f in broken], '{:.0f}')}% of those" in text
+    c = smol["graft_vs_steer"]
+    assert (f"leaves the refusal ({100 * c['malicious']['clean_refusal']:.1f}% -> {100 * c['malicious']['graft_refusal']:.1f}%) "
+            f"where ablation removes it ({100 * c['malicious']['steer_refusal']:.1f}%)") in text
+    assert f"({100 * c['normal']['graft_refusal']:.1f}% against {100 * c['normal']['steer_refusal']:.1f}%)" in text
+    assert f"table: {c['malicious']['n']} seeded test prompts per row" in text and f"grafting at layer {c['layer']}" in text
