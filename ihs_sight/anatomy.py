@@ -228,7 +228,7 @@ class JailbreakAnatomy(BaseModel):
         return "\n".join(lines)
 
     def plot(self) -> Figure:
-        """Mean projection per layer on both directions: each family, its control, and the direct sets."""
+        """Each family and its control placed per layer between direct normal (0) and malicious (1), both directions."""
         from .plots.anatomy import plot_anatomy
 
         return plot_anatomy(self)
