@@ -214,6 +214,25 @@ class PromptSet(BaseModel):
             raise InputError(f"A {len(self)}-prompt set is too small for test_size={test_size}.")
         return PromptSet(items=train_items), PromptSet(items=test_items)
 
+    def leave_one_family_out(self) -> list[tuple[str, PromptSet, PromptSet]]:
+        """``(family, fit, score)`` per wrapper family of the train part: ``fit`` is every train prompt
+        but that family's wrapped ones (direct prompts and the other families), ``score`` that family's
+        test prompts (its jailbreaks and wrapped normals). Needs ``load_prompts(wrapped_train=True)``.
+
+        A family is never in both parts of a fold; test-only families (``heldout_wrapped``) are in no fold.
+        """
+        train, test = self.train, self.test
+        families = list(dict.fromkeys(p.family for p in train.items if p.family is not None))
+        if not families:
+            raise InputError("No wrapped train prompts to leave out; load them with load_prompts(wrapped_train=True).")
+        folds = []
+        for family in families:
+            score = test.filter(lambda p, f=family: p.family == f)
+            if len(score) == 0:
+                raise InputError(f"The wrapper family {family!r} has no test prompts to score.")
+            folds.append((family, train.filter(lambda p, f=family: p.family != f), score))
+        return folds
+
     def counts(self, by: str = "label") -> dict[str, int]:
         """How many items per label / category / family / split."""
         return dict(Counter(str(getattr(p, by)) for p in self.items))

@@ -363,3 +363,19 @@ def test_character_obfuscation_can_be_read_back() -> None:
     assert " ".join(w[::-1] for w in words.rsplit(": ", 1)[1].split()) == text
     with pytest.raises(ihs.InputError, match="Unknown jailbreak family"):
         ihs.wrap(text, "no_such_family")
+
+
+def test_leave_one_family_out_never_puts_a_family_on_both_sides() -> None:
+    data = ihs.load_prompts(wrapped_train=True, heldout_wrapped=True)
+    folds = data.leave_one_family_out()
+    assert [f for f, _, _ in folds] == list(wrappers())  # the 7 training families, none of the held-out ones
+    direct_train = {p.text for p in data.train.items if p.family is None}
+    for family, fit, score in folds:
+        assert family not in {p.family for p in fit.items} and {p.family for p in score.items} == {family}
+        assert {p.split for p in fit.items} == {"train"} and {p.split for p in score.items} == {"test"}
+        assert direct_train <= {p.text for p in fit.items}  # every direct train prompt is fitted on
+        assert {p.label for p in score.items} == {"jailbreak", "normal"}
+        assert len(fit.jailbreak) == len(fit.wrapped_normal) == 6 * 40
+        assert not {p.text for p in fit.items} & {p.text for p in score.items}
+    with pytest.raises(ihs.InputError, match="wrapped_train=True"):
+        ihs.load_prompts().leave_one_family_out()
