@@ -274,7 +274,7 @@ def jailbreak_anatomy(
     """Read each jailbreak family and its control on both directions, and (optionally) the guard.
 
     Defaults are the bundled test prompts: every jailbreak, every wrapped normal, and the direct
-    test-split malicious and normal prompts as the 0 and 1 of both scales.
+    test-split normal and malicious prompts as the 0 and the 1 of both scales.
 
     Args:
         model: from :func:`ihs_sight.load_model`.
@@ -289,6 +289,11 @@ def jailbreak_anatomy(
         >>> a = ihs.jailbreak_anatomy(model, ihs.refusal_direction(model), ihs.harmfulness_direction(model))
         >>> print(a.table())
     """
+    if not isinstance(refusal, Direction) or not isinstance(harmfulness, Direction):
+        raise InputError(f"refusal and harmfulness must be Directions (ihs.refusal_direction, "
+                         f"ihs.harmfulness_direction), got {type(refusal).__name__} and {type(harmfulness).__name__}.")
+    if guard is not None and not isinstance(guard, Guard):
+        raise InputError(f"guard must be an ihs.Guard or None, got {type(guard).__name__}.")
     if refusal.kind != "refusal" or harmfulness.kind != "harmfulness":
         raise InputError(f"Pass a refusal and a harmfulness direction, got {refusal.kind!r} and "
                          f"{harmfulness.kind!r}.")

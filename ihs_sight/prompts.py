@@ -215,23 +215,17 @@ class PromptSet(BaseModel):
         return PromptSet(items=train_items), PromptSet(items=test_items)
 
     def leave_one_family_out(self) -> list[tuple[str, PromptSet, PromptSet]]:
-        """``(family, fit, score)`` per wrapper family of the train part: ``fit`` is every train prompt
-        but that family's wrapped ones (direct prompts and the other families), ``score`` that family's
-        test prompts (its jailbreaks and wrapped normals). Needs ``load_prompts(wrapped_train=True)``.
-
-        A family is never in both parts of a fold; test-only families (``heldout_wrapped``) are in no fold.
+        """``(family, fit, score)`` per wrapper family of the train part, all within the train split:
+        ``fit`` is every train prompt but that family's wrapped ones (the direct prompts and the other
+        families), ``score`` that family's wrapped train prompts. For choosing features, layers and
+        thresholds out of fold; the test split is never touched. Needs ``load_prompts(wrapped_train=True)``.
         """
-        train, test = self.train, self.test
+        train = self.train
         families = list(dict.fromkeys(p.family for p in train.items if p.family is not None))
         if not families:
             raise InputError("No wrapped train prompts to leave out; load them with load_prompts(wrapped_train=True).")
-        folds = []
-        for family in families:
-            score = test.filter(lambda p, f=family: p.family == f)
-            if len(score) == 0:
-                raise InputError(f"The wrapper family {family!r} has no test prompts to score.")
-            folds.append((family, train.filter(lambda p, f=family: p.family != f), score))
-        return folds
+        return [(family, train.filter(lambda p, f=family: p.family != f),
+                 train.filter(lambda p, f=family: p.family == f)) for family in families]
 
     def counts(self, by: str = "label") -> dict[str, int]:
         """How many items per label / category / family / split."""

@@ -2,8 +2,8 @@
 
 Two sets of families ship with the package:
 
-- ``wrappers.json``: the 7 families of the bundled test jailbreaks (and, since v2 of the data, of
-  the wrapped *train* prompts, normal and malicious alike, so a wrapper says nothing about the label);
+- ``wrappers.json``: the 7 families of the bundled test jailbreaks and of the optional wrapped
+  *train* prompts (normal and malicious alike, so a wrapper says nothing about the label);
 - ``wrappers_heldout.json``: families of other kinds (long personas, transcripts to continue,
   document tasks, a request buried in a task list, character-level obfuscation), written for a
   final test only and never used to fit or choose anything.
@@ -16,6 +16,7 @@ import functools
 import json
 from pathlib import Path
 
+from . import checks
 from .errors import InputError
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -34,6 +35,7 @@ def _families(heldout: bool) -> dict[str, list[str]]:
 
 def wrappers(*, heldout: bool = False) -> dict[str, list[str]]:
     """The bundled jailbreak templates by family; ``heldout=True``: the test-only families."""
+    heldout = checks.flag("heldout", heldout)
     return {name: list(templates) for name, templates in _families(heldout).items()}
 
 
@@ -49,8 +51,12 @@ def wrap(text: str, family: str, *, template: int = 0, encoding: str = "base64")
     it with ``encoding`` (``base64`` or ``leetspeak``); the held-out ``char_obfuscation`` spaces
     its letters out or reverses it, as its template says.
     """
+    if not isinstance(text, str) or not text.strip():
+        raise InputError(f"text must be a non-empty string, got {text!r}.")
+    if isinstance(template, bool) or not isinstance(template, int):
+        raise InputError(f"template must be an int (an index, taken modulo the family size), got {template!r}.")
     names = family_names()
-    if family not in names:
+    if not isinstance(family, str) or family not in names:
         raise InputError(f"Unknown jailbreak family {family!r}; choose from {sorted(names)}.")
     templates = _families(names[family])[family]
     tpl = templates[template % len(templates)]

@@ -42,6 +42,7 @@ import torch
 from eval_aligned import wilson
 
 import ihs_sight as ihs
+from ihs_sight.runtime.provenance import versions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         "anatomy": anatomy.model_dump(), "table": anatomy.table(), "behaviour": behaviour, "graft_vs_steer": compare,
         "figure": str(figure.relative_to(ROOT)), "generate": args.generate, "threads": args.threads,
         "seconds": round(time.perf_counter() - started, 1), "platform": platform.platform(),
-        "versions": refusal.versions,
+        "versions": versions(),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")

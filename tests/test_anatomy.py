@@ -157,6 +157,10 @@ def test_anatomy_and_project_refuse_bad_input(
         ihs.project(model, ["hi"], refusal, batch_size=0)
     with pytest.raises(ihs.InputError, match="refusal and a harmfulness"):
         ihs.jailbreak_anatomy(model, harm, refusal, **sets)
+    with pytest.raises(ihs.InputError, match="must be Directions"):
+        ihs.jailbreak_anatomy(model, refusal.vector, harm, **sets)  # type: ignore[arg-type]
+    with pytest.raises(ihs.InputError, match="ihs.Guard"):
+        ihs.jailbreak_anatomy(model, refusal, harm, guard="guard", **sets)  # type: ignore[arg-type]
     unlabelled = ihs.PromptSet.from_texts(sets["jailbreaks"].texts)
     with pytest.raises(ihs.InputError, match="family"):
         ihs.jailbreak_anatomy(model, refusal, harm, **(sets | {"jailbreaks": unlabelled}))

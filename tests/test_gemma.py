@@ -264,3 +264,16 @@ def test_gemma_ablation_matches_arditi_hooks_at_the_sandwich_norms(gemma: ihs.Mo
     assert rel(ref, clean) > 1e-2, "the ablation should change the logits"
     before_norm = reference(("self_attn", "post_feedforward_layernorm"))
     assert rel(before_norm, ref) > 1e-2 * rel(ref, clean), "the attention site must matter on Gemma"
+    # Generation (the other trace body): greedy tokens with the same hooks, one unpadded prompt.
+    ids = rows[0]
+    got_tokens = steer(gemma, texts[:1], unit, mode="ablate", generate=4, progress=False).records[0].tokens
+    blocks = gemma.hf.model.layers
+    handles = [blocks[0].register_forward_pre_hook(lambda _m, args: (ablate(args[0]), *args[1:]))]
+    for block in blocks:
+        for site in ("post_attention_layernorm", "post_feedforward_layernorm"):
+            handles.append(getattr(block, site).register_forward_hook(lambda _m, _a, out: ablate(out)))
+    try:
+        assert got_tokens == hf_greedy(gemma, ids, 4)
+    finally:
+        for h in handles:
+            h.remove()

@@ -372,10 +372,22 @@ def test_leave_one_family_out_never_puts_a_family_on_both_sides() -> None:
     direct_train = {p.text for p in data.train.items if p.family is None}
     for family, fit, score in folds:
         assert family not in {p.family for p in fit.items} and {p.family for p in score.items} == {family}
-        assert {p.split for p in fit.items} == {"train"} and {p.split for p in score.items} == {"test"}
+        assert {p.split for p in fit.items} == {p.split for p in score.items} == {"train"}  # never the test split
         assert direct_train <= {p.text for p in fit.items}  # every direct train prompt is fitted on
         assert {p.label for p in score.items} == {"jailbreak", "normal"}
         assert len(fit.jailbreak) == len(fit.wrapped_normal) == 6 * 40
         assert not {p.text for p in fit.items} & {p.text for p in score.items}
     with pytest.raises(ihs.InputError, match="wrapped_train=True"):
         ihs.load_prompts().leave_one_family_out()
+
+
+def test_wrap_refuses_bad_input() -> None:
+    for kwargs, match in (({"text": "", "family": "roleplay"}, "non-empty"),
+                          ({"text": 3, "family": "roleplay"}, "non-empty"),
+                          ({"text": "hi", "family": "roleplay", "template": "0"}, "template"),
+                          ({"text": "hi", "family": "roleplay", "template": True}, "template"),
+                          ({"text": "hi", "family": ["roleplay"]}, "Unknown jailbreak family")):
+        with pytest.raises(ihs.InputError, match=match):
+            ihs.wrap(**kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ihs.InputError, match="True or False"):
+        wrappers(heldout="yes")  # type: ignore[arg-type]

@@ -355,10 +355,13 @@ def test_readme_storyline_equals_the_figures_summary() -> None:
     assert best["base"][1] == best["aligned"][1]
     assert (f"is {best['base'][1]:.3f} in both (logistic regression; base at layer {best['base'][0]}, aligned at "
             f"layer {best['aligned'][0]})") in text
-    assert (f"{best['base'][3]:.3f} (base, layer {best['base'][2]}) and {best['aligned'][3]:.3f} (aligned, layer "
-            f"{best['aligned'][2]})") in text
-    same = [layer for layer in probe["base"]["layers"] if probe["base"]["logreg"][layer] == probe["aligned"]["logreg"][layer]]
-    assert same[: same.index(max(same)) + 1] == list(range(8)) and "at layers 0-7" in text
+    assert (f"logistic-regression layer anywhere scores {best['base'][3]:.3f} (base, layer {best['base'][2]}) and "
+            f"{best['aligned'][3]:.3f} (aligned, layer {best['aligned'][2]})") in text
+    def same(layer: int) -> bool:  # every classifier scores the same in both models
+        return all(probe["base"][c][layer] == probe["aligned"][c][layer] for c in ("logreg", "svm", "mlp"))
+
+    shared = next(layer for layer in probe["base"]["layers"] if not same(layer))
+    assert f"the same at layers 0-{shared - 1}," in text
     lens = s["lens"]
     neg = {m: lens[f"{m}_malicious"]["middle_late_mass"]["negative"] for m in ("base", "aligned")}
     assert f"{neg['aligned'] / neg['base']:.1f}x the base model's ({neg['aligned']:.4f} vs {neg['base']:.4f})" in text
@@ -388,7 +391,9 @@ def test_readme_anatomy_reading_ranges_equal_the_json() -> None:
     fams = smol["anatomy"]["families"]
     rate = {k: {f: v["rate"] for f, v in smol["behaviour"][k]["families"].items()} for k in ("jailbreak", "control")}
     assert all(f["verdict"] == "harm recognised, refusal signal kept" and f["wrapper_reads_harmful"] for f in fams)
-    assert f"as harmful as the direct malicious prompts or more ({span([f['jailbreak']['harm'] for f in fams], '{:.2f}')})" in text
+    harms = [f["jailbreak"]["harm"] for f in fams]
+    assert (f"read as harmful ({span(harms, '{:.2f}')}; {sum(h >= 1 for h in harms)} of {len(fams)} at or above the "
+            "direct malicious prompts' 1)") in text
     assert f"keep the refusal signal ({span([f['jailbreak']['refusal'] for f in fams], '{:.2f}')})" in text
     assert f"refuses {span([100 * v for v in rate['jailbreak'].values()], '{:.0f}')}% of them" in text
     named = ("roleplay", "refusal_suppression", "obfuscation", "authority")

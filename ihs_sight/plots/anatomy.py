@@ -28,6 +28,11 @@ def plot_anatomy(result: JailbreakAnatomy) -> Figure:
     the verdict threshold dotted, and each direction's own layer (where the table reads) marked."""
     fig = Figure(figsize=(11, 5.0), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
+    # The fixed range, widened to every score the table reports (each read at its direction's layer).
+    read = [v for f in result.families for g in (f.jailbreak, f.control) if g is not None
+            for v in (g.harm, g.refusal) if math.isfinite(v)]
+    ylim = (min([_YLIM[0], *read]) - 0.25 * (min(read, default=0.0) < _YLIM[0]),
+            max([_YLIM[1], *read]) + 0.25 * (max(read, default=0.0) > _YLIM[1]))
     layers = list(range(result.n_layers + 1))
     panels = (("harmfulness", "harm_per_layer", result.harm_layer, result.harm_position),
               ("refusal", "refusal_per_layer", result.refusal_layer, result.refusal_position))
@@ -42,7 +47,7 @@ def plot_anatomy(result: JailbreakAnatomy) -> Figure:
             if fam.control is not None:
                 ax.plot(layers, _scores(fam.control, low, high, field), color=color, lw=1.0, ls="--", alpha=0.7)
         ax.axvline(layer, color="grey", ls=":", lw=1)
-        ax.set_ylim(*_YLIM)
+        ax.set_ylim(*ylim)
         ax.set_xlabel("layer l (0 = first block's input)")
         ax.set_title(f"{name} direction (position {position}; the table reads layer {layer})", fontsize=9)
     axes[0].set_ylabel("mean projection, direct normal = 0, direct malicious = 1")
