@@ -240,12 +240,13 @@ def _scale(value: float, low: float, high: float) -> float:
 
 
 def _reading(harm: Projections, refusal: Projections, flags: list[bool] | None, *,
-             ref: tuple[Projections, Projections, Projections, Projections]) -> GroupReading:
-    """Summarise one group; ``ref`` = (malicious harm, normal harm, malicious refusal, normal refusal)."""
+             anchors: tuple[list[float], list[float], list[float], list[float]]) -> GroupReading:
+    """Summarise one group; ``anchors`` = per-layer means (malicious harm, normal harm, malicious refusal,
+    normal refusal) of the direct sets."""
     h_mean, r_mean = harm.mean(), refusal.mean()
     hl, rl = harm.direction_layer, refusal.direction_layer
-    h_score = _scale(h_mean[hl], ref[1].mean()[hl], ref[0].mean()[hl])
-    r_score = _scale(r_mean[rl], ref[3].mean()[rl], ref[2].mean()[rl])
+    h_score = _scale(h_mean[hl], anchors[1][hl], anchors[0][hl])
+    r_score = _scale(r_mean[rl], anchors[3][rl], anchors[2][rl])
     return GroupReading(n=len(harm), harm=h_score, refusal=r_score, harm_per_layer=h_mean,
                         refusal_per_layer=r_mean,
                         guard_flagged=None if flags is None else sum(flags) / max(len(flags), 1))
@@ -313,7 +314,8 @@ def jailbreak_anatomy(
     proj = {name: tuple(_projections(model, ps, [harmfulness, refusal], batch_size=batch_size, strict=strict,
                                      progress=progress)) for name, ps in sets.items()}
     flags = {name: None if guard is None else guard.score(ps).flagged for name, ps in sets.items()}
-    ref = (proj["malicious"][0], proj["normal"][0], proj["malicious"][1], proj["normal"][1])
+    anchors = (proj["malicious"][0].mean(), proj["normal"][0].mean(), proj["malicious"][1].mean(),
+               proj["normal"][1].mean())
 
     def group(name: str, family: str | None) -> GroupReading | None:
         keep = [i for i, f in enumerate(sets[name].families) if family is None or f == family]
@@ -322,7 +324,7 @@ def jailbreak_anatomy(
         h, r = (p.model_copy(update={"values": [p.values[i] for i in keep], "ids": [p.ids[i] for i in keep]})
                 for p in proj[name])
         f = flags[name]
-        return _reading(h, r, None if f is None else [f[i] for i in keep], ref=ref)
+        return _reading(h, r, None if f is None else [f[i] for i in keep], anchors=anchors)
 
     rows = []
     for family in families:

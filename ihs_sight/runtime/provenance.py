@@ -113,19 +113,11 @@ def dtype_name(model: Model) -> str:
 def run_meta(model: Model, encoded: EncodedPrompts) -> ExtractMeta:
     """The metadata (and cache identity) of a set of encoded prompts run through ``model``."""
     return ExtractMeta(
-        model_name=model.name,
+        **run_fields(model, encoded),
         model_source=model.source,
-        model_class=type(model.hf).__name__,
-        weights_hash=model.weights_hash,
-        n_layers=model.n_layers,
         d_model=model.d_model,
-        dtype=dtype_name(model),
-        chat=encoded.chat,
-        system_prompt=encoded.system_prompt,
-        template=encoded.template,
         layer_names=layer_names(model.n_layers),
         prompt_hashes=list(encoded.hashes),
-        versions=versions(),
     )
 
 
