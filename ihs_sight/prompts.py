@@ -632,5 +632,19 @@ def template_prefix(tokenizer: Any, *, chat: bool, system_prompt: str | None) ->
     return n
 
 
+def template_suffix(tokenizer: Any, *, chat: bool, system_prompt: str | None) -> int:
+    """Number of trailing template tokens every prompt shares (the end of the user turn, the assistant header).
+
+    Found like :func:`template_prefix`, from the common suffix of two renders whose messages end
+    in different words; the last token of the user's own message sits this many positions before
+    the prompt's last token. 0 without a chat template.
+    """
+    a, b = encode(tokenizer, ["x a", "x b"], chat=chat, system_prompt=system_prompt)
+    n = 0
+    while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
+        n += 1
+    return n
+
+
 # wrap() and wrappers() moved to ihs_sight.wrappers (one concept, one module); the old names still work.
 __getattr__ = moved(__name__, {name: ("ihs_sight.wrappers", name) for name in ("wrap", "wrappers")})

@@ -214,7 +214,8 @@ def test_load_refuses_another_model(guard: Guard, tmp_path: Path) -> None:
         ({"layer": 99}, "layer must be"),
         ({"target_fpr": 1.5}, "target_fpr"),
         ({"target_accuracy": 0}, "target_accuracy"),
-        ({"pool": "max"}, "pool must be"),
+        ({"pool": "median"}, "pool must be"),
+        ({"folds": "category"}, "folds must be"),
         ({"cv": 1}, "cv must be"),
         ({"cv_repeats": 0}, "cv_repeats must be"),
         ({"C": [0.1, -1]}, "C must be"),
@@ -228,8 +229,8 @@ def test_fit_rejects_bad_arguments(model: ihs.Model, guard_train: ihs.PromptSet,
 
 
 def test_fit_rejects_bad_prompts(model: ihs.Model, data: ihs.PromptSet) -> None:
-    with pytest.raises(InputError, match="labelled 'normal' or 'malicious'"):
-        Guard.fit(model, data.jailbreak.head(20) + data.train.normal.head(20))
+    with pytest.raises(InputError, match="labelled 'normal', 'malicious' or 'jailbreak'"):
+        Guard.fit(model, ihs.PromptSet.from_texts(["x", "y"], label="other") + data.train.normal.head(20))
     with pytest.raises(InputError, match="at least"):
         Guard.fit(model, data.train.normal.head(3) + data.train.malicious.head(3))
     with pytest.raises(InputError, match="labelled PromptSet"):

@@ -19,6 +19,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -29,15 +30,27 @@ from pydantic import BaseModel, ConfigDict
 from .. import checks, io
 from ..deprecations import warn
 from ..errors import InputError
-from ..layers import band_layers, check_band, check_layer, conversion_band
+from ..layers import band_layers, check_band, check_layer, check_layers, conversion_band
 from ..lens import logit_lens
 from ..models import Model
 from ..probe import LayerProbe
 from ..probe.baselines import BaselineScores
 from ..prompts import PromptSet, load_prompts, template_fingerprint
-from .features import POOLS, Pool, layer_features, template_prefix
+from .features import (
+    FIT_TOKENS,
+    POOLS,
+    TOKEN_POOLS,
+    TOP_K,
+    Pool,
+    layer_features,
+    template_prefix,
+    template_suffix,
+    token_states,
+)
 from .selection import (
+    Readings,
     check_c_values,
+    family_folds,
     fold_baselines,
     out_of_fold,
     pick_layer,
@@ -51,8 +64,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GUARD_FORMAT = "ihs-sight.guard"
-GUARD_FORMAT_VERSION = 2
-"""2: ``probe_sha256`` recorded and checked; bundles written whole under a temporary name."""
+GUARD_FORMAT_VERSION = 3
+"""2: ``probe_sha256`` recorded and checked; bundles written whole under a temporary name.
+3: a ``features`` record (pool, and what the pool depends on: ``top_k``, the template's closing
+tokens) checked on load. Versions 1 and 2 (pools ``last`` and ``mean``) still load."""
+Folds = Literal["stratified", "family"]
+FOLDS: tuple[Folds, ...] = ("stratified", "family")
 CLASSIFIERS: tuple[str, ...] = ("logreg", "svm", "mlp")
 """The probes a guard can read its layer with (:class:`~ihs_sight.LayerProbe`'s torch engine)."""
 
@@ -68,6 +85,17 @@ class ModelMismatchError(InputError):
 # ---------------------------------------------------------------------------- results
 
 
+class RateRow(BaseModel):
+    """A flag rate over a group of prompts."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    group: str
+    n: int
+    flagged: int
+    rate: float
+
+
 class GuardFitReport(BaseModel):
     """How a guard was fitted: the layer search, the calibration, what it met."""
 
@@ -78,7 +106,10 @@ class GuardFitReport(BaseModel):
     n_layers: int
     """L, the model's number of blocks; the guard runs ``layer / L`` of them."""
     pool: str
-    """``"last"`` token or ``"mean"`` over the prompt's tokens."""
+    """How the layer is read (:mod:`ihs_sight.guard.features`): ``"last"``, ``"user_last"``, ``"mean"``,
+    or a per-token probe pooled by ``"max"`` / ``"topk"``."""
+    top_k: int | None = None
+    """Tokens ``"topk"`` averages (``None`` for the other pools)."""
     classifier: str
     """The probe at that layer."""
     target_accuracy: float
@@ -94,10 +125,14 @@ class GuardFitReport(BaseModel):
     """Folds of the layer search and of the out-of-fold calibration."""
     cv_repeats: int = 1
     """Times the ``cv``-fold split was redrawn; accuracies are averaged over them, calibration pools them."""
+    folds: str = "stratified"
+    """``"stratified"`` k-fold, or ``"family"``: each wrapper family one fold (scored by probes that never saw
+    it), the direct prompts in ``cv`` stratified folds."""
     cv_layers: list[int]
     """Layers searched."""
     cv_accuracy: list[float]
-    """Out-of-fold accuracy of each searched layer, at the chosen ``C`` (mean over repeats)."""
+    """Out-of-fold accuracy of each searched layer, at the chosen ``C`` (mean over repeats); at P = 0.5 for
+    the state pools, at each layer's own ``target_fpr`` cut for the token pools."""
     cv_accuracy_by_C: dict[str, list[float]]
     """Out-of-fold accuracy of each searched layer for every ``C`` tried."""
     threshold: float
@@ -115,6 +150,10 @@ class GuardFitReport(BaseModel):
     """Surface baselines (bag-of-words, form only) out of fold on the same folds, mean over repeats."""
     cv_lift: list[float] | None = None
     """(n_searched,) ``cv_accuracy`` minus the best surface baseline's accuracy: what the layer adds."""
+    cv_by_family: list[RateRow] | None = None
+    """Out-of-fold flag rates at the chosen layer and threshold per ``label/family`` (direct prompts as
+    ``label/direct``), all repeats pooled; with ``folds="family"`` each wrapped family's rates are
+    those of probes that never saw its wrapper."""
     fit_seconds: float
     """Wall time of the whole fit, forward passes included."""
 
@@ -146,17 +185,6 @@ class GuardScores(BaseModel):
     """(n,) jailbreak families, when the prompts came with them."""
     seconds: float
     """Wall time of scoring."""
-
-
-class RateRow(BaseModel):
-    """A flag rate over a group of prompts."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    group: str
-    n: int
-    flagged: int
-    rate: float
 
 
 class GuardEvaluation(BaseModel):
@@ -222,6 +250,41 @@ class JailbreakSignal(BaseModel):
         return flag_rates(keys, self.signal)
 
 
+class LeftOutFit(BaseModel):
+    """One family of :meth:`Guard.leave_one_family_out`: the guard fitted without it, and its rates."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    family: str
+    layer: int
+    threshold: float
+    C: float | None
+    rates: list[RateRow]
+    """Flag rates of the family's scored prompts, per ``label/family``."""
+
+
+class LeftOutEvaluation(BaseModel):
+    """Leave-one-family-out flag rates: every wrapped family scored by a guard that never saw its wrapper."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    pool: str
+    """How the guards read their layer."""
+    folds: str
+    """The folds each refit chose its layer and threshold with."""
+    rows: list[RateRow]
+    """Flag rate per ``label/family`` (``jailbreak/<family>`` is the TPR, ``normal/<family>`` the FPR)."""
+    fits: list[LeftOutFit]
+    """Each left-out family's guard."""
+    seconds: float
+
+    def pooled(self, label: str) -> RateRow:
+        """All families' prompts of one label (``"jailbreak"`` or ``"normal"``) as one rate."""
+        chosen = [r for r in self.rows if r.group.split("/", 1)[0] == label]
+        n, k = sum(r.n for r in chosen), sum(r.flagged for r in chosen)
+        return RateRow(group=f"{label}/pooled", n=n, flagged=k, rate=round(k / n, 4) if n else 0.0)
+
+
 def flag_rates(keys: Sequence[str | None], hits: Sequence[bool]) -> list[RateRow]:
     groups: dict[str, list[bool]] = {}
     for k, h in zip(keys, hits):
@@ -230,6 +293,93 @@ def flag_rates(keys: Sequence[str | None], hits: Sequence[bool]) -> list[RateRow
 
 
 # ---------------------------------------------------------------------------- the guard
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """:meth:`Guard.fit`'s choices, each checked once."""
+
+    search: list[int]
+    target_accuracy: float
+    target_fpr: float
+    pool: Pool
+    classifier: str
+    c_values: list[float | None]
+    cv: int
+    cv_repeats: int
+    folds: Folds
+    random_state: int
+
+
+def _settings(model: Model, *, layer: Any, target_accuracy: Any, target_fpr: Any, pool: Any, classifier: Any,
+              C: Any, cv: Any, cv_repeats: Any, folds: Any, random_state: Any) -> _Settings:
+    if isinstance(layer, str) and layer == "auto":
+        search = list(range(1, model.n_layers + 1))
+    elif isinstance(layer, (list, tuple)):
+        search = sorted(set(check_layers(list(layer), model.n_layers, low=1, what="layer")))
+    else:
+        search = [check_guard_layer(layer, model.n_layers)]
+    classifier = checks.one_of("classifier", classifier, CLASSIFIERS)
+    return _Settings(
+        search=search,
+        target_accuracy=checks.fraction("target_accuracy", target_accuracy),
+        target_fpr=checks.fraction("target_fpr", target_fpr),
+        pool=checks.one_of("pool", pool, POOLS), classifier=classifier,
+        c_values=[None] if classifier == "mlp" else check_c_values(C),
+        cv=int(checks.number("cv", cv, low=2, integer=True)),
+        cv_repeats=int(checks.number("cv_repeats", cv_repeats, low=1, integer=True)),
+        folds=checks.one_of("folds", folds, FOLDS),
+        random_state=int(checks.number("random_state", random_state, low=0, integer=True)))
+
+
+def _fit_prompts(prompts: Any, st: _Settings, *, lofo: bool = False) -> PromptSet:
+    """The labelled prompts a guard is fitted on, checked: normal, malicious or jailbreak, enough of each."""
+    if not isinstance(prompts, PromptSet):
+        raise InputError("prompts must be a labelled PromptSet (e.g. load_prompts().train), got "
+                         f"{type(prompts).__name__}.")
+    bad = sorted({str(x) for x in prompts.labels if x not in ("normal", "malicious", "jailbreak")})
+    if bad:
+        raise InputError(f"Guard.fit needs prompts labelled 'normal', 'malicious' or 'jailbreak'; found {bad}. "
+                         "Select them first, e.g. data.normal + data.malicious.")
+    labels = _fit_labels(prompts)
+    if min(labels.count("malicious"), labels.count("normal")) < 2 * st.cv:
+        raise InputError(f"Guard.fit needs at least {2 * st.cv} prompts of each label (jailbreaks count as "
+                         f"malicious); got {prompts.counts()}.")
+    families = sorted({p.family for p in prompts if p.family is not None})
+    if lofo and not families:
+        raise InputError("leave_one_family_out needs wrapped prompts (with a family) among prompts; load them with "
+                         "load_prompts(wrapped_train=True).")
+    if st.folds == "family" and len(families) < (3 if lofo else 2):
+        raise InputError(f"folds='family' needs wrapped prompts of at least two families{' once one is left out' if lofo else ''}; "
+                         f"found {families or 'none'}. Load them with load_prompts(wrapped_train=True).")
+    return prompts
+
+
+def _accuracy(oof: np.ndarray[Any, Any], y: np.ndarray[Any, Any], st: _Settings) -> np.ndarray[Any, Any]:
+    """(n_search,) out-of-fold accuracy of each searched layer, mean over repeats.
+
+    State pools: at P = 0.5. Token pools: at each layer's own ``target_fpr`` cut of the normal
+    prompts' scores, since a maximum (or top-k mean) of per-token probabilities is not centred on 0.5.
+    """
+    if st.pool not in TOKEN_POOLS:
+        return np.asarray(((oof > 0.5) == y[None, :, None]).mean((0, 1)))
+    cuts = np.array([threshold_at_fpr(oof[:, ~y, j].ravel(), st.target_fpr) for j in range(oof.shape[2])])
+    return np.asarray(((oof > cuts[None, None, :]) == y[None, :, None]).mean((0, 1)))
+
+
+def _fit_labels(prompts: PromptSet) -> list[str]:
+    """Each prompt's class for the probe: a jailbreak is a malicious request in a wrapper."""
+    return ["malicious" if v == "jailbreak" else str(v) for v in prompts.labels]
+
+
+def _read(model: Model, prompts: Any, layers: list[int], pool: Pool, *, batch_size: int, chat: bool,
+          system_prompt: str | None, cache: bool | str | Path, progress: bool) -> Readings:
+    """The guard's readings of ``prompts`` at ``layers``: one state each, or every own token for the token pools."""
+    if pool in TOKEN_POOLS:
+        return Readings(pool, tokens=token_states(model, prompts, layers, batch_size=batch_size, chat=chat,
+                                                  system_prompt=system_prompt, progress=progress))
+    return Readings(pool, x=layer_features(model, prompts, layers, pool=pool, batch_size=batch_size, chat=chat,
+                                           system_prompt=system_prompt, cache=cache, progress=progress))
 
 
 def _default_train() -> PromptSet:
@@ -273,7 +423,7 @@ class Guard:
         model: Model,
         prompts: PromptSet | None = None,
         *,
-        layer: int | Literal["auto"] = "auto",
+        layer: int | Sequence[int] | Literal["auto"] = "auto",
         target_accuracy: float = 0.95,
         target_fpr: float = 0.05,
         pool: Pool = "mean",
@@ -281,6 +431,7 @@ class Guard:
         C: float | Sequence[float] = (0.003, 0.01, 0.03, 0.1),
         cv: int = 5,
         cv_repeats: int = 3,
+        folds: Folds = "stratified",
         random_state: int = 0,
         batch_size: int = 16,
         chat: bool = True,
@@ -291,10 +442,15 @@ class Guard:
         """Pick the layer, fit the probe, calibrate the threshold (cross-fitting).
 
         The labelled prompts (default: the canonical train split's normal and malicious
-        prompts, look-alikes among the normals) are cut into ``cv`` folds stratified by label
-        and look-alike flag, ``cv_repeats`` times over. Each fold is scored by probes fitted on
-        the other folds, at every searched layer and every ``C``, so every prompt gets an
-        out-of-fold P(malicious) per repeat; accuracies are averaged over repeats.
+        prompts, look-alikes among the normals) are cut into ``cv`` folds stratified by label,
+        look-alike flag and wrapper family, ``cv_repeats`` times over. Each fold is scored by
+        probes fitted on the other folds, at every searched layer and every ``C``, so every
+        prompt gets an out-of-fold P(malicious) per repeat; accuracies are averaged over repeats.
+        Wrapped prompts may be among them (``load_prompts(wrapped_train=True).train``): their
+        ``jailbreak`` label counts as malicious, so a wrapper carries no label when both labels
+        come in it. With ``folds="family"`` each wrapper family is one fold instead: the layer,
+        ``C`` and threshold are then chosen on scores of wrappers the probe never saw, and
+        ``report.cv_by_family`` gives each family's out-of-family flag rates.
 
         With ``layer="auto"`` the earliest layer whose out-of-fold accuracy reaches
         ``target_accuracy`` with one binomial standard error to spare is taken, with its best
@@ -311,85 +467,158 @@ class Guard:
 
         Args:
             model: the model the guard reads.
-            prompts: a labelled :class:`PromptSet` of ``normal`` and ``malicious`` prompts.
-            layer: ``"auto"`` or a layer index (1..L).
+            prompts: a labelled :class:`PromptSet` of ``normal`` and ``malicious`` (or ``jailbreak``) prompts.
+            layer: ``"auto"`` (search every layer 1..L), a list of layers to search, or one layer index.
             target_accuracy: cross-validated accuracy the chosen layer must reach.
             target_fpr: false-positive rate of the calibrated threshold.
-            pool: ``"mean"`` over the prompt's tokens or the ``"last"`` token (module doc).
+            pool: how the layer is read: ``"last"``, ``"user_last"``, ``"mean"`` (a state per prompt), or
+                ``"max"`` / ``"topk"`` (a per-token probe's scores pooled); :mod:`ihs_sight.guard.features`.
             classifier: ``"logreg"``, ``"svm"`` or ``"mlp"`` (torch engine of :class:`LayerProbe`).
             C: inverse L2 strength(s) of the linear probe to choose from (ignored for ``"mlp"``).
-            cv: folds of the search and of the out-of-fold calibration.
+            cv: folds of the search and of the out-of-fold calibration (of the direct prompts, with
+                ``folds="family"``).
             cv_repeats: times the folds are redrawn (``RepeatedStratifiedKFold``); more repeats
                 make the layer choice and the threshold less dependent on one split.
-            random_state: seeds the split, the folds and the probe.
-            batch_size, chat, system_prompt, cache, progress: as in :func:`ihs_sight.extract`.
+            folds: ``"stratified"`` or ``"family"`` (leave each wrapper family out in turn).
+            random_state: seeds the split, the folds, the probe and the token draw of the token pools.
+            batch_size, chat, system_prompt, cache, progress: as in :func:`ihs_sight.extract`
+                (the token pools are not cached).
         """
         t0 = time.perf_counter()
-        target_accuracy = checks.fraction("target_accuracy", target_accuracy)
-        target_fpr = checks.fraction("target_fpr", target_fpr)
-        pool = checks.one_of("pool", pool, POOLS)
-        cv = int(checks.number("cv", cv, low=2, integer=True))
-        cv_repeats = int(checks.number("cv_repeats", cv_repeats, low=1, integer=True))
-        if layer != "auto":
-            layer = check_guard_layer(layer, model.n_layers)
-        classifier = checks.one_of("classifier", classifier, CLASSIFIERS)
-        prompts = _default_train() if prompts is None else prompts
-        if not isinstance(prompts, PromptSet):
-            raise InputError("prompts must be a labelled PromptSet (e.g. load_prompts().train), got "
-                             f"{type(prompts).__name__}.")
-        bad = sorted({str(x) for x in prompts.labels if x not in ("normal", "malicious")})
-        if bad:
-            raise InputError(f"Guard.fit needs prompts labelled 'normal' or 'malicious'; found {bad}. Select them "
-                             "first, e.g. data.normal + data.malicious.")
-        counts = prompts.counts()
-        if min(counts.get("normal", 0), counts.get("malicious", 0)) < 2 * cv:
-            raise InputError(f"Guard.fit needs at least {2 * cv} prompts of each label; got {counts}.")
-        c_values: list[float | None] = [None] if classifier == "mlp" else check_c_values(C)
-        search = list(range(1, model.n_layers + 1)) if layer == "auto" else [int(layer)]
-        x = layer_features(model, prompts, search, pool=pool, batch_size=batch_size, chat=chat,
-                           system_prompt=system_prompt, cache=cache, progress=progress)
-        labels = [str(v) for v in prompts.labels]  # all normal or malicious (checked above)
+        settings = _settings(model, layer=layer, target_accuracy=target_accuracy, target_fpr=target_fpr, pool=pool,
+                             classifier=classifier, C=C, cv=cv, cv_repeats=cv_repeats, folds=folds,
+                             random_state=random_state)
+        prompts = _fit_prompts(_default_train() if prompts is None else prompts, settings)
+        readings = _read(model, prompts, settings.search, settings.pool, batch_size=batch_size, chat=chat,
+                         system_prompt=system_prompt, cache=cache, progress=progress)
+        return cls._fit(model, prompts, readings, settings, chat=chat, system_prompt=system_prompt, t0=t0)
+
+    @classmethod
+    def _fit(cls, model: Model, prompts: PromptSet, readings: Readings, st: _Settings, *, chat: bool,
+             system_prompt: str | None, t0: float) -> Guard:
+        """The layer search, the calibration and the final probe on readings already taken."""
+        labels = _fit_labels(prompts)
         y = np.array([v == "malicious" for v in labels])
-        splits = repeated_folds([f"{p.label}|{p.lookalike}" for p in prompts], cv, cv_repeats, random_state)
+        strata = [f"{p.label}|{p.lookalike}|{p.family}" for p in prompts]
+        if st.folds == "family":
+            splits = family_folds([p.family for p in prompts], strata, st.cv, st.cv_repeats, st.random_state)
+        else:
+            splits = repeated_folds(strata, st.cv, st.cv_repeats, st.random_state)
         oof, acc = {}, {}
-        for c in c_values:
-            oof[c] = np.stack([out_of_fold(x, labels, folds, classifier, c, random_state) for folds in splits])
-            acc[c] = ((oof[c] > 0.5) == y[None, :, None]).mean((0, 1))  # (n_search,) mean over repeats
-        baselines = fold_baselines(prompts.texts, y, splits, random_state)
-        best_per_layer = np.max(np.stack([acc[c] for c in c_values]), 0)
-        pick, met = pick_layer(best_per_layer, len(y), target_accuracy)
+        for c in st.c_values:
+            oof[c] = np.stack([out_of_fold(readings, labels, folds, st.classifier, c, st.random_state)
+                               for folds in splits])
+            acc[c] = _accuracy(oof[c], y, st)  # (n_search,) mean over repeats
+        baselines = fold_baselines(prompts.texts, y, splits, st.random_state)
+        best_per_layer = np.max(np.stack([acc[c] for c in st.c_values]), 0)
+        pick, met = pick_layer(best_per_layer, len(y), st.target_accuracy)
         if not met:
             log.warning("no layer reaches %.3f out-of-fold accuracy with a standard error to spare (best %.3f); "
                         "taking layer %d (%.3f), the earliest within one standard error of the best",
-                        target_accuracy, best_per_layer.max(), search[pick], best_per_layer[pick])
-        c_pick = max(c_values, key=lambda c: (acc[c][pick], -c_values.index(c)))
-        chosen = search[pick]
+                        st.target_accuracy, best_per_layer.max(), st.search[pick], best_per_layer[pick])
+        c_pick = max(st.c_values, key=lambda c: (acc[c][pick], -st.c_values.index(c)))
+        chosen = st.search[pick]
         # Calibrated on every repeat's scores pooled: each is one probe's score on a prompt it
         # never saw, as the final probe's will be. (Averaged over repeats, scores are less
         # spread than one probe's, and the cut falls too low: more than target_fpr flagged.)
         scores = oof[c_pick][:, :, pick]  # (repeats, n)
-        threshold = threshold_at_fpr(scores[:, ~y].ravel(), target_fpr)
-        kwargs: dict[str, Any] = {} if c_pick is None else {"C": c_pick}
-        fitted = LayerProbe(classifier, random_state=random_state, **kwargs).fit(x[:, pick:pick + 1], labels)
+        threshold = threshold_at_fpr(scores[:, ~y].ravel(), st.target_fpr)
+        fitted = readings.at(pick).fit(np.arange(len(prompts)), labels, st.classifier, c_pick, st.random_state)
+        groups = [f"{p.label}/{p.family or 'direct'}" for p in prompts]
         fit_report = GuardFitReport(
-            layer=chosen, n_layers=model.n_layers, pool=pool, classifier=classifier,
-            target_accuracy=target_accuracy, target_fpr=target_fpr, target_met=met, C=c_pick, cv=cv, cv_repeats=cv_repeats,
-            cv_layers=search, cv_accuracy=[round(float(a), 6) for a in acc[c_pick]],
-            cv_accuracy_by_C={str(c): [round(float(a), 6) for a in acc[c]] for c in c_values},
+            layer=chosen, n_layers=model.n_layers, pool=st.pool, top_k=TOP_K if st.pool == "topk" else None,
+            classifier=st.classifier, target_accuracy=st.target_accuracy, target_fpr=st.target_fpr, target_met=met,
+            C=c_pick, cv=st.cv, cv_repeats=st.cv_repeats, folds=st.folds,
+            cv_layers=st.search, cv_accuracy=[round(float(a), 6) for a in acc[c_pick]],
+            cv_accuracy_by_C={str(c): [round(float(a), 6) for a in acc[c]] for c in st.c_values},
             threshold=threshold, calibration_fpr=float((scores[:, ~y] > threshold).mean()),
             calibration_tpr=float((scores[:, y] > threshold).mean()), n_prompts=len(prompts),
-            random_state=random_state, cv_baselines=baselines,
+            random_state=st.random_state, cv_baselines=baselines,
             cv_lift=[round(float(a) - baselines.best, 6) for a in acc[c_pick]],
+            cv_by_family=flag_rates([g for _ in scores for g in groups], (scores > threshold).ravel().tolist()),
             fit_seconds=round(time.perf_counter() - t0, 3),
         )
-        return cls(model, fitted, layer=chosen, threshold=threshold, pool=pool, chat=chat,
+        return cls(model, fitted, layer=chosen, threshold=threshold, pool=st.pool, chat=chat,
                    system_prompt=system_prompt, report=fit_report)
+
+    @classmethod
+    def leave_one_family_out(
+        cls,
+        model: Model,
+        prompts: PromptSet,
+        score: PromptSet | None = None,
+        *,
+        layer: int | Sequence[int] | Literal["auto"] = "auto",
+        target_accuracy: float = 0.95,
+        target_fpr: float = 0.05,
+        pool: Pool = "mean",
+        classifier: str = "logreg",
+        C: float | Sequence[float] = (0.003, 0.01, 0.03, 0.1),
+        cv: int = 5,
+        cv_repeats: int = 3,
+        folds: Folds = "stratified",
+        random_state: int = 0,
+        batch_size: int = 16,
+        chat: bool = True,
+        system_prompt: str | None = None,
+        cache: bool | str | Path = True,
+        progress: bool = True,
+    ) -> LeftOutEvaluation:
+        """Each wrapper family left out in turn: a guard fitted without it scores that family's prompts.
+
+        For every family among ``prompts``' wrapped prompts, :meth:`fit` (same arguments) runs on
+        every prompt but that family's, and the guard scores the family's prompts in ``score``
+        (default: its prompts in ``prompts``), jailbreaks and wrapped normals. The readings are
+        taken once for ``prompts`` and ``score`` together, so each refit costs no forward pass.
+        """
+        t0 = time.perf_counter()
+        st = _settings(model, layer=layer, target_accuracy=target_accuracy, target_fpr=target_fpr, pool=pool,
+                       classifier=classifier, C=C, cv=cv, cv_repeats=cv_repeats, folds=folds,
+                       random_state=random_state)
+        prompts = _fit_prompts(prompts, st, lofo=True)
+        if score is not None and not isinstance(score, PromptSet):
+            raise InputError(f"score must be a labelled PromptSet, got {type(score).__name__}.")
+        scored = prompts if score is None else score
+        families = list(dict.fromkeys(p.family for p in prompts if p.family is not None))
+        missing = sorted({f for f in families if not any(q.family == f for q in scored)})
+        if missing:
+            raise InputError(f"score has no prompts of the families {missing}; pass prompts of every wrapped family.")
+        both = prompts + scored if score is not None else prompts
+        readings = _read(model, both, st.search, st.pool, batch_size=batch_size, chat=chat,
+                         system_prompt=system_prompt, cache=cache, progress=progress)
+        offset = len(prompts) if score is not None else 0
+        rows: list[RateRow] = []
+        fits: list[LeftOutFit] = []
+        for family in families:
+            keep = [i for i, p in enumerate(prompts) if p.family != family]
+            test = [offset + i for i, p in enumerate(scored) if p.family == family]
+            sub = PromptSet(items=[prompts[i] for i in keep])
+            guard = cls._fit(model, sub, readings.take(keep), st, chat=chat, system_prompt=system_prompt,
+                             t0=time.perf_counter())
+            p = guard._p(readings.at(st.search.index(guard.layer)).take(test))
+            hits = (p > guard.threshold).tolist()
+            fam_rows = flag_rates([f"{both[i].label!s}/{family}" for i in test], hits)
+            rows += fam_rows
+            fits.append(LeftOutFit(family=family, layer=guard.layer, threshold=guard.threshold, C=guard.report.C,
+                                   rates=fam_rows))
+        return LeftOutEvaluation(pool=st.pool, folds=st.folds, rows=rows, fits=fits,
+                                 seconds=round(time.perf_counter() - t0, 3))
+
+    def _p(self, readings: Readings) -> np.ndarray[Any, Any]:
+        """P(malicious) of readings taken at the guard layer alone."""
+        return readings.p_malicious(self.probe, np.arange(len(readings)))[:, 0]
 
     # -- scoring
 
     def features(self, prompts: Any, *, batch_size: int = 16, cache: bool | str | Path = False,
                  progress: bool = False, pack: bool | int = False, compile: bool = False) -> torch.Tensor:
-        """(n, D) features at the guard layer (blocks ``1..layer`` run, then the pass stops)."""
+        """(n, D) features at the guard layer (blocks ``1..layer`` run, then the pass stops).
+
+        Only for the state pools; a token-pool guard reads every token (:func:`token_states`).
+        """
+        if self.pool in TOKEN_POOLS:
+            raise InputError(f"This guard pools a per-token probe (pool={self.pool!r}): it has no one feature vector "
+                             "per prompt. Use score(), or token_states() for the token states.")
         return layer_features(self.model, prompts, [self.layer], pool=self.pool, batch_size=batch_size,
                               chat=self.chat, system_prompt=self.system_prompt, cache=cache,
                               progress=progress, pack=pack, compile=compile)[:, 0]
@@ -401,14 +630,23 @@ class Guard:
         Args:
             prompts: strings or a :class:`PromptSet` (labels and families travel along).
             batch_size: prompts per forward pass (with ``pack``: packed rows per forward pass).
-            cache: ``False`` (default) runs every prompt; ``True`` or a path caches the features.
+            cache: ``False`` (default) runs every prompt; ``True`` or a path caches the features
+                (state pools only).
             progress: show a progress bar.
-            pack, compile: as in :func:`ihs_sight.extract`.
+            pack, compile: as in :func:`ihs_sight.extract` (state pools only).
         """
         t0 = time.perf_counter()
-        x = self.features(prompts, batch_size=batch_size, cache=cache, progress=progress, pack=pack,
-                          compile=compile)
-        p = _p_malicious(self.probe, x[:, None])
+        if self.pool in TOKEN_POOLS:
+            if pack or compile:
+                raise InputError(f"pack and compile apply to the state pools; this guard reads every token "
+                                 f"(pool={self.pool!r}). Drop them.")
+            tokens = token_states(self.model, prompts, [self.layer], batch_size=batch_size, chat=self.chat,
+                                  system_prompt=self.system_prompt, progress=progress)
+            p = self._p(Readings(self.pool, tokens=tokens))
+        else:
+            x = self.features(prompts, batch_size=batch_size, cache=cache, progress=progress, pack=pack,
+                              compile=compile)
+            p = self._p(Readings(self.pool, x=x[:, None]))
         texts = list(prompts.texts) if isinstance(prompts, PromptSet) else list(prompts)
         return GuardScores(
             prompts=texts, p_malicious=[float(v) for v in p], flagged=[bool(v > self.threshold) for v in p],
@@ -485,6 +723,7 @@ class Guard:
             "model_name": self.model.name, "weights_hash": self.model.weights_hash,
             "template": template_fingerprint(self.model.tokenizer, chat=self.chat, system_prompt=self.system_prompt),
             "prefix_tokens": template_prefix(self.model, chat=self.chat, system_prompt=self.system_prompt),
+            "features": _features_record(self.model, self.pool, chat=self.chat, system_prompt=self.system_prompt),
             "report": self.report.model_dump(),
         }
 
@@ -498,8 +737,9 @@ class Guard:
         return io.replace_dir(root, build)
 
     @classmethod
-    def load(cls, path: str | Path, model: Model) -> Guard:
-        """Read a bundle written by :meth:`save`; refuses unknown formats and other models' bundles."""
+    def load(cls, path: str | Path, model: Model, *, pool: Pool | None = None) -> Guard:
+        """Read a bundle written by :meth:`save`; refuses unknown formats, other models' bundles, and a
+        feature record that does not match the model (or ``pool``, when given: the reading the caller expects)."""
         root = Path(path)
         meta_path = root / "guard.json"
         if not meta_path.is_file():
@@ -508,16 +748,19 @@ class Guard:
         if not isinstance(payload, dict) or payload.get("format") != GUARD_FORMAT:
             raise InputError(f"{meta_path} is not an ihs-sight guard bundle.")
         version = payload.get("version")
-        if version not in (1, GUARD_FORMAT_VERSION):
+        if pool is not None:
+            pool = checks.one_of("pool", pool, POOLS)
+        if version not in (1, 2, GUARD_FORMAT_VERSION):
             raise InputError(f"{meta_path} has guard format version {version!r}; this ihs-sight reads versions 1 "
-                             f"and {GUARD_FORMAT_VERSION}.")
+                             f"to {GUARD_FORMAT_VERSION}.")
         if payload.get("weights_hash") != model.weights_hash:
             raise ModelMismatchError(
                 f"The guard in {root} was fitted on {payload.get('model_name')!r} (weights {payload.get('weights_hash')}); "
                 f"{model.name!r} has weights {model.weights_hash}. Fit a guard on this model.")
         try:
             chat, system_prompt = bool(payload["chat"]), payload["system_prompt"]
-            layer, threshold, pool = int(payload["layer"]), float(payload["threshold"]), payload["pool"]
+            layer, threshold, saved_pool = int(payload["layer"]), float(payload["threshold"]), payload["pool"]
+            record = payload["features"] if version == GUARD_FORMAT_VERSION else {"pool": saved_pool}
             report = GuardFitReport.model_validate(payload["report"])
             probe_sha = str(payload["probe_sha256"]) if version != 1 else None
         except (KeyError, TypeError, ValueError) as e:
@@ -529,8 +772,20 @@ class Guard:
         elif not (root / "probe.safetensors").is_file() or _sha256(root / "probe.safetensors") != probe_sha:
             raise InputError(f"The probe in {root} is not the one guard.json was written with (sha256 differs); "
                              "the bundle is damaged or was edited. Fit and save the guard again.")
-        if pool not in POOLS or not 1 <= layer <= model.n_layers:
-            raise InputError(f"{meta_path} is malformed (pool {pool!r}, layer {layer}).")
+        legacy = ("last", "mean")  # the pools versions 1 and 2 knew
+        if saved_pool not in (POOLS if version == GUARD_FORMAT_VERSION else legacy) or not 1 <= layer <= model.n_layers:
+            raise InputError(f"{meta_path} is malformed (pool {saved_pool!r}, layer {layer}).")
+        if not isinstance(record, dict) or record.get("pool") != saved_pool or report.pool != saved_pool:
+            raise InputError(f"{meta_path} is malformed: its feature record {record!r} does not match its pool "
+                             f"{saved_pool!r} (report: {report.pool!r}).")
+        if pool is not None and pool != saved_pool:
+            raise InputError(f"The guard in {root} reads its layer with pool={saved_pool!r}, not {pool!r}; load it "
+                             f"without pool= or fit a guard with pool={pool!r}.")
+        if version == GUARD_FORMAT_VERSION and record != _features_record(model, saved_pool, chat=chat,
+                                                                          system_prompt=system_prompt):
+            raise ModelMismatchError(
+                f"The guard in {root} was fitted with features {record!r}; with {model.name!r} this ihs-sight reads "
+                f"{_features_record(model, saved_pool, chat=chat, system_prompt=system_prompt)!r}. Fit the guard again.")
         template = template_fingerprint(model.tokenizer, chat=chat, system_prompt=system_prompt)
         if payload.get("template") != template or payload.get("prefix_tokens") != (
             template_prefix(model, chat=chat, system_prompt=system_prompt)
@@ -541,7 +796,7 @@ class Guard:
         if probe_.n_features_in_ != model.d_model:
             raise InputError(f"The probe in {root} expects {probe_.n_features_in_} features; the model has "
                              f"{model.d_model}.")
-        return cls(model, probe_, layer=layer, threshold=threshold, pool=pool, chat=chat,
+        return cls(model, probe_, layer=layer, threshold=threshold, pool=saved_pool, chat=chat,
                    system_prompt=system_prompt, report=report)
 
 
@@ -549,7 +804,13 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _p_malicious(fitted: LayerProbe, x: torch.Tensor) -> np.ndarray[Any, Any]:
-    """P(malicious) of features (n, 1, D) from a one-layer probe."""
-    proba = fitted.predict_proba(x)
-    return np.asarray(proba[:, 0, list(fitted.classes_).index("malicious")], dtype=np.float64)
+def _features_record(model: Model, pool: Pool, *, chat: bool, system_prompt: str | None) -> dict[str, Any]:
+    """What a guard's reading depends on besides the layer: the pool, the tokens it averages or picks."""
+    record: dict[str, Any] = {"pool": pool}
+    if pool == "topk":
+        record["top_k"] = TOP_K
+    if pool == "user_last":
+        record["suffix_tokens"] = template_suffix(model, chat=chat, system_prompt=system_prompt)
+    if pool in TOKEN_POOLS:
+        record["fit_tokens"] = FIT_TOKENS
+    return record

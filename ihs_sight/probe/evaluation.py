@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 DEFAULT_LABEL_MAP = {"jailbreak": "malicious"}
 """Applied to evaluation labels the probe was not trained on: a jailbreak is a malicious request."""
 
-Evaluation = Literal["holdout", "cv", "category", "transfer"]
+Evaluation = Literal["holdout", "cv", "category", "family", "transfer"]
 Folds = list[tuple[IntArray, IntArray]]
 """(train rows, scored rows) of each fit."""
 
@@ -213,7 +213,7 @@ def _check_args(*, preset: Any, engine: Any, threshold: Any, random_state: Any, 
     check_positive(positive)
     if cv is not None and test is not None:
         raise InputError("Pass either cv= or test=, not both: test= already fixes what is held out.")
-    if cv is not None and cv != "category":
+    if cv is not None and cv not in ("category", "family"):
         checks.number("cv", cv, low=2, integer=True)
     if cv is None and test is None:
         checks.fraction("test_size", test_size)
@@ -247,10 +247,11 @@ def _check_group_by(group_by: Sequence[str] | None) -> tuple[GroupField, ...]:
 
 
 def _default_group_by(group_by: Sequence[str] | None, cv: Any, test: Any) -> Sequence[str] | None:
-    """``group_by`` as given, or by default label and family for ``test``, category for ``cv="category"``."""
+    """``group_by`` as given, or by default label and family for ``test`` and ``cv="family"``, category for
+    ``cv="category"``."""
     if group_by is not None:
         return group_by
-    if test is not None:
+    if test is not None or cv == "family":
         return ("label", "family")
     return ("category",) if cv == "category" else None
 
@@ -298,6 +299,16 @@ def _eval_set(states: Any, labels: Any, classes: list[str], mapping: Mapping[str
     return EvalSet.of(x, encode(mapped, classes), raw, hs), hs
 
 
+def _family_labels(states: Any, labels: Any) -> Any:
+    """Labels for ``cv="family"``: ``jailbreak`` read as ``malicious`` (a malicious request in a wrapper) when
+    ``malicious`` is among them, so a wrapper carries no class of its own."""
+    x, hs = as_features(states, "states")
+    raw = as_labels(labels, hs, x.shape[0], "states")
+    if "malicious" not in raw:
+        return labels
+    return [DEFAULT_LABEL_MAP.get(v, v) for v in raw]
+
+
 def _index_of(classes: list[str], name: str | None) -> int | None:
     return classes.index(name) if name is not None else None
 
@@ -317,7 +328,7 @@ class _Plan:
     test_meta: ExtractMeta | None = None
 
 
-def _plan(train: TrainingSet, *, cv: int | Literal["category"] | None, test: Any, test_labels: Any,
+def _plan(train: TrainingSet, *, cv: int | Literal["category", "family"] | None, test: Any, test_labels: Any,
           label_map: Mapping[str, str] | None, groups: tuple[GroupField, ...], test_size: float,
           random_state: int, seed: bool) -> _Plan:
     if test is not None:
@@ -329,6 +340,8 @@ def _plan(train: TrainingSet, *, cv: int | Literal["category"] | None, test: Any
     ev = EvalSet.of(train.x, train.codes, train.labels, train.hs)
     if cv == "category":
         return _Plan("category", ev, _category_folds(ev, train.classes), groups, {})
+    if cv == "family":
+        return _Plan("family", ev, _family_folds(ev, train.classes), groups, {})
     if cv is not None:
         return _Plan("cv", ev, _cv_folds(train, int(cv), random_state), groups, {})
     return _Plan("holdout", ev, [_holdout(train, test_size, random_state, seed=seed)], groups, {})
@@ -387,6 +400,25 @@ def _category_folds(ev: EvalSet, classes: list[str]) -> list[tuple[IntArray, Int
     return folds
 
 
+def _family_folds(ev: EvalSet, classes: list[str]) -> list[tuple[IntArray, IntArray]]:
+    """Each wrapper family's prompts held out in turn; the direct prompts (no family) are always fitted."""
+    fams = ev.families
+    names = np.array(["" if fams is None or fams[i] is None else str(fams[i]) for i in range(len(ev.codes))])
+    wrapped = [f for f in dict.fromkeys(names.tolist()) if f]
+    if len(wrapped) < 2:
+        raise InputError(f"cv='family' needs a HiddenStates with wrapped prompts of at least two families; found "
+                         f"{wrapped or 'none'}. Extract load_prompts(wrapped_train=True).train.")
+    folds = []
+    for f in wrapped:
+        tr, te = np.flatnonzero(names != f), np.flatnonzero(names == f)
+        missing_classes = sorted(set(range(len(classes))) - set(ev.codes[tr].tolist()))
+        if missing_classes:
+            raise InputError(f"Leaving out family {f!r} removes every {classes[missing_classes[0]]!r} prompt from "
+                             "training.")
+        folds.append((tr, te))
+    return folds
+
+
 # ---------------------------------------------------------------------------- fitting and scoring
 
 
@@ -401,7 +433,7 @@ def _fit_and_score(templates: list[LayerProbe], train: TrainingSet, plan: _Plan,
 def _fit_folds(template: LayerProbe, train: TrainingSet, plan: _Plan, pos: int | None, bar: Any) -> Outcome:
     """One classifier over every fold; ``category`` metrics are pooled over the held-out predictions."""
     ev, k = plan.ev, len(train.classes)
-    pooled = plan.evaluation == "category"
+    pooled = plan.evaluation in ("category", "family")
     pred_all = np.full((len(ev.codes), len(train.layers)), -1, dtype=np.int64)
     score_all = np.zeros((len(ev.codes), len(train.layers), k))
     o = Outcome(name=name_of(template.classifier), pred=pred_all)
@@ -429,7 +461,7 @@ def _baselines(train: TrainingSet, plan: _Plan, random_state: int) -> BaselineSc
     return surface_baselines(list(train.hs.prompts), train.codes, plan.folds,
                              scored_texts=None if scored is None else scored.texts,
                              scored_codes=None if scored is None else scored.codes,
-                             pooled=plan.evaluation == "category", random_state=random_state)
+                             pooled=plan.evaluation in ("category", "family"), random_state=random_state)
 
 
 def _report(outcomes: list[Outcome], ev: EvalSet, rows: IntArray, *, classes: list[str], layers: list[int],
@@ -460,7 +492,7 @@ def probe(
     classifiers: Sequence[Any] = CLASSIFIERS,
     layers: Sequence[int] | None = None,
     test_size: float = 0.3,
-    cv: int | Literal["category"] | None = None,
+    cv: int | Literal["category", "family"] | None = None,
     random_state: int = 0,
     preset: Preset | None = None,
     engine: Engine = "torch",
@@ -482,7 +514,10 @@ def probe(
         test_size: held-out share of a stratified split (``holdout``, the default evaluation).
         cv: ``k`` for stratified k-fold cross-validation (metrics are fold means, with stds),
             or ``"category"`` to leave each prompt category out in turn (needs a HiddenStates
-            with categories): every prompt is scored by a probe that never saw its category.
+            with categories): every prompt is scored by a probe that never saw its category; or
+            ``"family"`` to leave each wrapper family out in turn: a family's wrapped prompts are
+            scored by probes fitted on every other prompt (direct prompts are always fitted, never
+            scored), and a ``jailbreak`` label counts as ``malicious`` when that class is present.
         random_state: seeds the split, the folds and the probes.
         preset: ``"seed"`` reproduces the seed code exactly: sklearn ``SVC(kernel="linear")``
             on raw features and ``StandardScaler`` + ``MLPClassifier((100,), max_iter=300,
@@ -513,6 +548,7 @@ def probe(
         >>> report.first_layer, report.best_layer
         >>> report = probe(states, cv=5)                  # means and stds over 5 folds
         >>> report = probe(states, cv="category")         # leave-one-category-out
+        >>> report = probe(wrapped_train_states, cv="family")   # leave-one-wrapper-family-out
         >>> report = probe(train_states, test=test_states).transfer(jailbreak_states)
         >>> report.plot().savefig("probe.png")
     """
@@ -521,6 +557,8 @@ def probe(
                 test_size=test_size, positive=positive)
     items = _check_classifiers(classifiers, preset)
     groups = _check_group_by(_default_group_by(group_by, cv, test))
+    if cv == "family":
+        labels = _family_labels(states, labels)
     train = training_set(states, labels, positive=positive, layers=layers, what="states")
     plan = _plan(train, cv=cv, test=test, test_labels=test_labels, label_map=label_map, groups=groups,
                  test_size=test_size, random_state=random_state, seed=preset == "seed")
@@ -534,7 +572,7 @@ def probe(
         outcomes, plan.ev, scored, classes=train.classes, layers=train.layers, positive=pos_name, groups=plan.groups,
         threshold=threshold, evaluation=plan.evaluation, n_layers=train.x.shape[1] - 1,
         n_train=round(float(np.mean([len(tr) for tr, _ in plan.folds]))), n_test=len(scored),
-        folds=len(plan.folds) if plan.evaluation in ("cv", "category") else None,
+        folds=len(plan.folds) if plan.evaluation in ("cv", "category", "family") else None,
         test_size=test_size if plan.evaluation == "holdout" else None,
         random_state=SEED_RANDOM_STATE if preset == "seed" else random_state,
         engine="sklearn" if preset == "seed" else engine, preset=preset, label_map=plan.label_map,

@@ -73,15 +73,28 @@ class Batch:
         """
         return self.tail_weights([max(1, n - start) for n in self.lengths])
 
+    def position_weights(self, back: int) -> torch.Tensor:
+        """Weights that pick each prompt's token ``back`` positions before its last (its first, if shorter).
+
+        ``(B, T)`` or ``(B, R * W)`` like :meth:`mean_weights`, a single 1 per prompt.
+        """
+        ends = self._ends()
+        w = torch.zeros(len(self), self._width())
+        for i, (end, n) in enumerate(zip(ends, self.lengths)):
+            w[i, end - min(back, n - 1)] = 1.0
+        return w
+
+    def _width(self) -> int:
+        return int(self.inputs["input_ids"].shape[1] if self.last is None else self.inputs["input_ids"].numel())
+
+    def _ends(self) -> list[int]:
+        """Each prompt's last token: the last column (left-padded) or its flattened packed index."""
+        return [self._width() - 1] * len(self) if self.last is None else [int(v) for v in self.last]
+
     def tail_weights(self, counts: Sequence[int]) -> torch.Tensor:
         """Weights that average each prompt's states over its last ``counts[j]`` tokens (``(B, T)`` or ``(B, R * W)``)."""
-        if self.last is None:
-            width = int(self.inputs["input_ids"].shape[1])
-            ends = [width - 1] * len(self)
-        else:
-            width = int(self.inputs["input_ids"].numel())
-            ends = [int(v) for v in self.last]
-        w = torch.zeros(len(self), width)
+        ends = self._ends()
+        w = torch.zeros(len(self), self._width())
         for i, (end, n, count) in enumerate(zip(ends, self.lengths, counts)):
             first = end + 1 - min(max(count, 1), n)
             w[i, first:end + 1] = 1.0 / (end + 1 - first)

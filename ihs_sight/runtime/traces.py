@@ -270,6 +270,36 @@ def _layer_features(
     return {"features": torch.stack(list(saved), 1)[:, [taken.index(x) for x in layers]]}
 
 
+def token_states(model: Model, batch: dict[str, torch.Tensor], layers: Sequence[int]) -> dict[str, torch.Tensor]:
+    """``states`` (B, T, len(layers), D) float32: every position of a left-padded batch; the pass stops after ``max(layers)``."""
+    n, width = int(batch["input_ids"].shape[0]), int(batch["input_ids"].shape[1])
+    return run(model, functools.partial(_token_states, model, batch, layers), n_prompts=n,
+               expect={"states": Expected((n, width, len(layers), model.d_model), "float")})
+
+
+def _token_states(model: Model, batch: dict[str, torch.Tensor], layers: Sequence[int]) -> dict[str, torch.Tensor]:
+    import nnsight
+
+    blocks = model.blocks()
+    index = model.arch.output_index
+    wanted, deepest = set(layers), max(layers)
+    with model.nn.trace(batch, remote=model.remote, **forward_kwargs(model)) as tracer:
+        saved = nnsight.save([])
+        for layer in range(deepest + 1):
+            if layer not in wanted:
+                continue
+            if layer == 0:
+                hidden = blocks[0].input
+            else:
+                out = blocks[layer - 1].output
+                hidden = out if index is None else out[index]
+            saved.append(hidden.detach().float().cpu().clone())
+        if deepest < len(blocks):
+            tracer.stop()
+    taken = sorted(wanted)
+    return {"states": torch.stack(list(saved), 2)[:, :, [taken.index(x) for x in layers]]}
+
+
 # ---------------------------------------------------------------------------- graft: next token and generation
 
 
