@@ -15,6 +15,8 @@ from .options import (
     DebugOpt,
     DeviceOpt,
     DtypeOpt,
+    Folds,
+    FoldsOpt,
     HostOpt,
     JsonOpt,
     ModelOpt,
@@ -61,6 +63,11 @@ def fit_cmd(
     classifier: ClassifierOpt = Classifier("logreg"),
     cv: Annotated[int, typer.Option(min=2, help="Folds of the layer search.")] = 5,
     cv_repeats: Annotated[int, typer.Option(min=1, help="Times the folds are redrawn (accuracies averaged, calibration pooled).")] = 3,
+    folds: FoldsOpt = Folds("stratified"),
+    wrapped_train: Annotated[bool, typer.Option(
+        "--wrapped-train/--no-wrapped-train",
+        help="Also fit on the bundled wrapped train set (train requests in 7 wrapper families, both labels; "
+             "bundled data only).")] = False,
     evaluate: Annotated[bool, typer.Option("--evaluate/--no-evaluate",
                                            help="Score the bundled test split and jailbreaks (bundled data only).")] = True,
     device: DeviceOpt = None,
@@ -75,14 +82,22 @@ def fit_cmd(
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
+    import ihs_sight as ihs
+    from ihs_sight.errors import InputError
     from ihs_sight.guard import Guard
 
     chosen = _layer(layer)
     data = load_data(prompts)
-    train = (data.train.normal + data.train.malicious) if prompts is None else data
+    if wrapped_train and prompts is not None:
+        raise InputError("--wrapped-train adds the bundled wrapped train set; with --prompts, put wrapped prompts "
+                         "(with a family) in your file instead.")
+    if prompts is None:
+        train = ihs.load_prompts(wrapped_train=True).train if wrapped_train else data.train.normal + data.train.malicious
+    else:
+        train = data
     m = load(model, device, dtype, remote, host, trust_host)
     guard = Guard.fit(m, train, layer=chosen, target_accuracy=target_accuracy, target_fpr=target_fpr,
-                      pool=pool.value, classifier=classifier.value, cv=cv, cv_repeats=cv_repeats,
+                      pool=pool.value, classifier=classifier.value, cv=cv, cv_repeats=cv_repeats, folds=folds.value,
                       random_state=seed, batch_size=batch_size, progress=not quiet)
     bundle = guard.save(out / "guard")
     r = guard.report
@@ -98,6 +113,10 @@ def fit_cmd(
                  "standard error of the best)")),
              (f"- threshold {r.threshold:.4f} calibrated out of fold on {r.n_prompts} prompts: FPR "
               f"{r.calibration_fpr:.3f}, TPR {r.calibration_tpr:.3f}" + ("" if r.C is None else f"; C = {r.C:g}"))]
+    wrapped_rows = [row for row in r.cv_by_family or [] if not row.group.endswith("/direct")]
+    if wrapped_rows:
+        lines += ["", f"## Out of fold per wrapper family ({r.folds} folds)", ""]
+        lines += [f"- {row.group}: flagged {row.rate:.3f} (n={row.n})" for row in wrapped_rows]
     payload: dict[str, Any] = {"command": "guard fit", "layer": r.layer, "threshold": r.threshold,
                                "target_met": r.target_met, "bundle": str(bundle)}
     if evaluate and prompts is None:

@@ -50,7 +50,17 @@ class Pool(str, Enum):
     """``guard fit --pool`` (the library's ``guard.POOLS``)."""
 
     last = "last"
+    user_last = "user_last"
     mean = "mean"
+    max = "max"
+    topk = "topk"
+
+
+class Folds(str, Enum):
+    """``guard fit --folds`` (the library's ``guard.FOLDS``)."""
+
+    stratified = "stratified"
+    family = "family"
 
 
 class Classifier(str, Enum):
@@ -139,8 +149,12 @@ SeedOpt = Annotated[int, typer.Option(rich_help_panel=RUN, help="Random seed for
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", rich_help_panel=RUN,
                                           help="Neither read nor write the states cache.")]
 ModeOpt = Annotated[Mode, typer.Option(rich_help_panel=RUN, help="How the source state is grafted.")]
-PoolOpt = Annotated[Pool, typer.Option(rich_help_panel=RUN,
-                                       help="'mean' over the prompt's tokens or the 'last' token.")]
+PoolOpt = Annotated[Pool, typer.Option(rich_help_panel=RUN, help=(
+    "How the layer is read: 'mean' over the prompt's tokens, the 'last' token, the last token of the user's "
+    "message ('user_last'), or a per-token probe pooled by 'max' / 'topk'."))]
+FoldsOpt = Annotated[Folds, typer.Option(rich_help_panel=RUN, help=(
+    "'stratified' k-fold, or 'family': each wrapper family one fold (layer and threshold chosen on wrappers the "
+    "probe never saw)."))]
 ClassifierOpt = Annotated[Classifier, typer.Option(rich_help_panel=RUN, help="The probe at the guard layer.")]
 ClassifiersOpt = Annotated[list[Classifier] | None, typer.Option(
     parser=_comma_list(_classifier, "classifier names"), callback=_flatten, rich_help_panel=RUN, show_default=False,

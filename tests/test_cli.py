@@ -162,17 +162,20 @@ def test_cli_guard_fit_then_score(tmp_path: Path, cli_env: dict[str, str], model
                                   data: ihs.PromptSet) -> None:
     from ihs_sight.guard import Guard, GuardFitReport, GuardScores
 
-    train = data.train.normal.sample(24, random_state=2) + data.train.malicious.sample(24, random_state=2)
+    wrapped = ihs.load_prompts(wrapped_train=True).train
+    train = data.train.normal.sample(24, random_state=2) + data.train.malicious.sample(24, random_state=2) + \
+        ihs.PromptSet(items=[p for f in ("roleplay", "authority") for p in wrapped if p.family == f][::10])
     prompts = tmp_path / "train.jsonl"
     train.to_jsonl(prompts)
     out = tmp_path / "fit"
     result = run(["guard", "fit", "--prompts", str(prompts), "--cv", "2", "--cv-repeats", "2", "--layer", "6", "--out", str(out),
-                  "--quiet", "--json"], cli_env)
+                  "--pool", "user_last", "--folds", "family", "--quiet", "--json"], cli_env)
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     report = GuardFitReport.model_validate_json((out / "fit_report.json").read_text())
     assert payload["layer"] == report.layer == 6 and (out / "layers.png").exists()
-    assert (report.cv, report.cv_repeats) == (2, 2)
+    assert (report.cv, report.cv_repeats, report.folds, report.pool) == (2, 2, "family", "user_last")
+    assert "jailbreak/roleplay: flagged" in (out / "summary.md").read_text()
     guard = Guard.load(out / "guard", model)
     assert guard.threshold == report.threshold
 
@@ -200,6 +203,8 @@ def test_cli_guard_fit_then_score(tmp_path: Path, cli_env: dict[str, str], model
         (["guard", "score", "hello", "--guard", "/nonexistent/guard"], 2, "no guard.json"),
         (["guard", "fit", "--layer", "early"], 2, "--layer"),
         (["guard", "score"], 2, "exactly one of the two"),
+        (["guard", "fit", "--wrapped-train", "--prompts", str(Path(ihs.__file__).parent / "data" / "normal.jsonl")], 2,
+         "--wrapped-train adds"),
     ],
 )
 def test_cli_errors_have_documented_exit_codes(args: list[str], code: int, message: str, cli_env: dict[str, str]) -> None:
@@ -270,15 +275,16 @@ def test_cli_band_parses_lo_hi() -> None:
 
 
 def test_cli_choices_equal_the_library_tuples() -> None:
-    from ihs_sight_cli.options import Classifier, Pool, SteerMode
+    from ihs_sight_cli.options import Classifier, Folds, Pool, SteerMode
 
     from ihs_sight.graft import MODES
-    from ihs_sight.guard import POOLS
+    from ihs_sight.guard import FOLDS, POOLS
     from ihs_sight.probe import CLASSIFIERS
     from ihs_sight.steer import MODES as STEER_MODES
 
     assert [m.value for m in Mode] == list(MODES)
     assert [p.value for p in Pool] == list(POOLS)
+    assert [f.value for f in Folds] == list(FOLDS)
     assert [c.value for c in Classifier] == list(CLASSIFIERS)
     assert [m.value for m in SteerMode] == list(STEER_MODES)
     assert _parsed(["--mode", "add"])["mode"] == "add"
@@ -292,7 +298,8 @@ def test_cli_choices_equal_the_library_tuples() -> None:
         (["lens", "--band", "10"], "--band"),
         (["lens", "--band", "10-20-30"], "--band"),
         (["probe", "--classifiers", "svm,forest"], "--classifiers"),
-        (["guard", "fit", "--pool", "max"], "--pool"),
+        (["guard", "fit", "--pool", "median"], "--pool"),
+        (["guard", "fit", "--folds", "category"], "--folds"),
     ],
 )
 def test_cli_bad_option_values_exit_2_with_one_line(args: list[str], option: str) -> None:

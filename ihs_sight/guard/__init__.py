@@ -1,13 +1,15 @@
 """The early-exit safety guard: features read up to one layer, the layer and threshold chosen out of fold.
 
-:mod:`.features` (one layer's states, the pass stopped there), :mod:`.selection` (folds, layer
-rule, calibration), :mod:`.detector` (:class:`Guard` and its results).
+:mod:`.features` (one layer's states or every token's, the pass stopped there), :mod:`.selection`
+(readings, folds incl. leave-one-family-out, layer rule, calibration), :mod:`.detector`
+(:class:`Guard` and its results).
 """
 
 from __future__ import annotations
 
 from .detector import (
     CLASSIFIERS,
+    FOLDS,
     GUARD_FORMAT,
     GUARD_FORMAT_VERSION,
     Guard,
@@ -15,31 +17,53 @@ from .detector import (
     GuardFitReport,
     GuardScores,
     JailbreakSignal,
+    LeftOutEvaluation,
+    LeftOutFit,
     ModelMismatchError,
     RateRow,
     check_guard_layer,
     flag_rates,
 )
-from .features import POOLS, Pool, layer_features, template_prefix
+from .features import (
+    POOLS,
+    STATE_POOLS,
+    TOKEN_POOLS,
+    Pool,
+    TokenStates,
+    layer_features,
+    pool_scores,
+    template_prefix,
+    template_suffix,
+    token_states,
+)
 from .selection import pick_layer, threshold_at_fpr
 
 __all__ = [
     "CLASSIFIERS",
+    "FOLDS",
     "GUARD_FORMAT",
     "GUARD_FORMAT_VERSION",
     "POOLS",
+    "STATE_POOLS",
+    "TOKEN_POOLS",
     "Guard",
     "GuardEvaluation",
     "GuardFitReport",
     "GuardScores",
     "JailbreakSignal",
+    "LeftOutEvaluation",
+    "LeftOutFit",
     "ModelMismatchError",
     "Pool",
     "RateRow",
+    "TokenStates",
     "check_guard_layer",
     "flag_rates",
     "layer_features",
     "pick_layer",
+    "pool_scores",
     "template_prefix",
+    "template_suffix",
     "threshold_at_fpr",
+    "token_states",
 ]
