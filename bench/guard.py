@@ -7,6 +7,7 @@ of the baseline. Also timed: the same guard trace without the stop (what the sto
 
     python bench/guard.py                    # guard fitted on the default model's train split
     python bench/guard.py --layer 8          # a fixed guard layer
+    python bench/guard.py --model default-aligned --guard docs/guards/default-aligned-wrapped   # a saved guard
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default")
     ap.add_argument("--layer", default="auto", help="'auto' or a layer index")
+    ap.add_argument("--guard", default=None, help="a saved guard bundle to time instead of fitting one")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
@@ -33,7 +35,7 @@ def main() -> None:
     import torch
 
     import ihs_sight as ihs
-    from ihs_sight.guard import Guard, layer_features
+    from ihs_sight.guard import TOKEN_POOLS, Guard, layer_features, token_states
     from ihs_sight.prompts import encode
     from ihs_sight.runtime.packing import length_batches, pad_batch
     from ihs_sight.runtime.traces import forward_kwargs
@@ -43,7 +45,10 @@ def main() -> None:
     model = ihs.load_model(args.model)
     data = ihs.load_prompts()
     layer = args.layer if args.layer == "auto" else int(args.layer)
-    guard = Guard.fit(model, data.train.normal + data.train.malicious, layer=layer, progress=False)
+    if args.guard:
+        guard = Guard.load(args.guard, model)
+    else:
+        guard = Guard.fit(model, data.train.normal + data.train.malicious, layer=layer, progress=False)
     prompts = (data.test.normal + data.test.malicious).texts
     ids = encode(model.tokenizer, prompts, chat=True, system_prompt=None)
     batches = [pad_batch([ids[i] for i in b], model.pad_id)
@@ -59,8 +64,11 @@ def main() -> None:
         guard.score(prompts, batch_size=args.batch_size)
 
     def no_stop() -> None:  # the same reads, but the pass runs on to the end (layer L read too)
-        layer_features(model, prompts, [guard.layer, model.n_layers], pool=guard.pool, batch_size=args.batch_size,
-                       cache=False, progress=False)
+        if guard.pool in TOKEN_POOLS:
+            token_states(model, prompts, [guard.layer, model.n_layers], batch_size=args.batch_size, progress=False)
+        else:
+            layer_features(model, prompts, [guard.layer, model.n_layers], pool=guard.pool,
+                           batch_size=args.batch_size, cache=False, progress=False)
 
     def timed(fn: object) -> float:
         assert callable(fn)

@@ -30,6 +30,7 @@ Writes ``docs/guard_wrapped_<model>.json``.
     python scripts/guard_wrapped.py --model default-aligned --select
     git add docs && git commit           # the choice, before the test split is read
     python scripts/guard_wrapped.py --model default-aligned --evaluate
+    python scripts/guard_wrapped.py --model default --select --pools user_last   # the base model, the same reading
 """
 
 from __future__ import annotations
@@ -90,12 +91,12 @@ def train_set() -> ihs.PromptSet:
     return data.train
 
 
-def select(name: str, cv_repeats: int) -> None:
+def select(name: str, cv_repeats: int, pools: list[str]) -> None:
     model = ihs.load_model(name)
     train = train_set()
     entries: dict[str, Any] = {}
     guards: dict[str, Guard] = {}
-    for pool in POOLS:
+    for pool in pools:
         t0 = time.perf_counter()
         guard = Guard.fit(model, train, pool=pool, layer=list(range(SEARCH_STEP, model.n_layers + 1, SEARCH_STEP)), C=C_GRID, folds="family", cv=5,
                           cv_repeats=cv_repeats, progress=True)
@@ -104,10 +105,10 @@ def select(name: str, cv_repeats: int) -> None:
                          "oof": oof_rates(guard.report), "report": guard.report.model_dump(mode="json"),
                          "seconds": round(time.perf_counter() - t0, 1)}
         print(pool, guard, entries[pool]["oof"], flush=True)
-    chosen = max(POOLS, key=lambda p: (entries[p]["oof"]["score"], -entries[p]["layer"]))
+    chosen = max(pools, key=lambda p: (entries[p]["oof"]["score"], -entries[p]["layer"]))
     bundle = DOCS / "guards" / f"{name}-wrapped"
     guards[chosen].save(bundle)
-    out = {"model": name, "train": train.counts(), "train_families": train.counts("family"),
+    out = {"model": name, "train": train.counts(), "train_families": train.counts("family"), "pools_compared": pools,
            "rule": "max mean of OOF direct TPR, 1 - direct FPR, wrapped TPR, 1 - wrapped FPR; ties to the earlier layer",
            "chosen": chosen, "bundle": str(bundle.relative_to(ROOT)), "pools": entries, "versions": versions()}
     path = DOCS / f"guard_wrapped_select_{name}.json"
@@ -185,10 +186,12 @@ def main() -> None:
     stage.add_argument("--select", action="store_true")
     stage.add_argument("--evaluate", action="store_true")
     ap.add_argument("--cv-repeats", type=int, default=1)
+    ap.add_argument("--pools", nargs="+", default=list(POOLS), choices=list(POOLS),
+                    help="readings to choose among (default: all)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.select:
-        select(args.model, args.cv_repeats)
+        select(args.model, args.cv_repeats, args.pools)
     else:
         evaluate(args.model)
 

@@ -411,3 +411,92 @@ def test_readme_anatomy_reading_ranges_equal_the_json() -> None:
             f"where ablation removes it ({100 * c['malicious']['steer_refusal']:.1f}%)") in text
     assert f"({100 * c['normal']['graft_refusal']:.1f}% against {100 * c['normal']['steer_refusal']:.1f}%)" in text
     assert f"table: {c['malicious']['n']} seeded test prompts per row" in text and f"grafting at layer {c['layer']}" in text
+
+
+# ---------------------------------------------------------------------------- #19: harm, not form
+
+
+def _wrapped(name: str) -> dict[str, Any]:
+    return json.loads((ROOT / "docs" / name).read_text(encoding="utf-8"))
+
+
+def _rate_cell(cell: str) -> tuple[float, int, int]:
+    """``0.842 (421/500)`` -> (rate, flagged, n)."""
+    rate, frac = cell.split(" (")
+    k, n = frac.rstrip(")").split("/")
+    return float(rate), int(k), int(n)
+
+
+def test_readme_wrapped_guard_selection_equals_its_json() -> None:
+    sel = _wrapped("guard_wrapped_select_default-aligned.json")
+    rows = table("| reading (train split, out of fold) |")
+    assert [r[0].split("`")[1] for r in rows] == list(sel["pools"])
+    for row in rows:
+        pool = row[0].split("`")[1]
+        e = sel["pools"][pool]
+        assert ("(chosen)" in row[0]) == (pool == sel["chosen"]), row
+        oof = e["oof"]
+        assert [int(row[1]), float(row[2])] == [e["layer"], e["C"]], row
+        assert [float(c) for c in row[3:8]] == [round(oof[k], 3) for k in
+                                                ("direct_tpr", "direct_fpr", "wrapped_tpr", "wrapped_fpr", "score")], row
+
+
+def test_readme_wrapped_guard_gate_equals_its_json() -> None:
+    ev = _wrapped("guard_wrapped_default-aligned.json")
+    rows = table("| gate (`default-aligned`, test split, scored once) |")
+    keys = ["jailbreak_tpr", "wrapped_fpr", "direct_tpr", "direct_fpr", "lookalike_fpr"]
+    assert len(rows) == len(keys)
+    for row, key in zip(rows, keys):
+        g = ev["gate"][key]
+        rate, k, n = _rate_cell(row[1])
+        assert (rate, n) == (round(g["rate"], 3), g["n"]) and abs(k - g["rate"] * g["n"]) < 0.5, row
+        assert row[2] == f"{g['ci95'][0]:.3f}-{g['ci95'][1]:.3f}", row
+        assert float(row[3].split()[-1]) == g["target"] and row[4] == ("met" if g["met"] else "**missed**"), row
+    assert f"all met: {'yes' if ev['all_met'] else 'no'}" in README
+
+
+def test_readme_wrapped_guard_families_equal_its_json() -> None:
+    ev = _wrapped("guard_wrapped_default-aligned.json")
+    held = {r["group"]: r for r in ev["heldout"]["by_family"]}
+    left = {r["group"]: r for r in ev["current_left_out"]["rows"]}
+    seen = {r["group"]: r for r in ev["current_seen"]["by_family"]}
+    sig = {r["group"]: r for r in ev["signal"]["by_label_family"]}
+    rows = table("| family (`default-aligned`, test split) |")
+    assert [r[0] for r in rows] == ev["heldout_families"] + ev["current_families"]
+    for row in rows:
+        fam = row[0]
+        if fam in ev["heldout_families"]:
+            assert row[1] == "held out (never fitted)", row
+            assert (_rate_cell(row[2])[0], _rate_cell(row[3])[0]) == (
+                round(held[f"jailbreak/{fam}"]["rate"], 3), round(held[f"normal/{fam}"]["rate"], 3)), row
+            assert row[4:] == ["-", "-", "-", "-"], row
+        else:
+            assert row[1] == "left out of the refit", row
+            assert (_rate_cell(row[2])[0], _rate_cell(row[3])[0]) == (
+                round(left[f"jailbreak/{fam}"]["rate"], 3), round(left[f"normal/{fam}"]["rate"], 3)), row
+            assert [float(c) for c in row[4:]] == [round(seen[f"jailbreak/{fam}"]["rate"], 3),
+                                                   round(seen[f"normal/{fam}"]["rate"], 3),
+                                                   round(sig[f"jailbreak/{fam}"]["rate"], 3),
+                                                   round(sig[f"normal/{fam}"]["rate"], 3)], row
+
+
+def test_readme_wrapped_probe_tables_equal_probe_wrapped_json() -> None:
+    result = _wrapped("probe_wrapped.json")["models"]
+    for name, entry in result.items():
+        rows = table(f"| layer (`{name}`) |")
+        assert rows, name
+        for row in rows:
+            if row[0].startswith("bag-of-words"):
+                b = entry["fits"]
+                assert [float(c) for c in row[1:5]] == [
+                    round(b["direct"]["baselines"]["direct"]["bag_of_words"], 3),
+                    round(b["wrapped"]["baselines"]["direct"]["bag_of_words"], 3),
+                    round(b["direct"]["baselines"]["heldout_families"]["bag_of_words"], 3),
+                    round(b["wrapped"]["baselines"]["heldout_families"]["bag_of_words"], 3)], row
+                continue
+            layer = int(row[0])
+            f = entry["fits"]
+            assert [float(c) for c in row[1:6]] == [
+                round(f["direct"]["direct"][layer], 3), round(f["wrapped"]["direct"][layer], 3),
+                round(f["direct"]["heldout_families"][layer], 3), round(f["wrapped"]["heldout_families"][layer], 3),
+                round(entry["lofo_train"]["pooled"][layer], 3)], (name, row)
