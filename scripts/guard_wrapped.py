@@ -173,6 +173,55 @@ def evaluate(name: str) -> None:
     print(f"-> {path}")
 
 
+def tables(name: str) -> None:
+    """The README's Markdown tables, from the committed JSON files."""
+    sel = json.loads((DOCS / f"guard_wrapped_select_{name}.json").read_text())
+    print("| reading (train split, out of fold) | guard layer | C | direct TPR | direct FPR | wrapped TPR | wrapped FPR "
+          "| rule score | accuracy | bag-of-words / form |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for pool, e in sel["pools"].items():
+        o, r = e["oof"], e["report"]
+        acc = r["cv_accuracy"][r["cv_layers"].index(e["layer"])]
+        b = r["cv_baselines"]["accuracy"]
+        print(f"| `{pool}`{' (chosen)' if pool == sel['chosen'] else ''} | {e['layer']} | {e['C']:g} | "
+              f"{o['direct_tpr']:.3f} | {o['direct_fpr']:.3f} | {o['wrapped_tpr']:.3f} | {o['wrapped_fpr']:.3f} | "
+              f"{o['score']:.3f} | {acc:.3f} | {b['bag_of_words']:.3f} / {b['form']:.3f} |")
+    path = DOCS / f"guard_wrapped_{name}.json"
+    if not path.exists():
+        return
+    ev = json.loads(path.read_text())
+    names = {"jailbreak_tpr": "jailbreaks flagged (held-out + left-out families)",
+             "wrapped_fpr": "wrapped normals flagged (held-out + left-out families)",
+             "direct_tpr": "direct malicious flagged", "direct_fpr": "direct normal flagged",
+             "lookalike_fpr": "look-alike normals flagged"}
+    print(f"\n| gate (`{name}`, test split, scored once) | rate (flagged/n) | 95% interval | target | verdict |")
+    print("|---|---|---|---|---|")
+    for key, label in names.items():
+        g = ev["gate"][key]
+        op = ">=" if key.endswith("tpr") else "<="
+        print(f"| {label} | {g['rate']:.3f} ({round(g['rate'] * g['n'])}/{g['n']}) | {g['ci95'][0]:.3f}-{g['ci95'][1]:.3f} "
+              f"| {op} {g['target']} | {'met' if g['met'] else '**missed**'} |")
+    print(f"\nall met: {'yes' if ev['all_met'] else 'no'}")
+    held = {r["group"]: r for r in ev["heldout"]["by_family"]}
+    left = {r["group"]: r for r in ev["current_left_out"]["rows"]}
+    seen = {r["group"]: r for r in ev["current_seen"]["by_family"]}
+    sig = {r["group"]: r for r in ev["signal"]["by_label_family"]}
+
+    def cell(row: dict[str, Any]) -> str:
+        return f"{row['rate']:.3f} ({row['flagged']}/{row['n']})"
+
+    print(f"\n| family (`{name}`, test split) | set | jailbreaks flagged | wrapped normals flagged | "
+          "seen in fit: jailbreaks | seen in fit: wrapped normals | signal: jailbreaks | signal: wrapped normals |")
+    print("|---|---|---|---|---|---|---|---|")
+    for fam in ev["heldout_families"]:
+        print(f"| {fam} | held out (never fitted) | {cell(held[f'jailbreak/{fam}'])} | {cell(held[f'normal/{fam}'])} "
+              "| - | - | - | - |")
+    for fam in ev["current_families"]:
+        print(f"| {fam} | left out of the refit | {cell(left[f'jailbreak/{fam}'])} | {cell(left[f'normal/{fam}'])} | "
+              f"{seen[f'jailbreak/{fam}']['rate']:.3f} | {seen[f'normal/{fam}']['rate']:.3f} | "
+              f"{sig[f'jailbreak/{fam}']['rate']:.3f} | {sig[f'normal/{fam}']['rate']:.3f} |")
+
+
 def versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -185,6 +234,7 @@ def main() -> None:
     stage = ap.add_mutually_exclusive_group(required=True)
     stage.add_argument("--select", action="store_true")
     stage.add_argument("--evaluate", action="store_true")
+    stage.add_argument("--tables", action="store_true", help="print the README's tables from the JSON files")
     ap.add_argument("--cv-repeats", type=int, default=1)
     ap.add_argument("--pools", nargs="+", default=list(POOLS), choices=list(POOLS),
                     help="readings to choose among (default: all)")
@@ -192,6 +242,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     if args.select:
         select(args.model, args.cv_repeats, args.pools)
+    elif args.tables:
+        tables(args.model)
     else:
         evaluate(args.model)
 

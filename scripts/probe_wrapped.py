@@ -1,7 +1,8 @@
 """Claim 1 with wrappers (#19): at which layer does the model tell harm from harmlessness, whatever the wrapper?
 
-Per model, last-token states at every layer (:func:`ihs_sight.extract`, cached) of the train split (direct prompts and the wrapped train set: the 7 bundled families around train
-requests, both labels in every wrapper) and of the test split. One logistic-regression probe per
+Per model, last-token states at every layer (:func:`ihs_sight.extract`, cached) of the train
+split (direct prompts and the wrapped train set: the 7 bundled families around train requests,
+both labels in every wrapper) and of the test split. One logistic-regression probe per
 layer (:class:`ihs_sight.LayerProbe`, ``C=1``, ``random_state=0``), fitted two ways:
 
 * ``direct``: the direct train prompts only (the paper's setting);
@@ -15,6 +16,7 @@ saw that wrapper) and the bag-of-words and form-only baselines fitted on the sam
 Nothing here is chosen: it is a report. Writes ``docs/probe_wrapped.json``.
 
     python scripts/probe_wrapped.py                       # default-aligned and default
+    python scripts/probe_wrapped.py --tables              # the README's tables from the JSON
 """
 
 from __future__ import annotations
@@ -85,11 +87,35 @@ def run_model(name: str) -> dict[str, Any]:
     return out
 
 
+TABLE_LAYERS = range(0, 31, 3)
+
+
+def tables(path: Path) -> None:
+    """The README's tables (every third layer), from the JSON file."""
+    for name, e in json.loads(path.read_text())["models"].items():
+        f = e["fits"]
+        print(f"\n| layer (`{name}`) | direct test: fit direct | direct test: fit + wrapped | held-out families: "
+              "fit direct | held-out families: fit + wrapped | train families left out (LOFO) |")
+        print("|---|---|---|---|---|---|")
+        for layer in TABLE_LAYERS:
+            print(f"| {layer} | {f['direct']['direct'][layer]:.3f} | {f['wrapped']['direct'][layer]:.3f} | "
+                  f"{f['direct']['heldout_families'][layer]:.3f} | {f['wrapped']['heldout_families'][layer]:.3f} | "
+                  f"{e['lofo_train']['pooled'][layer]:.3f} |")
+        b = {k: f[k]["baselines"] for k in ("direct", "wrapped")}
+        print(f"| bag-of-words, same prompts | {b['direct']['direct']['bag_of_words']:.3f} | "
+              f"{b['wrapped']['direct']['bag_of_words']:.3f} | {b['direct']['heldout_families']['bag_of_words']:.3f} | "
+              f"{b['wrapped']['heldout_families']['bag_of_words']:.3f} | - |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["default-aligned", "default"])
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "probe_wrapped.json")
+    ap.add_argument("--tables", action="store_true", help="print the README's tables from --out")
     args = ap.parse_args()
+    if args.tables:
+        tables(args.out)
+        return
     logging.basicConfig(level=logging.WARNING)
     result = {"models": {name: run_model(name) for name in args.models}}
     import importlib.metadata as md

@@ -439,6 +439,11 @@ def test_readme_wrapped_guard_selection_equals_its_json() -> None:
         assert [int(row[1]), float(row[2])] == [e["layer"], e["C"]], row
         assert [float(c) for c in row[3:8]] == [round(oof[k], 3) for k in
                                                 ("direct_tpr", "direct_fpr", "wrapped_tpr", "wrapped_fpr", "score")], row
+        r = e["report"]
+        b = r["cv_baselines"]["accuracy"]
+        assert float(row[8]) == round(r["cv_accuracy"][r["cv_layers"].index(e["layer"])], 3), row
+        assert [float(c) for c in row[9].split(" / ")] == [round(b["bag_of_words"], 3), round(b["form"], 3)], row
+    assert max(sel["pools"], key=lambda p: (sel["pools"][p]["oof"]["score"], -sel["pools"][p]["layer"])) == sel["chosen"]
 
 
 def test_readme_wrapped_guard_gate_equals_its_json() -> None:
