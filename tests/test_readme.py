@@ -505,3 +505,33 @@ def test_readme_wrapped_probe_tables_equal_probe_wrapped_json() -> None:
                 round(f["direct"]["direct"][layer], 3), round(f["wrapped"]["direct"][layer], 3),
                 round(f["direct"]["heldout_families"][layer], 3), round(f["wrapped"]["heldout_families"][layer], 3),
                 round(entry["lofo_train"]["pooled"][layer], 3)], (name, row)
+
+
+def test_readme_wrapped_guard_reading_equals_its_json() -> None:
+    """The prose under the wrapped guard's tables: every number recomputed from the JSON."""
+    ev = _wrapped("guard_wrapped_default-aligned.json")
+    sel = _wrapped("guard_wrapped_select_default-aligned.json")
+    text = " ".join(README.split("### Harm, not form: a guard fitted on wrapped prompts")[1].split("\n## ")[0].split())
+    accs = [e["report"]["cv_accuracy"][e["report"]["cv_layers"].index(e["layer"])] for e in sel["pools"].values()]
+    bow = next(iter(sel["pools"].values()))["report"]["cv_baselines"]["accuracy"]["bag_of_words"]
+    assert 0.01 < max(accs) - bow <= 0.015 and "no reading beats the bag-of-words baseline by more than 0.015" in text
+    assert f"rises to P = {sel['pools']['mean']['threshold']:.2f}" in text
+    held = {r["group"]: r for r in ev["heldout"]["by_family"]}
+    left = {r["group"]: r for r in ev["current_left_out"]["rows"]}
+    seen = {r["group"]: r for r in ev["current_seen"]["by_family"]}
+    normals = {g.split("/")[1]: r["rate"] for g, r in (held | left).items() if g.startswith("normal/")}
+    worst = max(normals, key=lambda f: normals[f])
+    assert f"at most {normals[worst]:.3f} for any one ({worst.replace('_', ' ')}, held out)" in text
+    assert f"flagged at {ev['gate']['wrapped_fpr']['rate']:.3f} over the 12 families" in text
+    assert f"recall: {ev['gate']['jailbreak_tpr']['rate']:.3f} of the jailbreaks and {ev['gate']['direct_tpr']['rate']:.3f}" in text
+    close = [f for f in ev["current_families"] if all(
+        abs(left[f"{lab}/{f}"]["rate"] - seen[f"{lab}/{f}"]["rate"]) <= 0.10 + 1e-9 for lab in ("jailbreak", "normal"))]
+    assert len(close) == 5 and f"For {len(close)} of the 7 current families" in text
+    for f in sorted(set(ev["current_families"]) - set(close)):
+        assert f"{left[f'normal/{f}']['rate']:.3f} to {seen[f'normal/{f}']['rate']:.3f}" in text
+        assert f"{left[f'jailbreak/{f}']['rate']:.3f} to {seen[f'jailbreak/{f}']['rate']:.3f}" in text
+    sig = {r["group"]: r["rate"] for r in ev["signal"]["by_label_family"]}
+    jb = [v for g, v in sig.items() if g.startswith("jailbreak/")]
+    ctl = [v for g, v in sig.items() if g.startswith("normal/")]
+    assert f"fires for {100 * min(jb):.0f}-{100 * max(jb):.0f}% of the jailbreaks and {100 * min(ctl):.0f}-" \
+           f"{100 * max(ctl):.0f}% of their controls" in text
