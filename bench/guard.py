@@ -7,7 +7,8 @@ of the baseline. Also timed: the same guard trace without the stop (what the sto
 
     python bench/guard.py                    # guard fitted on the default model's train split
     python bench/guard.py --layer 8          # a fixed guard layer
-    python bench/guard.py --model default-aligned --guard docs/guards/default-aligned-wrapped   # a saved guard
+    python bench/guard.py --model default-aligned --guard docs/guards/default-aligned-wrapped \
+        --out bench/guard_wrapped.json                                                          # a saved guard
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def main() -> None:
     ap.add_argument("--model", default="default")
     ap.add_argument("--layer", default="auto", help="'auto' or a layer index")
     ap.add_argument("--guard", default=None, help="a saved guard bundle to time instead of fitting one")
+    ap.add_argument("--out", default=None, help="also write the result to this JSON file")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
@@ -92,7 +94,12 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(), "machine": f"{platform.machine()} {os.cpu_count()} cpus",
         "torch": torch.__version__,
     }
+    if args.guard:
+        result["guard_bundle"] = args.guard
     print(json.dumps(result, indent=1))
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(json.dumps(result, indent=1) + "\n")
     print(f"\nguard (blocks 1..{guard.layer} of {model.n_layers}): {t_guard:.3f} s; full forward: {t_full:.3f} s; "
           f"ratio {ratio:.3f} (target <= 1.1 x {share:.3f} = {1.1 * share:.3f}: "
           f"{'met' if ratio <= 1.1 * share else 'NOT met'}); without the stop: {t_nostop:.3f} s")

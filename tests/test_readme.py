@@ -535,3 +535,27 @@ def test_readme_wrapped_guard_reading_equals_its_json() -> None:
     ctl = [v for g, v in sig.items() if g.startswith("normal/")]
     assert f"fires for {100 * min(jb):.0f}-{100 * max(jb):.0f}% of the jailbreaks and {100 * min(ctl):.0f}-" \
            f"{100 * max(ctl):.0f}% of their controls" in text
+
+
+def test_readme_wrapped_probe_reading_equals_probe_wrapped_json() -> None:
+    result = _wrapped("probe_wrapped.json")["models"]
+    text = " ".join(README.split("### With wrappers: does some layer read harm whatever the wrapper?")[1]
+                    .split("\n## ")[0].split())
+    al, base = result["default-aligned"], result["default"]
+
+    def best(values: list[float]) -> tuple[int, float]:
+        i = max(range(len(values)), key=lambda j: (values[j], -j))
+        return i, values[i]
+
+    layer, acc = best(al["fits"]["wrapped"]["heldout_families"])
+    assert f"reach {acc:.3f} (`default-aligned`, layer {layer}, fit + wrapped)" in text
+    assert max(best(al["fits"]["direct"]["heldout_families"])[1], acc) == acc
+    assert f"and {max(best(base['fits'][k]['heldout_families'])[1] for k in ('direct', 'wrapped')):.3f} (`default`)" in text
+    bows = [e["fits"][k]["baselines"]["heldout_families"]["bag_of_words"] for e in result.values() for k in ("direct", "wrapped")]
+    assert f"Bag-of-words reaches {min(bows):.3f}-{max(bows):.3f}" in text
+    directs = [best(e["fits"][k]["direct"])[1] for e in result.values() for k in ("direct", "wrapped")]
+    assert f"reach {min(directs):.3f}-{max(directs):.3f} at their best layer" in text
+    lofo_layer, lofo = best(al["lofo_train"]["pooled"])
+    assert lofo >= best(base["lofo_train"]["pooled"])[1]
+    assert f"at most {lofo:.3f} (`default-aligned`, layer {lofo_layer}), below bag-of-words on the same folds " \
+           f"({al['lofo_train']['baselines']['accuracy']['bag_of_words']:.3f})" in text
