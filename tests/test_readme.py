@@ -427,9 +427,10 @@ def _rate_cell(cell: str) -> tuple[float, int, int]:
     return float(rate), int(k), int(n)
 
 
-def test_readme_wrapped_guard_selection_equals_its_json() -> None:
-    sel = _wrapped("guard_wrapped_select_default-aligned.json")
-    rows = table("| reading (train split, out of fold) |")
+@pytest.mark.parametrize("model", ["default-aligned", "default"])
+def test_readme_wrapped_guard_selection_equals_its_json(model: str) -> None:
+    sel = _wrapped(f"guard_wrapped_select_{model}.json")
+    rows = table(f"| reading (`{model}`, train split, out of fold) |")
     assert [r[0].split("`")[1] for r in rows] == list(sel["pools"])
     for row in rows:
         pool = row[0].split("`")[1]
@@ -446,9 +447,10 @@ def test_readme_wrapped_guard_selection_equals_its_json() -> None:
     assert max(sel["pools"], key=lambda p: (sel["pools"][p]["oof"]["score"], -sel["pools"][p]["layer"])) == sel["chosen"]
 
 
-def test_readme_wrapped_guard_gate_equals_its_json() -> None:
-    ev = _wrapped("guard_wrapped_default-aligned.json")
-    rows = table("| gate (`default-aligned`, test split, scored once) |")
+@pytest.mark.parametrize("model", ["default-aligned", "default"])
+def test_readme_wrapped_guard_gate_equals_its_json(model: str) -> None:
+    ev = _wrapped(f"guard_wrapped_{model}.json")
+    rows = table(f"| gate (`{model}`, test split, scored once) |")
     keys = ["jailbreak_tpr", "wrapped_fpr", "direct_tpr", "direct_fpr", "lookalike_fpr"]
     assert len(rows) == len(keys)
     for row, key in zip(rows, keys):
@@ -456,17 +458,21 @@ def test_readme_wrapped_guard_gate_equals_its_json() -> None:
         rate, k, n = _rate_cell(row[1])
         assert (rate, n) == (round(g["rate"], 3), g["n"]) and abs(k - g["rate"] * g["n"]) < 0.5, row
         assert row[2] == f"{g['ci95'][0]:.3f}-{g['ci95'][1]:.3f}", row
-        assert float(row[3].split()[-1]) == g["target"] and row[4] == ("met" if g["met"] else "**missed**"), row
-    assert f"all met: {'yes' if ev['all_met'] else 'no'}" in README
+        verdict = "met" if g["met"] else "**missed**"
+        assert float(row[3].split()[-1]) == g["target"], row
+        assert row[4] == (verdict if model == "default-aligned" else f"not gated ({verdict.strip('*')})"), row
+    if model == "default-aligned":
+        assert f"all met: {'yes' if ev['all_met'] else 'no'}" in README
 
 
-def test_readme_wrapped_guard_families_equal_its_json() -> None:
-    ev = _wrapped("guard_wrapped_default-aligned.json")
+@pytest.mark.parametrize("model", ["default-aligned", "default"])
+def test_readme_wrapped_guard_families_equal_its_json(model: str) -> None:
+    ev = _wrapped(f"guard_wrapped_{model}.json")
     held = {r["group"]: r for r in ev["heldout"]["by_family"]}
     left = {r["group"]: r for r in ev["current_left_out"]["rows"]}
     seen = {r["group"]: r for r in ev["current_seen"]["by_family"]}
     sig = {r["group"]: r for r in ev["signal"]["by_label_family"]}
-    rows = table("| family (`default-aligned`, test split) |")
+    rows = table(f"| family (`{model}`, test split) |")
     assert [r[0] for r in rows] == ev["heldout_families"] + ev["current_families"]
     for row in rows:
         fam = row[0]
@@ -559,3 +565,17 @@ def test_readme_wrapped_probe_reading_equals_probe_wrapped_json() -> None:
     assert lofo >= best(base["lofo_train"]["pooled"])[1]
     assert f"at most {lofo:.3f} (`default-aligned`, layer {lofo_layer}), below bag-of-words on the same folds " \
            f"({al['lofo_train']['baselines']['accuracy']['bag_of_words']:.3f})" in text
+
+
+def test_readme_wrapped_guard_base_reading_equals_its_json() -> None:
+    ev = _wrapped("guard_wrapped_default.json")
+    text = " ".join(README.split("**The base model, `default`, beside it (not gated).**")[1].split("\n## ")[0].split())
+    assert f"catches fewer jailbreaks ({ev['gate']['jailbreak_tpr']['rate']:.3f}) and flags more wrapped normals " \
+           f"({ev['gate']['wrapped_fpr']['rate']:.3f})" in text
+    aligned = _wrapped("guard_wrapped_default-aligned.json")["gate"]
+    assert ev["gate"]["jailbreak_tpr"]["rate"] < aligned["jailbreak_tpr"]["rate"]
+    assert ev["gate"]["wrapped_fpr"]["rate"] > aligned["wrapped_fpr"]["rate"]
+    seen = {r["group"]: r["rate"] for r in ev["current_seen"]["by_family"]}
+    sig = {r["group"]: r["rate"] for r in ev["signal"]["by_label_family"]}
+    equal = [f for f in ev["current_families"] if seen[f"jailbreak/{f}"] == sig[f"jailbreak/{f}"]]
+    assert f"the signal equals the flag rate for {len(equal)} of the 7 families" in text
