@@ -579,3 +579,13 @@ def test_readme_wrapped_guard_base_reading_equals_its_json() -> None:
     sig = {r["group"]: r["rate"] for r in ev["signal"]["by_label_family"]}
     equal = [f for f in ev["current_families"] if seen[f"jailbreak/{f}"] == sig[f"jailbreak/{f}"]]
     assert f"the signal equals the flag rate for {len(equal)} of the 7 families" in text
+
+
+def test_readme_wrapped_guard_bench_equals_its_json() -> None:
+    b = json.loads((ROOT / "bench" / "guard_wrapped.json").read_text(encoding="utf-8"))
+    row = next(r for r in table("| bench | baseline (seed-style) |") if "guard_wrapped.json" in r[0])
+    assert f"{b['n_prompts']} test prompts, layer {b['layer']} of {b['n_layers']}" in row[0] and b["pool"] in row[0]
+    assert row[1].startswith(f"{b['full_forward_s']:.2f} s") and row[2].startswith(f"{b['guard_s']:.2f} s")
+    assert f"{b['guard_without_stop_s']:.2f} s without the stop" in row[2]
+    assert row[3] == f"{b['ratio_guard_over_full']:.3f} of the time (target <= 1.1 x {b['layer']}/{b['n_layers']} = " \
+                     f"{b['target_ratio']:.3f})" and b["meets_target"]
