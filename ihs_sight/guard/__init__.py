@@ -1,28 +1,22 @@
 """The early-exit safety guard: features read up to one layer, the layer and threshold chosen out of fold.
 
 :mod:`.features` (one layer's states or every token's, the pass stopped there), :mod:`.selection`
-(readings, folds incl. leave-one-family-out, layer rule, calibration), :mod:`.detector`
-(:class:`Guard` and its results).
+(readings, folds incl. leave-one-family-out, layer rule, calibration, the fit report),
+:mod:`.detector` (:class:`Guard` and its results).
 """
 
 from __future__ import annotations
 
 from .detector import (
-    CLASSIFIERS,
-    FOLDS,
     GUARD_FORMAT,
     GUARD_FORMAT_VERSION,
     Guard,
     GuardEvaluation,
-    GuardFitReport,
     GuardScores,
     JailbreakSignal,
     LeftOutEvaluation,
     LeftOutFit,
     ModelMismatchError,
-    RateRow,
-    check_guard_layer,
-    flag_rates,
 )
 from .features import (
     POOLS,
@@ -36,7 +30,16 @@ from .features import (
     template_suffix,
     token_states,
 )
-from .selection import pick_layer, threshold_at_fpr
+from .selection import (
+    CLASSIFIERS,
+    FOLDS,
+    GuardFitReport,
+    RateRow,
+    check_guard_layer,
+    flag_rates,
+    pick_layer,
+    threshold_at_fpr,
+)
 
 __all__ = [
     "CLASSIFIERS",

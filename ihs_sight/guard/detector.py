@@ -19,9 +19,8 @@ import hashlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -30,11 +29,10 @@ from pydantic import BaseModel, ConfigDict
 from .. import checks, io
 from ..deprecations import warn
 from ..errors import InputError
-from ..layers import band_layers, check_band, check_layer, check_layers, conversion_band
+from ..layers import band_layers, check_band, conversion_band
 from ..lens import logit_lens
 from ..models import Model
 from ..probe import LayerProbe
-from ..probe.baselines import BaselineScores
 from ..prompts import PromptSet, load_prompts, template_fingerprint
 from .features import (
     FIT_TOKENS,
@@ -48,18 +46,24 @@ from .features import (
     token_states,
 )
 from .selection import (
+    Folds,
+    GuardFitReport,
+    RateRow,
     Readings,
-    check_c_values,
+    Settings,
     family_folds,
+    fit_labels,
+    fit_prompts,
+    flag_rates,
     fold_baselines,
+    layer_accuracy,
     out_of_fold,
     pick_layer,
+    read,
     repeated_folds,
+    settings,
     threshold_at_fpr,
 )
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -68,100 +72,11 @@ GUARD_FORMAT_VERSION = 3
 """2: ``probe_sha256`` recorded and checked; bundles written whole under a temporary name.
 3: a ``features`` record (pool, and what the pool depends on: ``top_k``, the template's closing
 tokens) checked on load. Versions 1 and 2 (pools ``last`` and ``mean``) still load."""
-Folds = Literal["stratified", "family"]
-FOLDS: tuple[Folds, ...] = ("stratified", "family")
-CLASSIFIERS: tuple[str, ...] = ("logreg", "svm", "mlp")
-"""The probes a guard can read its layer with (:class:`~ihs_sight.LayerProbe`'s torch engine)."""
-
-def check_guard_layer(layer: Any, n_layers: int) -> int:
-    """A guard's exit layer: ``1..L`` (layer 0, the embeddings, runs no block to exit after)."""
-    return check_layer(layer, n_layers, low=1)
-
-
 class ModelMismatchError(InputError):
     """A saved guard was fitted on other weights or another chat template than the model given."""
 
 
 # ---------------------------------------------------------------------------- results
-
-
-class RateRow(BaseModel):
-    """A flag rate over a group of prompts."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    group: str
-    n: int
-    flagged: int
-    rate: float
-
-
-class GuardFitReport(BaseModel):
-    """How a guard was fitted: the layer search, the calibration, what it met."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-    layer: int
-    """The layer the guard reads (0 = embeddings, l = block l's output)."""
-    n_layers: int
-    """L, the model's number of blocks; the guard runs ``layer / L`` of them."""
-    pool: str
-    """How the layer is read (:mod:`ihs_sight.guard.features`): ``"last"``, ``"user_last"``, ``"mean"``,
-    or a per-token probe pooled by ``"max"`` / ``"topk"``."""
-    top_k: int | None = None
-    """Tokens ``"topk"`` averages (``None`` for the other pools)."""
-    classifier: str
-    """The probe at that layer."""
-    target_accuracy: float
-    """Cross-validated accuracy the layer had to reach."""
-    target_fpr: float
-    """False-positive rate the threshold was calibrated to."""
-    target_met: bool
-    """Whether some layer reached ``target_accuracy`` with one standard error to spare (if not:
-    the earliest layer within one standard error of the best out-of-fold accuracy was taken)."""
-    C: float | None
-    """Inverse L2 strength of the linear probe, chosen with the layer (``None`` for the MLP)."""
-    cv: int
-    """Folds of the layer search and of the out-of-fold calibration."""
-    cv_repeats: int = 1
-    """Times the ``cv``-fold split was redrawn; accuracies are averaged over them, calibration pools them."""
-    folds: str = "stratified"
-    """``"stratified"`` k-fold, or ``"family"``: each wrapper family one fold (scored by probes that never saw
-    it), the direct prompts in ``cv`` stratified folds."""
-    cv_layers: list[int]
-    """Layers searched."""
-    cv_accuracy: list[float]
-    """Out-of-fold accuracy of each searched layer, at the chosen ``C`` (mean over repeats); at P = 0.5 for
-    the state pools, at each layer's own ``target_fpr`` cut for the token pools."""
-    cv_accuracy_by_C: dict[str, list[float]]
-    """Out-of-fold accuracy of each searched layer for every ``C`` tried."""
-    threshold: float
-    """P(malicious) above which a prompt is flagged."""
-    calibration_fpr: float
-    """Share of normal prompts flagged, out of fold (each scored by a probe that never saw it),
-    over all repeats."""
-    calibration_tpr: float
-    """Share of malicious prompts flagged, out of fold, over all repeats."""
-    n_prompts: int
-    """Labelled prompts: the final probe is fitted on all of them."""
-    random_state: int
-    """Seed of the split, the folds and the probe."""
-    cv_baselines: BaselineScores | None = None
-    """Surface baselines (bag-of-words, form only) out of fold on the same folds, mean over repeats."""
-    cv_lift: list[float] | None = None
-    """(n_searched,) ``cv_accuracy`` minus the best surface baseline's accuracy: what the layer adds."""
-    cv_by_family: list[RateRow] | None = None
-    """Out-of-fold flag rates at the chosen layer and threshold per ``label/family`` (direct prompts as
-    ``label/direct``), all repeats pooled; with ``folds="family"`` each wrapped family's rates are
-    those of probes that never saw its wrapper."""
-    fit_seconds: float
-    """Wall time of the whole fit, forward passes included."""
-
-    def plot(self, title: str | None = None) -> Figure:
-        """Out-of-fold accuracy of each searched layer (per ``C``), the target and the chosen layer."""
-        from ..plots.guard import layer_search_plot
-
-        return layer_search_plot(self, title=title)
 
 
 class GuardScores(BaseModel):
@@ -285,103 +200,6 @@ class LeftOutEvaluation(BaseModel):
         return RateRow(group=f"{label}/pooled", n=n, flagged=k, rate=round(k / n, 4) if n else 0.0)
 
 
-def flag_rates(keys: Sequence[str | None], hits: Sequence[bool]) -> list[RateRow]:
-    groups: dict[str, list[bool]] = {}
-    for k, h in zip(keys, hits):
-        groups.setdefault(k or "-", []).append(bool(h))
-    return [RateRow(group=g, n=len(v), flagged=sum(v), rate=round(sum(v) / len(v), 4)) for g, v in sorted(groups.items())]
-
-
-# ---------------------------------------------------------------------------- the guard
-
-
-@dataclass(frozen=True)
-class _Settings:
-    """:meth:`Guard.fit`'s choices, each checked once."""
-
-    search: list[int]
-    target_accuracy: float
-    target_fpr: float
-    pool: Pool
-    classifier: str
-    c_values: list[float | None]
-    cv: int
-    cv_repeats: int
-    folds: Folds
-    random_state: int
-
-
-def _settings(model: Model, *, layer: Any, target_accuracy: Any, target_fpr: Any, pool: Any, classifier: Any,
-              C: Any, cv: Any, cv_repeats: Any, folds: Any, random_state: Any) -> _Settings:
-    if isinstance(layer, str) and layer == "auto":
-        search = list(range(1, model.n_layers + 1))
-    elif isinstance(layer, (list, tuple)):
-        search = sorted(set(check_layers(list(layer), model.n_layers, low=1, what="layer")))
-    else:
-        search = [check_guard_layer(layer, model.n_layers)]
-    classifier = checks.one_of("classifier", classifier, CLASSIFIERS)
-    return _Settings(
-        search=search,
-        target_accuracy=checks.fraction("target_accuracy", target_accuracy),
-        target_fpr=checks.fraction("target_fpr", target_fpr),
-        pool=checks.one_of("pool", pool, POOLS), classifier=classifier,
-        c_values=[None] if classifier == "mlp" else check_c_values(C),
-        cv=int(checks.number("cv", cv, low=2, integer=True)),
-        cv_repeats=int(checks.number("cv_repeats", cv_repeats, low=1, integer=True)),
-        folds=checks.one_of("folds", folds, FOLDS),
-        random_state=int(checks.number("random_state", random_state, low=0, integer=True)))
-
-
-def _fit_prompts(prompts: Any, st: _Settings, *, lofo: bool = False) -> PromptSet:
-    """The labelled prompts a guard is fitted on, checked: normal, malicious or jailbreak, enough of each."""
-    if not isinstance(prompts, PromptSet):
-        raise InputError("prompts must be a labelled PromptSet (e.g. load_prompts().train), got "
-                         f"{type(prompts).__name__}.")
-    bad = sorted({str(x) for x in prompts.labels if x not in ("normal", "malicious", "jailbreak")})
-    if bad:
-        raise InputError(f"Guard.fit needs prompts labelled 'normal', 'malicious' or 'jailbreak'; found {bad}. "
-                         "Select them first, e.g. data.normal + data.malicious.")
-    labels = _fit_labels(prompts)
-    if min(labels.count("malicious"), labels.count("normal")) < 2 * st.cv:
-        raise InputError(f"Guard.fit needs at least {2 * st.cv} prompts of each label (jailbreaks count as "
-                         f"malicious); got {prompts.counts()}.")
-    families = sorted({p.family for p in prompts if p.family is not None})
-    if lofo and not families:
-        raise InputError("leave_one_family_out needs wrapped prompts (with a family) among prompts; load them with "
-                         "load_prompts(wrapped_train=True).")
-    if st.folds == "family" and len(families) < (3 if lofo else 2):
-        raise InputError(f"folds='family' needs wrapped prompts of at least two families{' once one is left out' if lofo else ''}; "
-                         f"found {families or 'none'}. Load them with load_prompts(wrapped_train=True).")
-    return prompts
-
-
-def _accuracy(oof: np.ndarray[Any, Any], y: np.ndarray[Any, Any], st: _Settings) -> np.ndarray[Any, Any]:
-    """(n_search,) out-of-fold accuracy of each searched layer, mean over repeats.
-
-    State pools: at P = 0.5. Token pools: at each layer's own ``target_fpr`` cut of the normal
-    prompts' scores, since a maximum (or top-k mean) of per-token probabilities is not centred on 0.5.
-    """
-    if st.pool not in TOKEN_POOLS:
-        return np.asarray(((oof > 0.5) == y[None, :, None]).mean((0, 1)))
-    cuts = np.array([threshold_at_fpr(oof[:, ~y, j].ravel(), st.target_fpr) for j in range(oof.shape[2])])
-    return np.asarray(((oof > cuts[None, None, :]) == y[None, :, None]).mean((0, 1)))
-
-
-def _fit_labels(prompts: PromptSet) -> list[str]:
-    """Each prompt's class for the probe: a jailbreak is a malicious request in a wrapper."""
-    return ["malicious" if v == "jailbreak" else str(v) for v in prompts.labels]
-
-
-def _read(model: Model, prompts: Any, layers: list[int], pool: Pool, *, batch_size: int, chat: bool,
-          system_prompt: str | None, cache: bool | str | Path, progress: bool) -> Readings:
-    """The guard's readings of ``prompts`` at ``layers``: one state each, or every own token for the token pools."""
-    if pool in TOKEN_POOLS:
-        return Readings(pool, tokens=token_states(model, prompts, layers, batch_size=batch_size, chat=chat,
-                                                  system_prompt=system_prompt, progress=progress))
-    return Readings(pool, x=layer_features(model, prompts, layers, pool=pool, batch_size=batch_size, chat=chat,
-                                           system_prompt=system_prompt, cache=cache, progress=progress))
-
-
 def _default_train() -> PromptSet:
     data = load_prompts().train
     return data.normal + data.malicious
@@ -485,19 +303,18 @@ class Guard:
                 (the token pools are not cached).
         """
         t0 = time.perf_counter()
-        settings = _settings(model, layer=layer, target_accuracy=target_accuracy, target_fpr=target_fpr, pool=pool,
-                             classifier=classifier, C=C, cv=cv, cv_repeats=cv_repeats, folds=folds,
-                             random_state=random_state)
-        prompts = _fit_prompts(_default_train() if prompts is None else prompts, settings)
-        readings = _read(model, prompts, settings.search, settings.pool, batch_size=batch_size, chat=chat,
-                         system_prompt=system_prompt, cache=cache, progress=progress)
-        return cls._fit(model, prompts, readings, settings, chat=chat, system_prompt=system_prompt, t0=t0)
+        st = settings(model, layer=layer, target_accuracy=target_accuracy, target_fpr=target_fpr, pool=pool,
+                      classifier=classifier, C=C, cv=cv, cv_repeats=cv_repeats, folds=folds, random_state=random_state)
+        prompts = fit_prompts(_default_train() if prompts is None else prompts, st)
+        readings = read(model, prompts, st.search, st.pool, batch_size=batch_size, chat=chat,
+                        system_prompt=system_prompt, cache=cache, progress=progress)
+        return cls._fit(model, prompts, readings, st, chat=chat, system_prompt=system_prompt, t0=t0)
 
     @classmethod
-    def _fit(cls, model: Model, prompts: PromptSet, readings: Readings, st: _Settings, *, chat: bool,
+    def _fit(cls, model: Model, prompts: PromptSet, readings: Readings, st: Settings, *, chat: bool,
              system_prompt: str | None, t0: float) -> Guard:
         """The layer search, the calibration and the final probe on readings already taken."""
-        labels = _fit_labels(prompts)
+        labels = fit_labels(prompts)
         y = np.array([v == "malicious" for v in labels])
         strata = [f"{p.label}|{p.lookalike}|{p.family}" for p in prompts]
         if st.folds == "family":
@@ -508,7 +325,7 @@ class Guard:
         for c in st.c_values:
             oof[c] = np.stack([out_of_fold(readings, labels, folds, st.classifier, c, st.random_state)
                                for folds in splits])
-            acc[c] = _accuracy(oof[c], y, st)  # (n_search,) mean over repeats
+            acc[c] = layer_accuracy(oof[c], y, st)  # (n_search,) mean over repeats
         baselines = fold_baselines(prompts.texts, y, splits, st.random_state)
         best_per_layer = np.max(np.stack([acc[c] for c in st.c_values]), 0)
         pick, met = pick_layer(best_per_layer, len(y), st.target_accuracy)
@@ -572,10 +389,9 @@ class Guard:
         taken once for ``prompts`` and ``score`` together, so each refit costs no forward pass.
         """
         t0 = time.perf_counter()
-        st = _settings(model, layer=layer, target_accuracy=target_accuracy, target_fpr=target_fpr, pool=pool,
-                       classifier=classifier, C=C, cv=cv, cv_repeats=cv_repeats, folds=folds,
-                       random_state=random_state)
-        prompts = _fit_prompts(prompts, st, lofo=True)
+        st = settings(model, layer=layer, target_accuracy=target_accuracy, target_fpr=target_fpr, pool=pool,
+                      classifier=classifier, C=C, cv=cv, cv_repeats=cv_repeats, folds=folds, random_state=random_state)
+        prompts = fit_prompts(prompts, st, lofo=True)
         if score is not None and not isinstance(score, PromptSet):
             raise InputError(f"score must be a labelled PromptSet, got {type(score).__name__}.")
         scored = prompts if score is None else score
@@ -584,8 +400,8 @@ class Guard:
         if missing:
             raise InputError(f"score has no prompts of the families {missing}; pass prompts of every wrapped family.")
         both = prompts + scored if score is not None else prompts
-        readings = _read(model, both, st.search, st.pool, batch_size=batch_size, chat=chat,
-                         system_prompt=system_prompt, cache=cache, progress=progress)
+        readings = read(model, both, st.search, st.pool, batch_size=batch_size, chat=chat,
+                        system_prompt=system_prompt, cache=cache, progress=progress)
         offset = len(prompts) if score is not None else 0
         rows: list[RateRow] = []
         fits: list[LeftOutFit] = []
