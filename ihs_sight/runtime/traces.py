@@ -8,7 +8,8 @@ installed**. Hence the rule for every body here, stated once:
 1. it names only torch tensors, Python scalars and containers of them, and nnsight envoys
    (``model.nn`` and its modules) -- never an ihs_sight object, function or class;
 2. it calls no helper of ours, which is why the graft edit and the steering edit are each
-   written out in both the next-token and the generation trace (the documented duplications);
+   written out in both the next-token and the generation trace, and the guard's walk over the
+   layers in both its readers (one state per prompt, every token) (the documented duplications);
 3. it reads modules in forward order, and saves only the small tensors that should leave it
    (last-token slices, top-k, masses), as host copies when the backend ships results.
 
