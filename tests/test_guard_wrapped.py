@@ -15,8 +15,15 @@ import torch
 import ihs_sight as ihs
 from ihs_sight.errors import InputError
 from ihs_sight.guard import Guard, ModelMismatchError, layer_features, template_prefix
-from ihs_sight.guard.features import TOP_K, pool_scores, template_suffix, token_states
-from ihs_sight.guard.selection import family_folds
+from ihs_sight.guard.features import (
+    FIT_TOKENS,
+    TOP_K,
+    TokenStates,
+    pool_scores,
+    template_suffix,
+    token_states,
+)
+from ihs_sight.guard.selection import Readings, Settings, family_folds, layer_accuracy
 from ihs_sight.probe import LayerProbe
 from ihs_sight.prompts import PromptSet, encode
 
@@ -210,8 +217,12 @@ def test_bundle_records_its_reading_and_refuses_a_mismatch(model: ihs.Model, wra
     with pytest.raises(InputError, match="does not match its pool"):
         Guard.load(other, model)
     (other / "guard.json").write_text(json.dumps({**meta, "pool": "max", "features": {"pool": "max"}}))
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="does not match its pool"):  # the report still says user_last
         Guard.load(other, model)
+    for version in (True, 2.0, 4):
+        (other / "guard.json").write_text(json.dumps({**meta, "version": version}))
+        with pytest.raises(InputError, match="guard format version"):
+            Guard.load(other, model)
 
 
 def test_a_bundle_saved_by_the_previous_release_loads_and_scores_as_before(model: ihs.Model) -> None:
@@ -243,3 +254,37 @@ def test_probe_leave_one_family_out(model: ihs.Model, wrapped_train: PromptSet, 
     with pytest.raises(InputError, match="at least two families"):
         ihs.probe(ihs.extract(model, wrapped_train.filter(lambda p: p.family is None), cache=states_cache,
                               progress=False), cv="family", progress=False)
+
+
+def test_token_readings_fit_each_token_with_its_prompts_label() -> None:
+    """Prompts taken out of order: each fitted token must carry the label of the prompt it came from."""
+    gen = torch.Generator().manual_seed(0)
+    lengths = [3, 6, 2, 5, 4]
+    labels = ["normal", "malicious", "normal", "malicious", "normal"]
+    # Token states that say their prompt's label in feature 0 (+1 malicious, -1 normal), noise elsewhere.
+    states = torch.randn(sum(lengths), 1, 8, generator=gen)
+    offsets = torch.tensor([0, *np.cumsum(lengths).tolist()])
+    for i, lab in enumerate(labels):
+        states[int(offsets[i]):int(offsets[i + 1]), 0, 0] = 1.0 if lab == "malicious" else -1.0
+    r = Readings("max", tokens=TokenStates(states, offsets))
+    idx = np.array([3, 0, 4, 1])  # not in order; prompt 2 left out
+    probe = r.fit(idx, labels, "logreg", 10.0, 0)
+    rows, owner = r.tokens.fit_rows(idx, 0)  # type: ignore[union-attr]
+    assert {int(idx[o]) for o in owner} == {3, 0, 4, 1}
+    assert len(rows) == sum(min(FIT_TOKENS, lengths[i]) for i in idx)
+    # The probe must have learned feature 0 as "malicious": positive weight, and it scores prompt 2 (normal) low.
+    col = list(probe.classes_).index("malicious")
+    p = r.p_malicious(probe, np.array([2, 1]))
+    assert p[0, 0] < 0.5 < p[1, 0] and col in (0, 1)
+
+
+def test_layer_accuracy_of_token_pools_reads_each_layers_own_cut() -> None:
+    y = np.array([False, False, False, False, True, True])
+    # One repeat, two layers: layer 0's pooled maxima all sit above 0.5; the cut at 1 of 4 normals flagged
+    # (0.92 on layer 0, 0.6 on layer 1) is read per layer.
+    oof = np.array([[[0.90, 0.1], [0.91, 0.2], [0.92, 0.6], [0.93, 0.7], [0.97, 0.8], [0.99, 0.3]]])
+    st = Settings(search=[1, 2], target_accuracy=0.9, target_fpr=0.25, pool="max", classifier="logreg",
+                  c_values=[0.1], cv=2, cv_repeats=1, folds="stratified", random_state=0)
+    np.testing.assert_allclose(layer_accuracy(oof, y, st), [5 / 6, 4 / 6])
+    state = Settings(**{**st.__dict__, "pool": "mean"})
+    np.testing.assert_allclose(layer_accuracy(oof, y, state), [2 / 6, 3 / 6])  # at P = 0.5

@@ -458,7 +458,9 @@ def test_readme_wrapped_guard_gate_equals_its_json(model: str) -> None:
         rate, k, n = _rate_cell(row[1])
         assert (rate, n) == (round(g["rate"], 3), g["n"]) and abs(k - g["rate"] * g["n"]) < 0.5, row
         assert row[2] == f"{g['ci95'][0]:.3f}-{g['ci95'][1]:.3f}", row
-        verdict = "met" if g["met"] else "**missed**"
+        met = g["rate"] >= g["target"] if key.endswith("tpr") else g["rate"] <= g["target"]
+        assert met == g["met"], (key, g)
+        verdict = "met" if met else "**missed**"
         assert float(row[3].split()[-1]) == g["target"], row
         assert row[4] == (verdict if model == "default-aligned" else f"not gated ({verdict.strip('*')})"), row
     if model == "default-aligned":
@@ -478,13 +480,15 @@ def test_readme_wrapped_guard_families_equal_its_json(model: str) -> None:
         fam = row[0]
         if fam in ev["heldout_families"]:
             assert row[1] == "held out (never fitted)", row
-            assert (_rate_cell(row[2])[0], _rate_cell(row[3])[0]) == (
-                round(held[f"jailbreak/{fam}"]["rate"], 3), round(held[f"normal/{fam}"]["rate"], 3)), row
+            assert (_rate_cell(row[2]), _rate_cell(row[3])) == (
+                (round(held[f"jailbreak/{fam}"]["rate"], 3), held[f"jailbreak/{fam}"]["flagged"], held[f"jailbreak/{fam}"]["n"]),
+                (round(held[f"normal/{fam}"]["rate"], 3), held[f"normal/{fam}"]["flagged"], held[f"normal/{fam}"]["n"])), row
             assert row[4:] == ["-", "-", "-", "-"], row
         else:
             assert row[1] == "left out of the refit", row
-            assert (_rate_cell(row[2])[0], _rate_cell(row[3])[0]) == (
-                round(left[f"jailbreak/{fam}"]["rate"], 3), round(left[f"normal/{fam}"]["rate"], 3)), row
+            assert (_rate_cell(row[2]), _rate_cell(row[3])) == (
+                (round(left[f"jailbreak/{fam}"]["rate"], 3), left[f"jailbreak/{fam}"]["flagged"], left[f"jailbreak/{fam}"]["n"]),
+                (round(left[f"normal/{fam}"]["rate"], 3), left[f"normal/{fam}"]["flagged"], left[f"normal/{fam}"]["n"])), row
             assert [float(c) for c in row[4:]] == [round(seen[f"jailbreak/{fam}"]["rate"], 3),
                                                    round(seen[f"normal/{fam}"]["rate"], 3),
                                                    round(sig[f"jailbreak/{fam}"]["rate"], 3),
@@ -541,6 +545,17 @@ def test_readme_wrapped_guard_reading_equals_its_json() -> None:
     ctl = [v for g, v in sig.items() if g.startswith("normal/")]
     assert f"fires for {100 * min(jb):.0f}-{100 * max(jb):.0f}% of the jailbreaks and {100 * min(ctl):.0f}-" \
            f"{100 * max(ctl):.0f}% of their controls" in text
+    # The caveat on the family folds: requests shared across families, and the optimism it measures.
+    import ihs_sight as ihs
+
+    wrapped = [p for p in ihs.load_prompts(wrapped_train=True).train if p.family is not None]
+    families: dict[str, set[str]] = {}
+    for p in wrapped:
+        families.setdefault(str(p.id).rsplit("-", 2)[0], set()).add(str(p.family))
+    shared = sum(len(v) >= 2 for v in families.values())
+    assert f"and {shared} of them sit in two or more families" in text
+    oof = sel["pools"][sel["chosen"]]["oof"]["wrapped_tpr"]
+    assert f"optimistic: {oof:.3f} here against {ev['gate']['jailbreak_tpr']['rate']:.3f} on the test split" in text
 
 
 def test_readme_wrapped_probe_reading_equals_probe_wrapped_json() -> None:

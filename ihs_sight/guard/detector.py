@@ -35,7 +35,6 @@ from ..models import Model
 from ..probe import LayerProbe
 from ..prompts import PromptSet, load_prompts, template_fingerprint
 from .features import (
-    FIT_TOKENS,
     POOLS,
     TOKEN_POOLS,
     TOP_K,
@@ -408,7 +407,7 @@ class Guard:
         for family in families:
             keep = [i for i, p in enumerate(prompts) if p.family != family]
             test = [offset + i for i, p in enumerate(scored) if p.family == family]
-            sub = PromptSet(items=[prompts[i] for i in keep])
+            sub = fit_prompts(PromptSet(items=[prompts[i] for i in keep]), st)
             guard = cls._fit(model, sub, readings.take(keep), st, chat=chat, system_prompt=system_prompt,
                              t0=time.perf_counter())
             p = guard._p(readings.at(st.search.index(guard.layer)).take(test))
@@ -566,7 +565,7 @@ class Guard:
         version = payload.get("version")
         if pool is not None:
             pool = checks.one_of("pool", pool, POOLS)
-        if version not in (1, 2, GUARD_FORMAT_VERSION):
+        if type(version) is not int or version not in (1, 2, GUARD_FORMAT_VERSION):
             raise InputError(f"{meta_path} has guard format version {version!r}; this ihs-sight reads versions 1 "
                              f"to {GUARD_FORMAT_VERSION}.")
         if payload.get("weights_hash") != model.weights_hash:
@@ -621,12 +620,11 @@ def _sha256(path: Path) -> str:
 
 
 def _features_record(model: Model, pool: Pool, *, chat: bool, system_prompt: str | None) -> dict[str, Any]:
-    """What a guard's reading depends on besides the layer: the pool, the tokens it averages or picks."""
+    """What a guard's scoring depends on besides the layer and probe: the pool, the tokens it averages or picks
+    (not how the probe was fitted, e.g. ``FIT_TOKENS``: that changes no score)."""
     record: dict[str, Any] = {"pool": pool}
     if pool == "topk":
         record["top_k"] = TOP_K
     if pool == "user_last":
         record["suffix_tokens"] = template_suffix(model, chat=chat, system_prompt=system_prompt)
-    if pool in TOKEN_POOLS:
-        record["fit_tokens"] = FIT_TOKENS
     return record

@@ -159,6 +159,10 @@ def family_folds(families: Sequence[str | None], strata: Sequence[str], cv: int,
                          "Load them with load_prompts(wrapped_train=True).")
     direct = np.flatnonzero(fam == "")
     by_family = [np.flatnonzero(fam == f) for f in names]
+    counts = np.unique([strata[int(i)].split("|", 1)[0] for i in direct], return_counts=True)[1]
+    if len(direct) and counts.min() < cv:
+        raise InputError(f"folds='family' cuts the direct prompts into cv={cv} folds, but a label has only "
+                         f"{int(counts.min())} direct prompts; add direct prompts or lower cv.")
     if len(direct) == 0:
         return [by_family for _ in range(repeats)]
     inner = repeated_folds([strata[int(i)] for i in direct], cv, repeats, random_state)
