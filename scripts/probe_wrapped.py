@@ -34,10 +34,11 @@ import torch
 import ihs_sight as ihs
 from ihs_sight.probe import LayerProbe
 from ihs_sight.probe.baselines import surface_baselines
+from ihs_sight.wrappers import wrappers
 
 ROOT = Path(__file__).resolve().parents[1]
-CURRENT = ("roleplay", "refusal_suppression", "prefix_injection", "hypothetical", "payload_splitting",
-           "obfuscation", "authority")
+CURRENT = tuple(wrappers())
+"""The 7 bundled wrapper families (train and test); the held-out ones are test-only."""
 
 
 def classes(prompts: ihs.PromptSet) -> np.ndarray[Any, Any]:

@@ -38,6 +38,7 @@ from .selection import (
     check_guard_layer,
     flag_rates,
     pick_layer,
+    pooled_rate,
     threshold_at_fpr,
 )
 
@@ -65,6 +66,7 @@ __all__ = [
     "layer_features",
     "pick_layer",
     "pool_scores",
+    "pooled_rate",
     "template_prefix",
     "template_suffix",
     "threshold_at_fpr",

@@ -58,6 +58,7 @@ from .selection import (
     layer_accuracy,
     out_of_fold,
     pick_layer,
+    pooled_rate,
     read,
     repeated_folds,
     settings,
@@ -194,9 +195,7 @@ class LeftOutEvaluation(BaseModel):
 
     def pooled(self, label: str) -> RateRow:
         """All families' prompts of one label (``"jailbreak"`` or ``"normal"``) as one rate."""
-        chosen = [r for r in self.rows if r.group.split("/", 1)[0] == label]
-        n, k = sum(r.n for r in chosen), sum(r.flagged for r in chosen)
-        return RateRow(group=f"{label}/pooled", n=n, flagged=k, rate=round(k / n, 4) if n else 0.0)
+        return pooled_rate(self.rows, label)
 
 
 def _default_train() -> PromptSet:

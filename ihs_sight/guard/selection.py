@@ -284,6 +284,13 @@ def flag_rates(keys: Sequence[str | None], hits: Sequence[bool]) -> list[RateRow
     return [RateRow(group=g, n=len(v), flagged=sum(v), rate=round(sum(v) / len(v), 4)) for g, v in sorted(groups.items())]
 
 
+def pooled_rate(rows: Sequence[RateRow], label: str) -> RateRow:
+    """One rate over every wrapped ``label/<family>`` row of ``flag_rates`` (direct ``label/direct`` rows left out)."""
+    chosen = [r for r in rows if r.group.split("/", 1)[0] == label and r.group.split("/", 1)[-1] != "direct"]
+    n, k = sum(r.n for r in chosen), sum(r.flagged for r in chosen)
+    return RateRow(group=f"{label}/pooled", n=n, flagged=k, rate=round(k / n, 4) if n else 0.0)
+
+
 # ---------------------------------------------------------------------------- the guard
 
 
