@@ -99,6 +99,12 @@ def test_pool_scores_by_hand() -> None:
         np.testing.assert_allclose(mx[j], mine.max(0))
         k = min(TOP_K, len(mine))
         np.testing.assert_allclose(tk[j], np.sort(mine, 0)[::-1][:k].mean(0))
+    with pytest.raises(InputError, match="pool must be"):
+        pool_scores(p, owner, 3, "mean")
+    with pytest.raises(InputError, match="one owner"):
+        pool_scores(p[:-1], owner, 3, "max")
+    with pytest.raises(InputError, match="every prompt owning"):
+        pool_scores(p, owner, 4, "max")  # prompt 3 owns no token
 
 
 def test_family_folds_keep_each_family_on_one_side() -> None:

@@ -213,6 +213,12 @@ def token_states(
 
 def pool_scores(p: torch.Tensor | np.ndarray[Any, Any], owner: torch.Tensor, n: int, pool: Pool) -> np.ndarray[Any, Any]:
     """(n, ...) prompt scores from per-token scores ``p`` (n_rows, ...): the max, or the mean of the top :data:`TOP_K`."""
+    pool = checks.one_of("pool", pool, TOKEN_POOLS)
+    owner = torch.as_tensor(owner, dtype=torch.long)
+    in_range = len(owner) > 0 and int(owner.min()) >= 0 and int(owner.max()) < n
+    if len(owner) != len(p) or not in_range or int(torch.bincount(owner, minlength=n).min()) == 0:
+        raise InputError(f"pool_scores needs one owner in 0..{n - 1} per token score, with every prompt owning "
+                         f"a token; got {len(owner)} owners for {len(p)} scores.")
     scores = torch.as_tensor(np.asarray(p), dtype=torch.float64)
     out = torch.empty((n, *scores.shape[1:]), dtype=torch.float64)
     order = torch.argsort(owner, stable=True)
