@@ -24,7 +24,7 @@ from .errors import (
 from .extract import ExtractMeta, HiddenStates, extract
 from .graft import GraftResult, SweepResult, graft, graft_sweep
 from .guard import Guard, GuardEvaluation, GuardFitReport, GuardScores, JailbreakSignal
-from .judge import PhraseJudge, RefusalJudge, ReplyJudge, default_judge
+from .judge import PhraseJudge, RefusalJudge, ReplyJudge, default_judge, shipped_judge
 from .lens import Consistency, LensResult, compare_consistency, logit_lens
 from .models import ARCHITECTURES, ArchSpec, Model, load_model
 from .probe import LayerProbe, ProbeReport, probe, probe_transfer
@@ -92,6 +92,7 @@ __all__ = [
     "probe_transfer",
     "project",
     "refusal_direction",
+    "shipped_judge",
     "steer",
     "wrap",
 ]

@@ -48,7 +48,7 @@ def reference_proba(judge: ReplyJudge, model: ihs.Model, prompt: str, reply: str
     with torch.no_grad():
         out = model.hf(input_ids=torch.tensor([head + tail]), output_hidden_states=True)
     state = out.hidden_states[judge.layer][0, -len(tail):].double().mean(0)
-    x = torch.cat([torch.from_numpy(cue_matrix([reply], [prompt]))[0], state])
+    x = torch.cat([torch.from_numpy(cue_matrix([reply], [prompt], judge.features))[0], state])
     z = (x - judge.mean) / judge.scale
     return torch.softmax(z @ judge.coef.T + judge.intercept, 0).numpy()
 

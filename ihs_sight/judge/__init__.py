@@ -9,13 +9,16 @@ prompt too take ``judge(text, prompt=...)``. Two ship with ihs-sight:
   analysis that judges replies uses it when ``judge=None``.
 - :class:`PhraseJudge`: refusal phrases near the start of the reply, the v1 heuristic, kept for
   reproducing earlier numbers.
+
+Every shipped :class:`ReplyJudge` version stays loadable with :func:`shipped_judge` (``"v1"``,
+``"v2"``), so a result that records ``ReplyJudge(v1, ...)`` can be re-read by the same judge.
 """
 
 from __future__ import annotations
 
 from .base import RefusalJudge, Verdict, judge_many, judge_name
 from .grammar import FEATURES, cue_vector
-from .learned import CLASSES, ReplyJudge, default_judge, reply_states
+from .learned import CLASSES, ReplyJudge, default_judge, reply_states, shipped_judge
 from .phrases import PhraseJudge, load_refusal_patterns, normalize
 
 __all__ = [
@@ -32,4 +35,5 @@ __all__ = [
     "load_refusal_patterns",
     "normalize",
     "reply_states",
+    "shipped_judge",
 ]

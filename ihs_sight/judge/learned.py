@@ -35,14 +35,19 @@ from ..prompts import EncodedPrompts, PromptSet, encode, sha, template_fingerpri
 from ..runtime import traces
 from ..runtime.batches import Batch, run_batches
 from .base import Verdict
-from .grammar import FEATURES, cue_matrix
+from .grammar import CUE_SETS, FEATURES, cue_matrix
 
 log = logging.getLogger(__name__)
 
 CLASSES: tuple[Verdict, ...] = ("refusal", "compliance", "unclear")
 MAX_REPLY_TOKENS = 96
 """Tokens of each reply the model reads (refusing or complying shows early; the rest adds cost)."""
-ASSET = Path(__file__).resolve().parents[1] / "assets" / "judge" / "reply_judge_v1"
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "judge"
+VERSIONS = ("v1", "v2")
+"""The shipped judge versions (``assets/judge/reply_judge_<version>``); each stays loadable."""
+DEFAULT_VERSION = "v1"
+"""The version :func:`default_judge` returns (the rule that chose it: ``scripts/train_judge.py``)."""
+ASSET = ASSETS / f"reply_judge_{DEFAULT_VERSION}"
 FORMAT = "ihs-sight.reply-judge"
 
 
@@ -88,7 +93,7 @@ class ReplyJudge:
 
     def __init__(self, model: Model, *, layer: int, coef: torch.Tensor, intercept: torch.Tensor,
                  mean: torch.Tensor, scale: torch.Tensor, threshold: float, version: str = "v1",
-                 info: dict[str, Any] | None = None) -> None:
+                 features: tuple[str, ...] | None = None, info: dict[str, Any] | None = None) -> None:
         self.model = model
         self.layer = layer
         self.coef = coef
@@ -97,6 +102,7 @@ class ReplyJudge:
         self.scale = scale
         self.threshold = threshold
         self.version = version
+        self.features = CUE_SETS.get(version, FEATURES) if features is None else tuple(features)
         self.info = dict(info or {})
 
     @property
@@ -111,7 +117,7 @@ class ReplyJudge:
 
     def _features(self, replies: Sequence[str], prompts: Sequence[str | None]) -> torch.Tensor:
         states = reply_states(self.model, replies, prompts, [self.layer])[:, 0]
-        return judge_features(states, replies, prompts)
+        return judge_features(states, replies, prompts, self.features)
 
     def proba(self, replies: Sequence[str], prompts: Sequence[str | None] | None = None) -> np.ndarray[Any, Any]:
         """(n, 3) P(refusal), P(compliance), P(unclear) of each reply (``prompts``: the requests, if known)."""
@@ -137,24 +143,30 @@ class ReplyJudge:
 
     @classmethod
     def fit(cls, model: Model, replies: Sequence[str], prompts: Sequence[str | None], labels: Sequence[str], *,
-            layer: int, C: float = 0.1, threshold: float = 0.5, info: dict[str, Any] | None = None) -> ReplyJudge:
-        """Fit the weights on labelled replies (``labels``: refusal / compliance / unclear)."""
+            layer: int, C: float = 0.1, threshold: float = 0.5, version: str = VERSIONS[-1],
+            info: dict[str, Any] | None = None) -> ReplyJudge:
+        """Fit the weights on labelled replies (``labels``: refusal / compliance / unclear).
+
+        ``version`` names the judge and picks its cue list (:data:`ihs_sight.judge.grammar.CUE_SETS`).
+        """
+        if version not in CUE_SETS:
+            raise InputError(f"version must be one of {sorted(CUE_SETS)}; got {version!r}.")
         replies, prompts = _check_replies(replies, prompts)
         bad = sorted({str(v) for v in labels} - set(CLASSES))
         if bad or len(labels) != len(replies):
             raise InputError(f"labels must be one of {list(CLASSES)} per reply; got {bad or len(labels)}.")
         x = cls(model, layer=layer, coef=torch.zeros(0), intercept=torch.zeros(0), mean=torch.zeros(0),
-                scale=torch.zeros(0), threshold=threshold)._features(replies, prompts)
+                scale=torch.zeros(0), threshold=threshold, version=version)._features(replies, prompts)
         coef, intercept, mean, scale = fit_weights(x, [CLASSES.index(v) for v in labels], C)
         return cls(model, layer=layer, coef=coef, intercept=intercept, mean=mean, scale=scale, threshold=threshold,
-                   info=info)
+                   version=version, info=info)
 
     # -- persistence
 
     def save(self, path: str | Path) -> Path:
         """Write ``path.safetensors`` (weights) and ``path.json`` (layer, threshold, features, model hash)."""
         payload = {"format": FORMAT, "version": self.version, "layer": self.layer, "threshold": self.threshold,
-                   "classes": list(CLASSES), "features": list(FEATURES), "max_reply_tokens": MAX_REPLY_TOKENS,
+                   "classes": list(CLASSES), "features": list(self.features), "max_reply_tokens": MAX_REPLY_TOKENS,
                    "model_name": self.model.name, "weights_hash": self.model.weights_hash, "info": self.info}
         tensors = {"coef": self.coef, "intercept": self.intercept, "mean": self.mean, "scale": self.scale}
         return io.save_pair(path, payload, tensors)
@@ -163,7 +175,8 @@ class ReplyJudge:
     def load(cls, path: str | Path, model: Model | None = None) -> ReplyJudge:
         """Read what :meth:`save` wrote; ``model`` defaults to the bundled default model (checked by hash)."""
         payload, tensors, _ = io.load_pair(path, what="a reply judge")
-        if payload.get("format") != FORMAT or payload.get("features") != list(FEATURES):
+        features = payload.get("features")
+        if payload.get("format") != FORMAT or features not in [list(c) for c in CUE_SETS.values()]:
             raise InputError(f"{io.pair_stem(path)}.json is not a reply judge of this ihs-sight "
                              "(format or cue list differ).")
         model = model if model is not None else _default_model()
@@ -172,12 +185,13 @@ class ReplyJudge:
                              f"{model.name!r} has other weights.")
         return cls(model, layer=int(payload["layer"]), coef=tensors["coef"], intercept=tensors["intercept"],
                    mean=tensors["mean"], scale=tensors["scale"], threshold=float(payload["threshold"]),
-                   version=str(payload["version"]), info=dict(payload.get("info") or {}))
+                   version=str(payload["version"]), features=tuple(features), info=dict(payload.get("info") or {}))
 
 
-def judge_features(states: torch.Tensor, replies: Sequence[str], prompts: Sequence[str | None]) -> torch.Tensor:
-    """(n, len(FEATURES) + D) float64: the surface cues, then the reply's mean state at the judge's layer."""
-    cues = torch.from_numpy(cue_matrix(list(replies), [p or "" for p in prompts]))
+def judge_features(states: torch.Tensor, replies: Sequence[str], prompts: Sequence[str | None],
+                   features: tuple[str, ...] = FEATURES) -> torch.Tensor:
+    """(n, len(features) + D) float64: the named surface cues, then the reply's mean state at the judge's layer."""
+    cues = torch.from_numpy(cue_matrix(list(replies), [p or "" for p in prompts], features))
     return torch.cat([cues, states.double()], 1)
 
 
@@ -210,12 +224,24 @@ def _default_model() -> Model:
 
 
 @functools.cache
+def shipped_judge(version: str) -> ReplyJudge:
+    """A shipped judge version (``"v1"``, ``"v2"``), loaded once per process on the bundled model.
+
+    Results record the judge that produced them (``ReplyJudge(v1, ...)``); this reloads it to
+    reproduce them after the default moved on.
+    """
+    if version not in VERSIONS:
+        raise InputError(f"No shipped reply judge {version!r}; the shipped versions are {list(VERSIONS)}.")
+    path = ASSETS / f"reply_judge_{version}"
+    if not path.with_suffix(".json").is_file():
+        raise InputError(f"The shipped judge {version} is missing ({path}.json); run scripts/train_judge.py.")
+    return ReplyJudge.load(path)
+
+
 def default_judge() -> ReplyJudge:
     """The validated refusal judge shipped with ihs-sight (loaded once per process, on the bundled model).
 
     Its accuracy on hand-labelled replies it never saw is in ``docs/judge_eval.json``; every
     result that used it records its :attr:`~ReplyJudge.name`.
     """
-    if not ASSET.with_suffix(".json").is_file():
-        raise InputError(f"The shipped judge is missing ({ASSET}.json); run scripts/train_judge.py.")
-    return ReplyJudge.load(ASSET)
+    return shipped_judge(DEFAULT_VERSION)
