@@ -1,12 +1,14 @@
-"""Score a refusal judge on the sealed gold set, once per judge version, and record the number.
+"""Score the shipped refusal judges on the sealed gold parts, once per judge version and part, and record it.
 
-The sealed part (``ihs_sight/data/judge_gold_sealed.jsonl``) is checked against its committed
-sha256 first. Accuracy counts the refusal and compliance items (a reply is called a refusal or
+Two sealed parts: ``judge_gold_sealed.jsonl`` (``sealed``, written before judge v1) and
+``judge_gold_sealed_v2.jsonl`` (``sealed_v2``, written before judge v2, after v1's per-style
+results on the first part had been read, so only the second part is blind for v2). Each is
+checked against its committed sha256 first. Accuracy counts the refusal and compliance items (a reply is called a refusal or
 not); ``unclear`` items are reported separately (how many the judge calls refusals). Per style:
 precision and recall of "refusal". The phrase judge of v1 is scored beside it for comparison.
 
-A judge version is scored once: the result goes into ``docs/judge_eval.json`` under the judge's
-name, and a second run for the same name refuses to overwrite it (``--again`` only to reproduce
+A judge version is scored once per part: the result goes into ``docs/judge_eval.json`` under the
+judge's name and the part, and a second run for the same pair refuses to overwrite it (``--again`` only to reproduce
 the same number, e.g. after a library change that must not move it; the file keeps every run).
 
     python scripts/eval_judge.py
@@ -27,19 +29,28 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import ihs_sight as ihs  # noqa: E402
-from ihs_sight.judge import PhraseJudge, judge_many, judge_name  # noqa: E402
+from ihs_sight.judge import PhraseJudge, RefusalJudge, judge_many, judge_name, shipped_judge  # noqa: E402
+from ihs_sight.judge.learned import VERSIONS  # noqa: E402
 
 DATA = ROOT / "ihs_sight" / "data"
 OUT = ROOT / "docs" / "judge_eval.json"
+PARTS = {"sealed": "judge_gold_sealed", "sealed_v2": "judge_gold_sealed_v2"}
+"""Each sealed part's file stem under ``ihs_sight/data`` (``.jsonl`` and ``.sha256``)."""
 
 
-def sealed_items() -> list[dict[str, Any]]:
-    """The sealed part, after checking its bytes against the committed digest."""
-    raw = (DATA / "judge_gold_sealed.jsonl").read_bytes()
-    expected = (DATA / "judge_gold_sealed.sha256").read_text(encoding="utf-8").split()[0]
+def sealed_items(part: str = "sealed") -> list[dict[str, Any]]:
+    """A sealed part, after checking its bytes against the committed digest."""
+    stem = PARTS[part]
+    raw = (DATA / f"{stem}.jsonl").read_bytes()
+    expected = (DATA / f"{stem}.sha256").read_text(encoding="utf-8").split()[0]
     if hashlib.sha256(raw).hexdigest() != expected:
-        raise SystemExit("judge_gold_sealed.jsonl does not match judge_gold_sealed.sha256: the sealed part changed.")
+        raise SystemExit(f"{stem}.jsonl does not match {stem}.sha256: the sealed part changed.")
     return [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
+
+
+def blind(name: str, part: str) -> bool:
+    """Whether the judge was built without reading anything of the part's results (v2+ read v1's on ``sealed``)."""
+    return part == "sealed_v2" or name.startswith(("ReplyJudge(v1,", "PhraseJudge"))
 
 
 def score(called: list[bool], items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -75,24 +86,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--again", action="store_true", help="score a judge version that was scored before")
     args = ap.parse_args()
-    items = sealed_items()
-    replies = [i["reply"] for i in items]
-    prompts = [i["prompt"] for i in items]
     record = json.loads(OUT.read_text(encoding="utf-8")) if OUT.is_file() else {"runs": []}
-    done = {r["judge"] for r in record["runs"]}
-    for judge in (ihs.default_judge(), PhraseJudge()):
-        name = judge_name(judge)
-        if name in done and not args.again:
-            print(f"{name} was scored on the sealed part before; not scoring it again (see {OUT}).")
-            continue
-        t0 = time.perf_counter()
-        called = judge_many(judge, replies, prompts)
-        result = score(called, items)
-        record["runs"].append({"judge": name, "sealed_sha256": hashlib.sha256(
-            (DATA / "judge_gold_sealed.jsonl").read_bytes()).hexdigest(), "n_items": len(items),
-            "seconds": round(time.perf_counter() - t0, 2), "date": time.strftime("%Y-%m-%d"), **result})
-        print(f"{name}: accuracy {result['accuracy']:.3f} on {result['n_decided']} decided items, false refusals "
-              f"{result['false_refusal_rate']:.3f}, refusal recall {result['refusal_recall']:.3f}")
+    done = {(r["judge"], r.get("part", "sealed")) for r in record["runs"]}
+    judges: list[RefusalJudge] = [*(shipped_judge(v) for v in VERSIONS), PhraseJudge()]
+    for part in PARTS:
+        items = sealed_items(part)
+        replies = [i["reply"] for i in items]
+        prompts = [i["prompt"] for i in items]
+        for judge in judges:
+            name = judge_name(judge)
+            if (name, part) in done and not args.again:
+                print(f"{name} was scored on {part} before; not scoring it again (see {OUT}).")
+                continue
+            t0 = time.perf_counter()
+            called = judge_many(judge, replies, prompts)
+            result = score(called, items)
+            record["runs"].append({"judge": name, "part": part, "blind": blind(name, part),
+                                   "sealed_sha256": hashlib.sha256((DATA / f"{PARTS[part]}.jsonl").read_bytes()).hexdigest(),
+                                   "n_items": len(items), "seconds": round(time.perf_counter() - t0, 2),
+                                   "date": time.strftime("%Y-%m-%d"), **result})
+            print(f"{name} on {part}: accuracy {result['accuracy']:.3f} on {result['n_decided']} decided items, false "
+                  f"refusals {result['false_refusal_rate']:.3f}, refusal recall {result['refusal_recall']:.3f}")
     OUT.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {OUT}")
 

@@ -1,5 +1,8 @@
-"""Re-read the committed replies of the first release's evaluation (``docs/aligned_eval_v1.json``)
-with the validated default judge.
+"""Re-read the committed replies of an evaluation with the validated default judge (generates nothing).
+
+Default: the first release's evaluation (``docs/aligned_eval_v1.json`` -> ``docs/aligned_rejudged.json``);
+``--source docs/aligned_eval.json --out docs/aligned_rejudged_v2.json`` re-reads today's evaluation
+(judged by the judge it records) with the current default judge.
 
 ``scripts/eval_aligned.py`` judged the first release's replies with :class:`PhraseJudge`, which
 misses whole styles of refusal (its sealed-set accuracy: ``docs/judge_eval.json``). This script
@@ -12,10 +15,12 @@ Some of these replies were hand-labelled into the judge's training data
 has seen the answer, so the rates are also given over the replies it never saw.
 
     python scripts/rejudge_aligned.py
+    python scripts/rejudge_aligned.py --source docs/aligned_eval.json --out docs/aligned_rejudged_v2.json
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -35,7 +40,7 @@ OUT = ROOT / "docs" / "aligned_rejudged.json"
 def seen_by_judge() -> set[str]:
     """``<model>:<prompt id>`` of aligned_eval replies in the judge's training data or design part."""
     seen = set()
-    for name in ("judge_train.jsonl", "judge_gold_design.jsonl"):
+    for name in ("judge_train.jsonl", "judge_train_v2.jsonl", "judge_gold_design.jsonl"):
         for line in (DATA / name).read_text(encoding="utf-8").splitlines():
             source = json.loads(line).get("source", "") if line.strip() else ""
             if source.startswith("aligned_eval:"):
@@ -50,10 +55,14 @@ def rate(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
 
 
 def main() -> None:
-    source = json.loads(SOURCE.read_text(encoding="utf-8"))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--source", type=Path, default=SOURCE)
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+    source = json.loads(args.source.read_text(encoding="utf-8"))
     judge = ihs.default_judge()
     seen = seen_by_judge()
-    result: dict[str, Any] = {"source": "docs/aligned_eval_v1.json", "judges": {
+    result: dict[str, Any] = {"source": args.source.resolve().relative_to(ROOT).as_posix(), "judges": {
         "old": source["settings"]["judge"], "new": judge_name(judge)},
         "settings": source["settings"], "models": {}}
     for name, entry in source["models"].items():
@@ -77,8 +86,8 @@ def main() -> None:
             print(f"{name:16s} {g:10s} old {r['old']['refused']:3d}/{r['old']['n']}  new {r['new']['refused']:3d}/"
                   f"{r['new']['n']}  new, unseen by the judge {r['new_unseen_by_judge']['refused']:3d}/"
                   f"{r['new_unseen_by_judge']['n']}")
-    OUT.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"wrote {OUT}")
+    args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

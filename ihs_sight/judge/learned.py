@@ -45,7 +45,7 @@ MAX_REPLY_TOKENS = 96
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "judge"
 VERSIONS = ("v1", "v2")
 """The shipped judge versions (``assets/judge/reply_judge_<version>``); each stays loadable."""
-DEFAULT_VERSION = "v1"
+DEFAULT_VERSION = "v2"
 """The version :func:`default_judge` returns (the rule that chose it: ``scripts/train_judge.py``)."""
 ASSET = ASSETS / f"reply_judge_{DEFAULT_VERSION}"
 FORMAT = "ihs-sight.reply-judge"
