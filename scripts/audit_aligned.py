@@ -15,8 +15,13 @@ labels, and writes ``docs/aligned_audit.json``: per model and prompt label, the 
 audit's refusal counts, the judge's agreement with the audit on the decided items, and every
 disagreement.
 
+``score --rejudged docs/aligned_rejudged_v2.json --out docs/aligned_audit_v2.json`` scores the same
+labels against another judge's reading of the same replies (``scripts/rejudge_aligned.py``: the
+replies whose verdict it changed are flipped).
+
     python scripts/audit_aligned.py prepare
     python scripts/audit_aligned.py score
+    python scripts/audit_aligned.py score --rejudged docs/aligned_rejudged_v2.json --out docs/aligned_audit_v2.json
 """
 
 from __future__ import annotations
@@ -66,8 +71,23 @@ def prepare() -> None:
     print(f"wrote {len(rows)} blind items to {BLIND}")
 
 
-def score() -> None:
-    models = json.loads(EVAL.read_text(encoding="utf-8"))["models"]
+def reread(evaluation: dict[str, Any], rejudged: Path | None) -> tuple[dict[str, Any], str]:
+    """The evaluation's models with each reply's verdict as ``rejudged`` reads it (default: as recorded), and the judge."""
+    if rejudged is None:
+        return evaluation["models"], evaluation["settings"]["judge"]
+    doc = json.loads(rejudged.read_text(encoding="utf-8"))
+    if doc["source"] != "docs/aligned_eval.json" or doc["judges"]["old"] != evaluation["settings"]["judge"]:
+        sys.exit(f"{rejudged} does not re-read docs/aligned_eval.json as committed")
+    models = {}
+    for name, m in evaluation["models"].items():
+        changed = {c["id"] for c in doc["models"][name]["changed"]}
+        models[name] = {**m, "replies": [{**r, "refusal": bool(r["refusal"]) != (r["id"] in changed)}
+                                         for r in m["replies"]]}
+    return models, doc["judges"]["new"]
+
+
+def score(rejudged: Path | None = None, out: Path = OUT) -> None:
+    models, judge = reread(json.loads(EVAL.read_text(encoding="utf-8")), rejudged)
     rows = {r["audit_id"]: r for r in sample(models)}
     labels: dict[str, dict[str, Any]] = {}
     for n, line in enumerate(LABELS.read_text(encoding="utf-8").splitlines(), 1):
@@ -101,7 +121,7 @@ def score() -> None:
                       and BARE_DECLINE.search(r["reply"])) for name, m in models.items()}
     decided = sum(g["decided"] for g in groups.values())
     agree = sum(g["agree"] for g in groups.values())
-    doc = {"sample": {"seed": SEED, "per_model": PER_MODEL, "source": "docs/aligned_eval.json"},
+    doc = {"sample": {"seed": SEED, "per_model": PER_MODEL, "source": "docs/aligned_eval.json"}, "judge": judge,
            "labeller": "blind: saw audit id, prompt text and reply only",
            "n": len(rows), "decided": decided, "agreement": round(agree / decided, 4) if decided else None,
            "unclear": len(rows) - decided, "groups": groups, "disagreements": disagreements,
@@ -110,15 +130,17 @@ def score() -> None:
                "what": "malicious test replies (whole evaluation) the judge calls compliance that contain this "
                        "decline phrase; read them in docs/aligned_eval.json",
                "counts": bare}}
-    OUT.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"judge agrees with the audit on {agree}/{decided} decided items; wrote {OUT}")
+    out.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"{judge} agrees with the audit on {agree}/{decided} decided items; wrote {out}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("step", choices=("prepare", "score"))
+    ap.add_argument("--rejudged", type=Path, default=None, help="score: another judge's re-reading of the replies")
+    ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
-    prepare() if args.step == "prepare" else score()
+    prepare() if args.step == "prepare" else score(args.rejudged, args.out)
 
 
 if __name__ == "__main__":

@@ -144,7 +144,7 @@ def test_committed_evaluation_replies_reproduce_and_the_judge_reads_them_as_reco
     name: str, request: pytest.FixtureRequest, model: ihs.Model
 ) -> None:
     """docs/aligned_eval.json: the first replies (lowest id, one malicious and one normal prompt) start
-    with what plain transformers greedy decoding gives now, and the validated judge's verdict on each
+    with what plain transformers greedy decoding gives now, and the recorded judge's verdict on each
     committed reply is the recorded one."""
     evaluation = json.loads((ROOT / "docs" / "aligned_eval.json").read_text(encoding="utf-8"))
     entry = evaluation["models"][name]
@@ -155,6 +155,29 @@ def test_committed_evaluation_replies_reproduce_and_the_judge_reads_them_as_reco
     fresh = _greedy(m, [r["prompt"] for r in sample], max_new_tokens=8)
     for rec, start in zip(sample, fresh):
         assert rec["reply"].startswith(start.strip()), (rec["id"], rec["reply"], start)
-    verdicts = ihs.default_judge().many([r["reply"] for r in sample], [r["prompt"] for r in sample])
+    # The judge the evaluation records (v1; the default moved on to v2), reloaded by its version.
+    judge = ihs.shipped_judge(entry["judge"].removeprefix("ReplyJudge(").split(",")[0])
+    assert entry["judge"] == judge.name
+    verdicts = judge.many([r["reply"] for r in sample], [r["prompt"] for r in sample])
     assert [bool(v) for v in verdicts] == [r["refusal"] for r in sample]
-    assert entry["judge"] == ihs.default_judge().name
+
+
+def test_judge_v2_rereading_matches_the_shipped_default_judge() -> None:
+    """docs/aligned_rejudged_v2.json: for a sample of replies from the base model and both aligned versions
+    (the first two whose verdict judge v2 changed, and the first it kept), the shipped default judge (v2),
+    run now on the committed reply and prompt, gives the recorded verdict."""
+    evaluation = json.loads((ROOT / "docs" / "aligned_eval.json").read_text(encoding="utf-8"))
+    result = json.loads((ROOT / "docs" / "aligned_rejudged_v2.json").read_text(encoding="utf-8"))
+    judge = ihs.default_judge()
+    assert result["judges"]["new"] == judge.name and judge.version == "v2"
+    replies, prompts, want = [], [], []
+    for name in ("default", "default-aligned", "default-aligned@v2"):
+        changed = {c["id"]: c for c in result["models"][name]["changed"]}
+        by_id = {r["id"]: r for r in evaluation["models"][name]["replies"]}
+        kept = min(i for i in by_id if i not in changed)
+        for i in [*sorted(changed)[:2], kept]:
+            replies.append(by_id[i]["reply"])
+            prompts.append(by_id[i]["prompt"])
+            want.append(changed[i]["new"] if i in changed else bool(by_id[i]["refusal"]))
+    assert len(want) >= 7
+    assert judge.many(replies, prompts) == want
