@@ -28,7 +28,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import ihs_sight as ihs  # noqa: E402
 from ihs_sight.judge import PhraseJudge, RefusalJudge, judge_many, judge_name, shipped_judge  # noqa: E402
 from ihs_sight.judge.learned import VERSIONS  # noqa: E402
 
@@ -89,7 +88,7 @@ def main() -> None:
     record = json.loads(OUT.read_text(encoding="utf-8")) if OUT.is_file() else {"runs": []}
     done = {(r["judge"], r.get("part", "sealed")) for r in record["runs"]}
     judges: list[RefusalJudge] = [*(shipped_judge(v) for v in VERSIONS), PhraseJudge()]
-    for part in PARTS:
+    for part, stem in PARTS.items():
         items = sealed_items(part)
         replies = [i["reply"] for i in items]
         prompts = [i["prompt"] for i in items]
@@ -102,7 +101,7 @@ def main() -> None:
             called = judge_many(judge, replies, prompts)
             result = score(called, items)
             record["runs"].append({"judge": name, "part": part, "blind": blind(name, part),
-                                   "sealed_sha256": hashlib.sha256((DATA / f"{PARTS[part]}.jsonl").read_bytes()).hexdigest(),
+                                   "sealed_sha256": hashlib.sha256((DATA / f"{stem}.jsonl").read_bytes()).hexdigest(),
                                    "n_items": len(items), "seconds": round(time.perf_counter() - t0, 2),
                                    "date": time.strftime("%Y-%m-%d"), **result})
             print(f"{name} on {part}: accuracy {result['accuracy']:.3f} on {result['n_decided']} decided items, false "
