@@ -152,6 +152,8 @@ def test_judge_round_trips_and_refuses_other_weights(judge: ReplyJudge, tmp_path
         (lambda j: j.proba([1, 2]), "replies must be strings"),
         (lambda j: j.proba(["a", "b"], ["x"]), "1 prompts for 2 replies"),
         (lambda j: ReplyJudge.fit(j.model, ["a", "b"], [None, None], ["refusal", "maybe"], layer=3), "maybe"),
+        (lambda j: ReplyJudge.fit(j.model, ["a"], [None], ["refusal"], layer=3, version="v9"), "version must be one of"),
+        (lambda j: ihs.shipped_judge("v9"), "No shipped reply judge 'v9'"),
     ],
 )
 def test_judge_bad_input_is_a_typed_error(judge: ReplyJudge, call: Any, match: str) -> None:
