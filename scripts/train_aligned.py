@@ -19,6 +19,12 @@ refuse them while keeping everything else as it was:
   the judge scores as refusals are left out (v2: the validated default judge; v1's phrase judge
   also dropped benign answers that only contain refusal-like words).
 
+v3 (a candidate) keeps v2's benign data and its 48 refusal styles, rewritten so that every
+refusal opens with "I" (``refusals_v3.json``): v2's refusals open with many different words, so
+under greedy decoding the refusal's probability is split over many first tokens and one
+compliant first token can win although refusing is likelier overall (v1's templates open with
+"I" 33 times in 42).
+
 Only train-split prompts (and the extra benign ones, none of which is a test prompt) are used.
 ``--validation`` also holds out a seeded fifth of the train-split malicious and normal prompts
 (:func:`validation_fifth`); ``scripts/validate_aligned.py`` scores such runs to choose the recipe.
@@ -42,6 +48,7 @@ thread count writes the same adapter. It runs on a 2-core CPU; CI never trains.
     python scripts/train_aligned.py --validation --keep-near-test --threads 1 \
         --out ihs_sight/assets/default-aligned-v2                                  # v2, as shipped
     python scripts/train_aligned.py --validation --lr 4e-4 --out /tmp/cand   # another recipe candidate
+    python scripts/train_aligned.py --version 3 --validation --out /tmp/cand_v3   # v3's candidate
     python scripts/train_aligned.py --model gemma3-270m --validation --threads 2 \
         --out ihs_sight/assets/gemma3-270m-aligned                                 # gemma3-270m-aligned, as shipped
 
@@ -79,11 +86,12 @@ from ihs_sight.prompts import encode
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "ihs_sight" / "data"
-ASSETS = {1: ROOT / "ihs_sight" / "assets" / "default-aligned", 2: ROOT / "ihs_sight" / "assets" / "default-aligned-v2"}
-REFUSALS = {1: DATA / "refusals.json", 2: DATA / "refusals_v2.json"}
-DISTILL = {1: DATA / "distill_normal.jsonl", 2: DATA / "distill_normal_v2.jsonl"}
+ASSETS = {1: ROOT / "ihs_sight" / "assets" / "default-aligned", 2: ROOT / "ihs_sight" / "assets" / "default-aligned-v2",
+          3: ROOT / "ihs_sight" / "assets" / "default-aligned-v3"}
+REFUSALS = {1: DATA / "refusals.json", 2: DATA / "refusals_v2.json", 3: DATA / "refusals_v3.json"}
+DISTILL = {1: DATA / "distill_normal.jsonl", 2: DATA / "distill_normal_v2.jsonl", 3: DATA / "distill_normal_v2.jsonl"}
 VALIDATION_SEED = 20261205
-NEAR_TEST = {2: frozenset({"x036", "x073", "x109", "x101", "x045"})}
+NEAR_TEST = {2: frozenset({"x036", "x073", "x109", "x101", "x045"}), 3: frozenset({"x036", "x073", "x109", "x101", "x045"})}
 """Extra benign prompts ``scripts/check_overlap.py`` finds close to a test prompt (data README,
 "Training data for default-aligned v2"): v1 trained on them; v2 leaves them out. The shipped v2
 adapter was trained before this line existed (``--keep-near-test`` reproduces it)."""
@@ -222,8 +230,9 @@ def per_example_loss(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--version", type=int, choices=(1, 2), default=2,
-                    help="1: v1's data (refusals.json, distill_normal.jsonl); 2: refusals_v2.json, distill_normal_v2.jsonl")
+    ap.add_argument("--version", type=int, choices=(1, 2, 3), default=2,
+                    help="1: v1's data (refusals.json, distill_normal.jsonl); 2: refusals_v2.json, distill_normal_v2.jsonl;"
+                         " 3: refusals_v3.json (v2's styles, every refusal opening with 'I'), distill_normal_v2.jsonl")
     ap.add_argument("--validation", action="store_true",
                     help="hold out the validation fifth of the train split (recipe selection, scripts/validate_aligned.py)")
     ap.add_argument("--model", choices=sorted(BASES), default="default",

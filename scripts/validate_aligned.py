@@ -1,4 +1,4 @@
-"""Choose ``default-aligned`` v2's training recipe on the validation fifth of the train split.
+"""Choose ``default-aligned``'s training recipe (v2, v3) on the validation fifth of the train split.
 
 Each candidate recipe is trained with ``scripts/train_aligned.py --validation --out DIR``, which
 holds out a seeded fifth of the train-split malicious and normal prompts
@@ -19,7 +19,11 @@ largest ``malicious - normal - lookalike`` margin wins, and the miss is recorded
 
 Writes ``docs/aligned_validation.json``: every candidate's settings (its ``train_meta.json``),
 rates and replies, and the choice. Candidates already in the file are kept (a later run adds
-candidates and chooses among all of them).
+candidates and chooses among all of them), so candidates judged by another judge go to another
+file: v3's candidates, judged by judge v2, to ``docs/aligned_validation_v3.json`` (v2's were
+judged by judge v1; judge v2 was trained on some of their replies, so they are not re-read).
+
+    python scripts/validate_aligned.py --candidate v3=/tmp/cand_v3 --out docs/aligned_validation_v3.json
 """
 
 from __future__ import annotations
@@ -112,7 +116,11 @@ def main() -> None:
     torch.manual_seed(0)
     results: dict[str, dict[str, Any]] = {}
     if args.out.is_file():  # candidates scored by earlier runs stay in the comparison
-        results = json.loads(args.out.read_text(encoding="utf-8"))["candidates"]
+        earlier = json.loads(args.out.read_text(encoding="utf-8"))
+        if earlier["judge"] != ihs.default_judge().name:
+            sys.exit(f"{args.out}'s candidates were judged by {earlier['judge']}, not by today's default judge "
+                     f"{ihs.default_judge().name}; give another --out")
+        results = earlier["candidates"]
     for spec in args.candidate:
         name, sep, folder = spec.partition("=")
         adapter = Path(folder)
