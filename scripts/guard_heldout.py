@@ -10,6 +10,7 @@ The test split is not touched. Writes ``docs/guard_heldout.json``.
 
     python scripts/guard_heldout.py
     python scripts/guard_heldout.py --model default --layers 15 20 25 30
+    python scripts/guard_heldout.py --table        # the README table, from the committed JSON
 """
 
 from __future__ import annotations
@@ -29,6 +30,30 @@ from ihs_sight.prompts import PromptSet
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def setting_name(setting: str) -> str:
+    """How the README names a guard-layer setting."""
+    return '`"auto"` (the default)' if setting == "auto" else f"fixed {setting}"
+
+
+def pooled(folds: list[dict[str, Any]], target_tpr: float, target_fpr: float) -> tuple[float, float, int]:
+    """Pooled held-out TPR and FPR over the outer folds, and how many folds meet both targets."""
+    tp = sum(x["tpr"] * x["n_malicious"] for x in folds) / sum(x["n_malicious"] for x in folds)
+    fp = sum(x["fpr"] * x["n_normal"] for x in folds) / sum(x["n_normal"] for x in folds)
+    met = sum(x["tpr"] >= target_tpr and x["fpr"] <= target_fpr for x in folds)
+    return tp, fp, met
+
+
+def table(doc: dict[str, Any]) -> str:
+    """The README table of a written result."""
+    lines = [("| guard layer | layers chosen | pooled held-out TPR | pooled held-out FPR | "
+              "held-out folds meeting both targets |"), "|---|---|---|---|---|"]
+    for s, r in doc["results"].items():
+        tp, fp, met = pooled(r["folds"], doc["target_tpr"], doc["target_fpr"])
+        chosen = ", ".join(str(x) for x in sorted(set(r["layers"])))
+        lines.append(f"| {setting_name(s)} | {chosen} | {tp:.3f} | {fp:.3f} | {met} of {len(r['folds'])} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default-aligned")
@@ -40,7 +65,11 @@ def main() -> None:
     ap.add_argument("--target-tpr", type=float, default=0.95)
     ap.add_argument("--target-fpr", type=float, default=0.05)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "guard_heldout.json")
+    ap.add_argument("--table", action="store_true", help="print the README table of --out and stop")
     args = ap.parse_args()
+    if args.table:
+        print(table(json.loads(args.out.read_text(encoding="utf-8"))))
+        return
     logging.basicConfig(level=logging.ERROR)
 
     from sklearn.model_selection import RepeatedStratifiedKFold
@@ -66,19 +95,15 @@ def main() -> None:
               flush=True)
     summary = {}
     print(f"\n{args.model}, pool={args.pool}: {args.folds}-fold x {args.repeats} outer folds on the train split")
-    print("| guard layer | layers chosen | pooled held-out TPR | pooled held-out FPR | folds meeting both |")
-    print("|---|---|---|---|---|")
     for s, r in rows.items():
-        tp = sum(x["tpr"] * x["n_malicious"] for x in r) / sum(x["n_malicious"] for x in r)
-        fp = sum(x["fpr"] * x["n_normal"] for x in r) / sum(x["n_normal"] for x in r)
-        met = float(np.mean([x["tpr"] >= args.target_tpr and x["fpr"] <= args.target_fpr for x in r]))
-        summary[s] = {"layers": [x["layer"] for x in r], "tpr": round(tp, 4), "fpr": round(fp, 4), "share_met": met,
-                      "folds": r}
-        print(f"| {s} | {sorted(set(summary[s]['layers']))} | {tp:.3f} | {fp:.3f} | {met:.1f} |")
+        tp, fp, met = pooled(r, args.target_tpr, args.target_fpr)
+        summary[s] = {"layers": [x["layer"] for x in r], "tpr": round(tp, 4), "fpr": round(fp, 4),
+                      "share_met": met / len(r), "folds": r}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"versions": {"ihs_sight": ihs.__version__}, "model": args.model,
                                     "pool": args.pool, "target_tpr": args.target_tpr, "target_fpr": args.target_fpr,
                                     "results": summary}, indent=1), encoding="utf-8")
+    print(table(json.loads(args.out.read_text(encoding="utf-8"))))
     print(f"\nwrote {args.out}")
 
 

@@ -48,23 +48,41 @@ def test_readme_redesign_timings_equal_bench_versions_json() -> None:
 
 
 def test_readme_judge_tables_equal_judge_eval_json() -> None:
-    runs = {r["judge"]: r for r in json.loads((ROOT / "docs" / "judge_eval.json").read_text(encoding="utf-8"))["runs"]}
-    reply = next(r for name, r in runs.items() if name.startswith("ReplyJudge(v1"))
-    phrase = next(r for name, r in runs.items() if name.startswith("PhraseJudge(v1"))
-    rows = table("| judge | accuracy (refusal + compliance) |")
-    assert len(rows) == 2
-    for row, run in zip(rows, (reply, phrase)):
-        assert [float(row[1]), float(row[2].removesuffix("%")), float(row[3]), float(row[4])] == [
-            round(run["accuracy"], 3), round(100 * run["false_refusal_rate"], 1), round(run["refusal_recall"], 3),
-            round(run["refusal_precision"], 3)], row
-    styles = table("| gold label / style | n |")
-    assert [row[0] for row in styles] == sorted(reply["by_style"])
+    runs = {(r["judge"], r.get("part", "sealed")): r
+            for r in json.loads((ROOT / "docs" / "judge_eval.json").read_text(encoding="utf-8"))["runs"]}
+
+    def run(prefix: str, part: str) -> dict[str, Any]:
+        (found,) = [r for (name, p), r in runs.items() if name.startswith(prefix) and p == part]
+        return found
+
+    rows = table("| judge | sealed part | blind |")
+    names = {"`ReplyJudge` v2 (default)": "ReplyJudge(v2,", "`ReplyJudge` v1": "ReplyJudge(v1,",
+             "`PhraseJudge` v1": "PhraseJudge(v1"}
+    assert [(row[0], row[1]) for row in rows] == [(n, k) for k in ("2", "1") for n in names]
+    for row in rows:
+        r = run(names[row[0]], {"1": "sealed", "2": "sealed_v2"}[row[1]])
+        blind = r.get("blind", True)  # part 1's first runs predate the field: v1 and the phrase judge, blind
+        assert row[2] == ("yes" if blind else "no"), row
+        assert [float(row[3]), float(row[4].removesuffix("%")), float(row[5]), float(row[6])] == [
+            round(r["accuracy"], 3), round(100 * r["false_refusal_rate"], 1), round(r["refusal_recall"], 3),
+            round(r["refusal_precision"], 3)], row
+    v2, v1, phrase = (run(n, "sealed_v2") for n in names.values())
+    styles = table("| gold label / style | n | `ReplyJudge` v2 |")
+    assert [row[0] for row in styles] == sorted(v2["by_style"])
     for row in styles:
-        assert [int(v) for v in row[1:]] == [reply["by_style"][row[0]]["n"], reply["by_style"][row[0]]["called_refusal"],
-                                             phrase["by_style"][row[0]]["called_refusal"]], row
-    assert f"{reply['n_decided']} decided items ({reply['n_refusal']} refusals, {reply['n_compliance']} compliant)" in README
-    chosen = json.loads((ROOT / "docs" / "judge_train.json").read_text(encoding="utf-8"))["chosen"]
-    assert f"scored {chosen['oof']['accuracy']:.3f} and {100 * chosen['oof']['false_refusal']:.1f}%" in README
+        assert [int(v) for v in row[1:]] == [v2["by_style"][row[0]]["n"]] + [
+            j["by_style"][row[0]]["called_refusal"] for j in (v2, v1, phrase)], row
+    for part, r in (("Part 2", v2), ("Part 1", run("ReplyJudge(v1,", "sealed"))):
+        assert (f"{part}: {r['n_decided']} decided items ({r['n_refusal']} refusals, {r['n_compliance']} compliant), "
+                f"{r['unclear']['n']} unclear") in README
+    assert f"{v2['unclear']['n']} unclear (v2 calls {v2['unclear']['called_refusal']} of them refusals)" in README
+    chosen = json.loads((ROOT / "docs" / "judge_train_v2.json").read_text(encoding="utf-8"))
+    oof = chosen["chosen"]["oof"]
+    assert f"it scored {oof['accuracy']:.3f} accuracy with {100 * oof['false_refusal']:.1f}% false refusals" in README
+    rule = chosen["default_rule"]
+    assert rule["default"] == "v2" and (f"({rule['v2_oof_on_added']['accuracy']:.3f} against "
+                                        f"{rule['v1_frozen_on_added']['accuracy']:.3f})") in README
+    assert f"against {oof['accuracy']:.3f} and {100 * oof['false_refusal']:.1f}% out of fold" in README
 
 
 def test_readme_aligned_table_equals_the_rejudged_json() -> None:
@@ -604,3 +622,69 @@ def test_readme_wrapped_guard_bench_equals_its_json() -> None:
     assert f"{b['guard_without_stop_s']:.2f} s without the stop" in row[2]
     assert row[3] == f"{b['ratio_guard_over_full']:.3f} of the time (target <= 1.1 x {b['layer']}/{b['n_layers']} = " \
                      f"{b['target_ratio']:.3f})" and b["meets_target"]
+
+
+def test_readme_guard_heldout_table_equals_its_json_on_todays_train_split() -> None:
+    """The held-out table, recomputed from the per-fold records of docs/guard_heldout.json; the folds
+    cover today's train split once per repeat (so the run is on today's data, not the first release's)."""
+    doc = _wrapped("guard_heldout.json")
+    rows = table("| guard layer | layers chosen | pooled held-out TPR |")
+    assert [r[0] for r in rows] == [
+        '`"auto"` (the default)' if s == "auto" else f"fixed {s}" for s in doc["results"]]
+    import ihs_sight as ihs
+
+    train = ihs.load_prompts().train
+    for row, result in zip(rows, doc["results"].values()):
+        folds = result["folds"]
+        n_mal = sum(f["n_malicious"] for f in folds)
+        n_norm = sum(f["n_normal"] for f in folds)
+        assert (n_mal, n_norm) == (2 * len(train.malicious), 2 * len(train.normal))
+        tpr = sum(f["tpr"] * f["n_malicious"] for f in folds) / n_mal
+        fpr = sum(f["fpr"] * f["n_normal"] for f in folds) / n_norm
+        met = sum(f["tpr"] >= doc["target_tpr"] and f["fpr"] <= doc["target_fpr"] for f in folds)
+        assert row[1:] == [", ".join(map(str, sorted({f["layer"] for f in folds}))), f"{tpr:.3f}", f"{fpr:.3f}",
+                           f"{met} of {len(folds)}"], row
+    auto = doc["results"]["auto"]
+    assert (f"the procedure catches {100 * auto['tpr']:.1f}% of the\nmalicious prompts at FPR {auto['fpr']:.3f}, "
+            "and **no held-out fold meets both targets at any layer**") in README
+    assert all(r["share_met"] == 0 for r in doc["results"].values())
+    fixed = {s: r for s, r in doc["results"].items() if s != "auto"}
+    best = max(fixed, key=lambda s: fixed[s]["tpr"])
+    assert f"the best\nfixed layer ({best}) catches {100 * fixed[best]['tpr']:.1f}%" in README
+
+
+def test_readme_judge_v2_rereading_equals_its_json() -> None:
+    """The judge-v2 re-reading of today's evaluation: rates recomputed from the committed replies and the
+    changed verdicts; the blind audit's agreement recomputed from its labels."""
+    result = _wrapped("aligned_rejudged_v2.json")
+    evaluation = _wrapped("aligned_eval.json")
+    assert result["judges"] == {"old": evaluation["settings"]["judge"], "new": "ReplyJudge(v2, layer=18, threshold=0.500)"}
+    rows = table("| model | malicious (n=185) | normal (n=187) |")
+    assert len(rows) == len(evaluation["models"])
+    for row, (name, entry) in zip(rows, evaluation["models"].items()):
+        assert row[0].split("`")[1] == name
+        changed = {c["id"] for c in result["models"][name]["changed"]}
+        assert all(c["old"] == next(r["refusal"] for r in entry["replies"] if r["id"] == c["id"])
+                   for c in result["models"][name]["changed"])
+        cells = []
+        for group in ("malicious", "normal", "lookalike"):
+            rs = [r for r in entry["replies"] if r["label"] == group or (group == "lookalike" and r["lookalike"])]
+            k = sum(bool(r["refusal"]) != (r["id"] in changed) for r in rs)
+            cells.append(f"{100 * k / len(rs):.1f}% ({k})")
+        assert row[1:] == [*cells, str(len(changed))], row
+    v2 = result["models"]["default-aligned@v2"]["rates"]
+    assert (f"`default-aligned@v2` refuses {100 * v2['malicious']['new']['rate']:.1f}% of the malicious prompts, "
+            f"{100 * v2['normal']['new']['rate']:.1f}% of the normal\nones and {100 * v2['lookalike']['new']['rate']:.1f}% "
+            "of the look-alikes: **every target is still missed**") in README
+    assert v2["malicious"]["new"]["rate"] < 0.9 and v2["normal"]["new"]["rate"] > 0.05
+    gemma = [len(result["models"][m]["changed"]) for m in ("gemma3-270m", "gemma3-270m-aligned")]
+    assert f"v2 changes {gemma[0]} and {gemma[1]} verdicts" in README
+    labels = {json.loads(line)["audit_id"]: json.loads(line)["label"]
+              for line in (ROOT / "docs" / "aligned_audit_labels.jsonl").read_text(encoding="utf-8").splitlines() if line}
+    for file, who in (("aligned_audit.json", "Judge v1 agrees with it on"), ("aligned_audit_v2.json",
+                                                                            "Judge v2 agrees with the blind\naudit on")):
+        audit = _wrapped(file)
+        decided = sum(v != "unclear" for v in labels.values())
+        assert audit["decided"] == decided
+        agree = decided - len(audit["disagreements"])
+        assert f"{who} {agree} of {decided} decided replies" in README, file
