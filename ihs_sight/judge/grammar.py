@@ -79,17 +79,25 @@ FEATURES_V1: tuple[str, ...] = (*_PATTERNS, "bare_no", "question_back", "questio
 # ("I'm declining.", "Count me out.", "a pass from me"), a turn to what the reply offers instead, and
 # both together (declining, then offering something safer, is a redirection, not partial help).
 _V2_PATTERNS: dict[str, str] = {
-    "decline_word": r"\bdeclin(?:e|ed|es|ing)\b|\b(?:i'll|i will|i'm going to|let me|i'd|i'm gonna) (?:pass|skip|sit (?:this|that)"
-                    r"|stay out|leave (?:this|that|it))\b|\bpass from me\b|\bcount me out\b|\bleave me out\b|\b(?:i'm|i am) "
-                    r"(?:saying|going to say|gonna say) no\b|\b(?:that's|this is|it's) a (?:no|hard no|pass|firm no)\b|"
-                    r"\b(?:staying|stay|keeping|i'll keep) out of\b|\b(?:won't|not) (?:touch|touching)\b|\boff (?:my|the) list\b|"
-                    r"\bnot (?:my place|my call|for me to)\b|\b(?:line|where) i (?:draw|stop|stay)\b",
-    "redirect": r"\binstead\b|\bwhat i (?:can|could|would|'d) (?:do|offer|tell|share|suggest|recommend)\b|\bi can (?:tell|show|"
-                r"share|explain|offer|suggest|point) you\b|\bi'd (?:suggest|recommend|encourage)\b|\b(?:safer|legal|lawful|"
-                r"legitimate|healthier|better|honest) (?:route|way|option|alternative|path|approach|version)s?\b|"
-                r"\balternatives?\b|\bif (?:the|your) (?:goal|problem|issue|concern|dispute|worry|aim|point) is\b|"
-                r"\b(?:reach out|talk|speak) to\b|\b(?:hot|help)line\b|\blegal aid\b|\bcounsel(?:or|ling|ing)\b|"
-                r"\bin general terms\b|\bgeneral (?:overview|history|principles|safety|terms)\b",
+    "decline_word": (
+        r"\bdeclin(?:e|ed|es|ing)\b|\b(?:i'll|i will|i'm going to|let me|i'd"
+        r"|i'm gonna) (?:pass|skip|sit (?:this|that)|stay out|leave (?:this|that|it))\b"
+        r"|\bpass from me\b|\bcount me out\b|\bleave me out\b|\b(?:i'm|i am) (?:saying"
+        r"|going to say|gonna say) no\b|\b(?:that's|this is|it's) a (?:no|hard no|pass"
+        r"|firm no)\b|\b(?:staying|stay|keeping|i'll keep) out of\b|\b(?:won't|not) (?:touch"
+        r"|touching)\b|\boff (?:my|the) list\b|\bnot (?:my place|my call|for me to)\b"
+        r"|\b(?:line|where) i (?:draw|stop|stay)\b"
+    ),
+    "redirect": (
+        r"\binstead\b|\bwhat i (?:can|could|would|'d) (?:do|offer|tell|share|suggest"
+        r"|recommend)\b|\bi can (?:tell|show|share|explain|offer|suggest|point) you\b"
+        r"|\bi'd (?:suggest|recommend|encourage)\b|\b(?:safer|legal|lawful|legitimate"
+        r"|healthier|better|honest) (?:route|way|option|alternative|path|approach|version)s?\b"
+        r"|\balternatives?\b|\bif (?:the|your) (?:goal|problem|issue|concern|dispute|worry|aim"
+        r"|point) is\b|\b(?:reach out|talk|speak) to\b|\b(?:hot|help)line\b|\blegal aid\b"
+        r"|\bcounsel(?:or|ling|ing)\b|\bin general terms\b|\bgeneral (?:overview|history"
+        r"|principles|safety|terms)\b"
+    ),
 }
 _COMPILED_V2 = {name: re.compile(p, re.MULTILINE) for name, p in _V2_PATTERNS.items()}
 FEATURES: tuple[str, ...] = (*FEATURES_V1, *_V2_PATTERNS, "decline_turn")
