@@ -28,8 +28,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ihs_sight.judge import PhraseJudge, RefusalJudge, judge_many, judge_name, shipped_judge  # noqa: E402
-from ihs_sight.judge.learned import VERSIONS  # noqa: E402
+from ihs_sight.judge import PhraseJudge, RefusalJudge, ReplyJudge, judge_many, judge_name, shipped_judge  # noqa: E402
+from ihs_sight.judge.learned import SEEN_PARTS, VERSIONS  # noqa: E402
 
 DATA = ROOT / "ihs_sight" / "data"
 OUT = ROOT / "docs" / "judge_eval.json"
@@ -47,9 +47,14 @@ def sealed_items(part: str = "sealed") -> list[dict[str, Any]]:
     return [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
 
 
-def blind(name: str, part: str) -> bool:
-    """Whether the judge was built without reading anything of the part's results (v2+ read v1's on ``sealed``)."""
-    return part == "sealed_v2" or name.startswith(("ReplyJudge(v1,", "PhraseJudge"))
+def blind(judge: RefusalJudge, part: str) -> bool:
+    """Whether the judge was built without reading any result on the part (``learned.SEEN_PARTS``)."""
+    if not isinstance(judge, ReplyJudge):
+        return True  # the phrase judge predates every sealed part
+    if judge.version not in SEEN_PARTS:
+        raise SystemExit(f"Record in ihs_sight/judge/learned.py SEEN_PARTS which sealed parts' results were read "
+                         f"before judge {judge.version} was built.")
+    return part not in SEEN_PARTS[judge.version]
 
 
 def score(called: list[bool], items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -100,7 +105,7 @@ def main() -> None:
             t0 = time.perf_counter()
             called = judge_many(judge, replies, prompts)
             result = score(called, items)
-            record["runs"].append({"judge": name, "part": part, "blind": blind(name, part),
+            record["runs"].append({"judge": name, "part": part, "blind": blind(judge, part),
                                    "sealed_sha256": hashlib.sha256((DATA / f"{stem}.jsonl").read_bytes()).hexdigest(),
                                    "n_items": len(items), "seconds": round(time.perf_counter() - t0, 2),
                                    "date": time.strftime("%Y-%m-%d"), **result})

@@ -1,8 +1,10 @@
-"""Re-read the committed replies of an evaluation with the validated default judge (generates nothing).
+"""Re-read the committed replies of an evaluation with a shipped judge (generates nothing).
 
-Default: the first release's evaluation (``docs/aligned_eval_v1.json`` -> ``docs/aligned_rejudged.json``);
-``--source docs/aligned_eval.json --out docs/aligned_rejudged_v2.json`` re-reads today's evaluation
-(judged by the judge it records) with the current default judge.
+``--judge`` names the shipped judge version (default: :func:`ihs_sight.default_judge`'s). Two
+committed readings: the first release's evaluation (``docs/aligned_eval_v1.json``, judged by the
+phrase judge) re-read by judge v1 into ``docs/aligned_rejudged.json``, and today's evaluation
+(``docs/aligned_eval.json``, judged by judge v1) re-read by judge v2 into
+``docs/aligned_rejudged_v2.json``.
 
 ``scripts/eval_aligned.py`` judged the first release's replies with :class:`PhraseJudge`, which
 misses whole styles of refusal (its sealed-set accuracy: ``docs/judge_eval.json``). This script
@@ -14,8 +16,8 @@ Some of these replies were hand-labelled into the judge's training data
 (``judge_train.jsonl``, source ``aligned_eval:<model>:<id>``) or its design part; on those the judge
 has seen the answer, so the rates are also given over the replies it never saw.
 
-    python scripts/rejudge_aligned.py
-    python scripts/rejudge_aligned.py --source docs/aligned_eval.json --out docs/aligned_rejudged_v2.json
+    python scripts/rejudge_aligned.py --judge v1
+    python scripts/rejudge_aligned.py --judge v2 --source docs/aligned_eval.json --out docs/aligned_rejudged_v2.json
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import ihs_sight as ihs  # noqa: E402
 from ihs_sight.judge import judge_many, judge_name  # noqa: E402
+from ihs_sight.judge.learned import DEFAULT_VERSION, VERSIONS  # noqa: E402
 
 DATA = ROOT / "ihs_sight" / "data"
 SOURCE = ROOT / "docs" / "aligned_eval_v1.json"
@@ -56,13 +59,16 @@ def rate(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--judge", choices=VERSIONS, default=DEFAULT_VERSION, help="the shipped judge that re-reads")
     ap.add_argument("--source", type=Path, default=SOURCE)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     source = json.loads(args.source.read_text(encoding="utf-8"))
-    judge = ihs.default_judge()
+    judge = ihs.shipped_judge(args.judge)
     seen = seen_by_judge()
-    result: dict[str, Any] = {"source": args.source.resolve().relative_to(ROOT).as_posix(), "judges": {
+    where = args.source.resolve()
+    result: dict[str, Any] = {"source": where.relative_to(ROOT).as_posix() if where.is_relative_to(ROOT) else str(where),
+                              "judges": {
         "old": source["settings"]["judge"], "new": judge_name(judge)},
         "settings": source["settings"], "models": {}}
     for name, entry in source["models"].items():

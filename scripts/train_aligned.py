@@ -91,7 +91,8 @@ ASSETS = {1: ROOT / "ihs_sight" / "assets" / "default-aligned", 2: ROOT / "ihs_s
 REFUSALS = {1: DATA / "refusals.json", 2: DATA / "refusals_v2.json", 3: DATA / "refusals_v3.json"}
 DISTILL = {1: DATA / "distill_normal.jsonl", 2: DATA / "distill_normal_v2.jsonl", 3: DATA / "distill_normal_v2.jsonl"}
 VALIDATION_SEED = 20261205
-NEAR_TEST = {2: frozenset({"x036", "x073", "x109", "x101", "x045"}), 3: frozenset({"x036", "x073", "x109", "x101", "x045"})}
+NEAR_TEST = {2: frozenset({"x036", "x073", "x109", "x101", "x045"})}
+NEAR_TEST[3] = NEAR_TEST[2]  # v3 trains on v2's benign data
 """Extra benign prompts ``scripts/check_overlap.py`` finds close to a test prompt (data README,
 "Training data for default-aligned v2"): v1 trained on them; v2 leaves them out. The shipped v2
 adapter was trained before this line existed (``--keep-near-test`` reproduces it)."""

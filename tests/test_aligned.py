@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 import ihs_sight as ihs
 from ihs_sight.judge import PhraseJudge
-from ihs_sight.models import aligned_adapter_dir
+from ihs_sight.models import ALIGNED_VERSIONS, aligned_adapter_dir
 from ihs_sight.prompts import encode
 
 MAX_ADAPTER_BYTES = 10 * 1024 * 1024
@@ -181,3 +181,16 @@ def test_judge_v2_rereading_matches_the_shipped_default_judge() -> None:
             want.append(changed[i]["new"] if i in changed else bool(by_id[i]["refusal"]))
     assert len(want) >= 7
     assert judge.many(replies, prompts) == want
+
+
+def test_v3_candidates_recorded_verdicts_are_judge_v2s() -> None:
+    """docs/aligned_validation_v3.json: judge v2, run now on a sample of the candidate's committed replies
+    (the first two to malicious and to normal prompts), gives the recorded verdicts; nothing of v3 ships."""
+    doc = json.loads((ROOT / "docs" / "aligned_validation_v3.json").read_text(encoding="utf-8"))
+    judge = ihs.shipped_judge("v2")
+    assert doc["judge"] == judge.name
+    replies = doc["candidates"]["v3"]["replies"]
+    sample = [r for label in ("malicious", "normal")
+              for r in sorted((r for r in replies if r["label"] == label), key=lambda r: r["id"])[:2]]
+    assert judge.many([r["reply"] for r in sample], [r["prompt"] for r in sample]) == [r["refusal"] for r in sample]
+    assert "default-aligned@v3" not in ALIGNED_VERSIONS

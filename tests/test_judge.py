@@ -1,5 +1,5 @@
-"""The default refusal judge: its probabilities against a plain transformers forward, its score on
-the sealed gold set against the recorded one, persistence and bad input.
+"""The shipped refusal judges: probabilities against a plain transformers forward, each version's score
+on both sealed gold parts against the recorded one, the default's choice, persistence and bad input.
 
 Each reply is read after its prompt (the chat template's user turn), so the reference builds the
 ids with ``apply_chat_template`` itself and averages ``hidden_states[layer]`` over the reply's
@@ -110,10 +110,16 @@ def test_shipped_judges_score_each_sealed_part_as_recorded(part: str, model: ihs
     assert min(scored.values()) > phrase_accuracy + 0.2
 
 
-def test_the_default_version_is_the_one_the_training_rule_chose() -> None:
-    """DEFAULT_VERSION follows the rule scripts/train_judge.py applied on training data only, and the rule's
-    inputs give its recorded outcome."""
+def test_the_default_version_is_the_one_the_training_rule_chose(model: ihs.Model) -> None:
+    """DEFAULT_VERSION follows the rule scripts/train_judge.py applied on training data only; the frozen
+    v1's side of it is recomputed here by running v1 on the replies added for v2."""
     rule = json.loads((ROOT / "docs" / "judge_train_v2.json").read_text("utf-8"))["default_rule"]
+    added = [json.loads(line) for line in (DATA / "judge_train_v2.jsonl").read_text("utf-8").splitlines() if line]
+    assert rule["n_added"] == len(added)
+    v1 = ReplyJudge.load(ASSETS / "reply_judge_v1", model=model)
+    accuracy, false_refusal = _score(v1.many([i["reply"] for i in added], [i["prompt"] for i in added]), added)
+    assert accuracy == pytest.approx(rule["v1_frozen_on_added"]["accuracy"], abs=1e-4)
+    assert false_refusal == pytest.approx(rule["v1_frozen_on_added"]["false_refusal"], abs=1e-4)
     better = rule["v2_oof_on_added"]["accuracy"] > rule["v1_frozen_on_added"]["accuracy"]
     clean = rule["v2_oof_false_refusal_all"] <= rule["max_false_refusal"]
     assert rule["default"] == ("v2" if better and clean else "v1") == DEFAULT_VERSION
@@ -154,6 +160,7 @@ def test_judge_round_trips_and_refuses_other_weights(judge: ReplyJudge, tmp_path
         (lambda j: ReplyJudge.fit(j.model, ["a", "b"], [None, None], ["refusal", "maybe"], layer=3), "maybe"),
         (lambda j: ReplyJudge.fit(j.model, ["a"], [None], ["refusal"], layer=3, version="v9"), "version must be one of"),
         (lambda j: ihs.shipped_judge("v9"), "No shipped reply judge 'v9'"),
+        (lambda j: cue_matrix(["a", "b"], ["x"]), "1 prompts for 2 replies"),
     ],
 )
 def test_judge_bad_input_is_a_typed_error(judge: ReplyJudge, call: Any, match: str) -> None:

@@ -655,7 +655,7 @@ def test_readme_guard_heldout_table_equals_its_json_on_todays_train_split() -> N
 
 def test_readme_judge_v2_rereading_equals_its_json() -> None:
     """The judge-v2 re-reading of today's evaluation: rates recomputed from the committed replies and the
-    changed verdicts; the blind audit's agreement recomputed from its labels."""
+    changed verdicts; the blind audit's agreement recomputed from its labels and the audited replies."""
     result = _wrapped("aligned_rejudged_v2.json")
     evaluation = _wrapped("aligned_eval.json")
     assert result["judges"] == {"old": evaluation["settings"]["judge"], "new": "ReplyJudge(v2, layer=18, threshold=0.500)"}
@@ -681,13 +681,22 @@ def test_readme_judge_v2_rereading_equals_its_json() -> None:
     assert f"v2 changes {gemma[0]} and {gemma[1]} verdicts" in README
     labels = {json.loads(line)["audit_id"]: json.loads(line)["label"]
               for line in (ROOT / "docs" / "aligned_audit_labels.jsonl").read_text(encoding="utf-8").splitlines() if line}
-    for file, who in (("aligned_audit.json", "Judge v1 agrees with it on"), ("aligned_audit_v2.json",
-                                                                            "Judge v2 agrees with the blind\naudit on")):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from audit_aligned import reread, sample
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    for file, rejudged, who in (("aligned_audit.json", None, "Judge v1 agrees with it on"),
+                                ("aligned_audit_v2.json", ROOT / "docs" / "aligned_rejudged_v2.json",
+                                 "Judge v2 agrees with the blind\naudit on")):
+        models, judge = reread(evaluation, rejudged)
+        rows = sample(models)  # the audited replies, redrawn by seed, each with the judge's verdict
+        decided = [r for r in rows if labels[r["audit_id"]] != "unclear"]
+        agree = sum((labels[r["audit_id"]] == "refusal") == bool(r["refusal"]) for r in decided)
         audit = _wrapped(file)
-        decided = sum(v != "unclear" for v in labels.values())
-        assert audit["decided"] == decided
-        agree = decided - len(audit["disagreements"])
-        assert f"{who} {agree} of {decided} decided replies" in README, file
+        assert (audit["judge"], audit["decided"], len(audit["disagreements"])) == (judge, len(decided),
+                                                                                   len(decided) - agree)
+        assert f"{who} {agree} of {len(decided)} decided replies" in README, file
 
 
 def test_readme_v3_candidate_equals_its_validation_json() -> None:
@@ -709,4 +718,4 @@ def test_readme_v3_candidate_equals_its_validation_json() -> None:
     assert (f"it refuses {100 * mal['refused'] / mal['n']:.1f}% of the malicious prompts ({mal['refused']}/{mal['n']}),\n"
             f"{100 * norm['refused'] / norm['n']:.1f}% of the normal ones ({norm['refused']}/{norm['n']}) and "
             f"{100 * look['refused'] / look['n']:.1f}% of the look-alikes ({look['refused']}/{look['n']})") in README
-    assert not (ROOT / "ihs_sight" / "assets" / "default-aligned-v3").exists()
+    assert doc["shipped"] is False and not (ROOT / "ihs_sight" / "assets" / "default-aligned-v3").exists()

@@ -45,6 +45,9 @@ MAX_REPLY_TOKENS = 96
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "judge"
 VERSIONS = ("v1", "v2")
 """The shipped judge versions (``assets/judge/reply_judge_<version>``); each stays loadable."""
+SEEN_PARTS: dict[str, tuple[str, ...]] = {"v1": (), "v2": ("sealed",)}
+"""Per shipped version, the sealed gold parts whose results were read before it was built: its
+score on those parts is not blind (``scripts/eval_judge.py`` records this)."""
 DEFAULT_VERSION = "v2"
 """The version :func:`default_judge` returns (the rule that chose it: ``scripts/train_judge.py``)."""
 ASSET = ASSETS / f"reply_judge_{DEFAULT_VERSION}"
