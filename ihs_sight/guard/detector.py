@@ -72,6 +72,8 @@ GUARD_FORMAT_VERSION = 3
 """2: ``probe_sha256`` recorded and checked; bundles written whole under a temporary name.
 3: a ``features`` record (pool, and what the pool depends on: ``top_k``, the template's closing
 tokens) checked on load. Bundles of versions 1 and 2 (pools ``last`` and ``mean``) load as they did before 3."""
+
+
 class ModelMismatchError(InputError):
     """A saved guard was fitted on other weights or another chat template than the model given."""
 

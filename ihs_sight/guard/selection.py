@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 CLASSIFIERS: tuple[str, ...] = ("logreg", "svm", "mlp")
 """The probes a guard can read its layer with (:class:`~ihs_sight.LayerProbe`'s torch engine)."""
 
+
 def check_guard_layer(layer: Any, n_layers: int) -> int:
     """A guard's exit layer: ``1..L`` (layer 0, the embeddings, runs no block to exit after)."""
     return check_layer(layer, n_layers, low=1)
@@ -291,9 +292,6 @@ def pooled_rate(rows: Sequence[RateRow], label: str) -> RateRow:
     return RateRow(group=f"{label}/pooled", n=n, flagged=k, rate=round(k / n, 4) if n else 0.0)
 
 
-# ---------------------------------------------------------------------------- the guard
-
-
 # ---------------------------------------------------------------------------- the fit's settings and readings
 
 
@@ -314,7 +312,8 @@ class Settings:
 
 
 def settings(model: Model, *, layer: Any, target_accuracy: Any, target_fpr: Any, pool: Any, classifier: Any,
-              C: Any, cv: Any, cv_repeats: Any, folds: Any, random_state: Any) -> Settings:
+             C: Any, cv: Any, cv_repeats: Any, folds: Any, random_state: Any) -> Settings:
+    """:meth:`Guard.fit`'s arguments, each checked once, as :class:`Settings`."""
     if isinstance(layer, str) and layer == "auto":
         search = list(range(1, model.n_layers + 1))
     elif isinstance(layer, (list, tuple)):
@@ -375,7 +374,7 @@ def fit_labels(prompts: PromptSet) -> list[str]:
 
 
 def read(model: Model, prompts: Any, layers: list[int], pool: Pool, *, batch_size: int, chat: bool,
-          system_prompt: str | None, cache: bool | str | Path, progress: bool) -> Readings:
+         system_prompt: str | None, cache: bool | str | Path, progress: bool) -> Readings:
     """The guard's readings of ``prompts`` at ``layers``: one state each, or every own token for the token pools."""
     if pool in TOKEN_POOLS:
         return Readings(pool, tokens=token_states(model, prompts, layers, batch_size=batch_size, chat=chat,
