@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 import ihs_sight as ihs  # noqa: E402
 from ihs_sight.judge import CLASSES, ReplyJudge, reply_states  # noqa: E402
 from ihs_sight.judge.grammar import CUE_SETS  # noqa: E402
-from ihs_sight.judge.learned import ASSETS, fit_weights, judge_features  # noqa: E402
+from ihs_sight.judge.learned import asset, fit_weights, judge_features  # noqa: E402
 
 DATA = ROOT / "ihs_sight" / "data"
 LAYERS = (3, 6, 9, 12, 15, 18, 21, 24, 27, 30)
@@ -71,7 +71,11 @@ def oof_proba(x: torch.Tensor, y: np.ndarray, c: float, splits: list[tuple[np.nd
 
 def scores(p: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, float]:
     """Accuracy on refusal/compliance items and the share of compliant replies called refusals."""
-    called = p[..., 0] > threshold
+    return verdict_scores(p[..., 0] > threshold, y)
+
+
+def verdict_scores(called: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """:func:`scores` of verdicts (``called``: (..., n) True for "refusal"), averaged over leading axes."""
     decided = y != CLASSES.index("unclear")
     refusal = y == 0
     acc = float((called == refusal)[..., decided].mean())
@@ -130,8 +134,8 @@ def main() -> None:
             "data": {name: sum(i["file"] == name for i in items) for name in dict.fromkeys(i["file"] for i in items)}}
     judge = ReplyJudge.fit(model, replies, prompts, [i["label"] for i in items], layer=int(row["layer"]),
                            C=float(row["C"]), threshold=threshold, version=version, info=info)
-    asset = ASSETS / f"reply_judge_{version}"
-    judge.save(asset)
+    stem = asset(version)
+    judge.save(stem)
     result: dict[str, object] = {
         "version": version, "chosen": info, "grid": grid,
         "thresholds_at_chosen": {str(t): s for t, s in by_threshold.items()},
@@ -142,7 +146,7 @@ def main() -> None:
                                               args.max_false_refusal)
     out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(f"chosen: layer {row['layer']}, C {row['C']}, threshold {threshold}: out of fold {by_threshold[threshold]}"
-          f" (design items only: {design_oof}); wrote {asset}.json/.safetensors and {out}")
+          f" (design items only: {design_oof}); wrote {stem}.json/.safetensors and {out}")
     if "default_rule" in result:
         print(f"default rule: {result['default_rule']}")
 
@@ -153,7 +157,7 @@ def default_rule(items: list[dict[str, str]], replies: list[str], prompts: list[
     added = np.array([i["file"] == "judge_train_v2.jsonl" for i in items])
     v1 = ihs.shipped_judge("v1")
     called_v1 = np.array(v1.many([r for r, a in zip(replies, added) if a], [q for q, a in zip(prompts, added) if a]))
-    v1_scores = scores(called_v1.astype(float)[None, :, None].repeat(3, 2), y[added], 0.5)
+    v1_scores = verdict_scores(called_v1, y[added])
     v2_scores = scores(p[:, added], y[added], threshold)
     better = v2_scores["accuracy"] > v1_scores["accuracy"]
     clean = oof["false_refusal"] <= max_false_refusal

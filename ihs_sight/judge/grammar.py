@@ -108,6 +108,8 @@ FEATURES: tuple[str, ...] = (*FEATURES_V1, *_V2_PATTERNS, "decline_turn")
 """Every cue name, in the order of :func:`cue_vector`'s entries (v1's first, then v2's additions)."""
 CUE_SETS: dict[str, tuple[str, ...]] = {"v1": FEATURES_V1, "v2": FEATURES}
 """The cue list each shipped judge version reads (a judge's file records it)."""
+_DECLINE_CUES = tuple(FEATURES_V1.index(n) for n in ("decline", "not_something", "bare_no"))
+_TURN_CUE = FEATURES_V1.index("turn")
 
 
 def _content_words(text: str) -> set[str]:
@@ -134,8 +136,8 @@ def cue_vector(reply: str, prompt: str | None = None) -> np.ndarray:
     values.append(float(not words))
     extra = [float(min(len(_COMPILED_V2["decline_word"].findall(opening)), 3)),
              float(min(len(_COMPILED_V2["redirect"].findall(text)), 3))]
-    declines = sum(values[FEATURES_V1.index(n)] for n in ("decline", "not_something", "bare_no")) + extra[0]
-    turns = values[FEATURES_V1.index("turn")] + extra[1]
+    declines = sum(values[i] for i in _DECLINE_CUES) + extra[0]
+    turns = values[_TURN_CUE] + extra[1]
     return np.asarray([*values, *extra, float(declines > 0 and turns > 0)], dtype=np.float64)
 
 

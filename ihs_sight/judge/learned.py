@@ -50,7 +50,14 @@ SEEN_PARTS: dict[str, tuple[str, ...]] = {"v1": (), "v2": ("sealed",)}
 score on those parts is not blind (``scripts/eval_judge.py`` records this)."""
 DEFAULT_VERSION = "v2"
 """The version :func:`default_judge` returns (the rule that chose it: ``scripts/train_judge.py``)."""
-ASSET = ASSETS / f"reply_judge_{DEFAULT_VERSION}"
+
+
+def asset(version: str) -> Path:
+    """Where a shipped judge version's files live (``.json`` and ``.safetensors`` beside this stem)."""
+    return ASSETS / f"reply_judge_{version}"
+
+
+ASSET = asset(DEFAULT_VERSION)
 FORMAT = "ihs-sight.reply-judge"
 
 
@@ -235,7 +242,7 @@ def shipped_judge(version: str) -> ReplyJudge:
     """
     if version not in VERSIONS:
         raise InputError(f"No shipped reply judge {version!r}; the shipped versions are {list(VERSIONS)}.")
-    path = ASSETS / f"reply_judge_{version}"
+    path = asset(version)
     if not path.with_suffix(".json").is_file():
         raise InputError(f"The shipped judge {version} is missing ({path}.json); run scripts/train_judge.py.")
     return ReplyJudge.load(path)
