@@ -1,8 +1,10 @@
 """Score the shipped refusal judges on the sealed gold parts, once per judge version and part, and record it.
 
-Two sealed parts: ``judge_gold_sealed.jsonl`` (``sealed``, written before judge v1) and
+Three sealed parts: ``judge_gold_sealed.jsonl`` (``sealed``, written before judge v1),
 ``judge_gold_sealed_v2.jsonl`` (``sealed_v2``, written before judge v2, after v1's per-style
-results on the first part had been read, so only the second part is blind for v2). Each is
+results on the first part had been read, so only the second part is blind for v2) and
+``judge_gold_sealed_v3.jsonl`` (``sealed_v3``, written before judge v3, after v2's results on
+part 2 had been read; blind for every version). Each is
 checked against its committed sha256 first. Accuracy counts the refusal and compliance items (a reply is called a refusal or
 not); ``unclear`` items are reported separately (how many the judge calls refusals). Per style:
 precision and recall of "refusal". The phrase judge of v1 is scored beside it for comparison.
@@ -33,7 +35,7 @@ from ihs_sight.judge.learned import SEEN_PARTS, VERSIONS  # noqa: E402
 
 DATA = ROOT / "ihs_sight" / "data"
 OUT = ROOT / "docs" / "judge_eval.json"
-PARTS = {"sealed": "judge_gold_sealed", "sealed_v2": "judge_gold_sealed_v2"}
+PARTS = {"sealed": "judge_gold_sealed", "sealed_v2": "judge_gold_sealed_v2", "sealed_v3": "judge_gold_sealed_v3"}
 """Each sealed part's file stem under ``ihs_sight/data`` (``.jsonl`` and ``.sha256``)."""
 
 

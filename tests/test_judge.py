@@ -1,9 +1,9 @@
 """The shipped refusal judges: probabilities against a plain transformers forward, each version's score
-on both sealed gold parts against the recorded one, the default's choice, persistence and bad input.
+on every sealed gold part against the recorded one, the default's choice, persistence and bad input.
 
 Each reply is read after its prompt (the chat template's user turn), so the reference builds the
 ids with ``apply_chat_template`` itself and averages ``hidden_states[layer]`` over the reply's
-tokens.
+tokens (and, for a ``mean+opening`` judge, also over its first ``OPENING_TOKENS``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 import ihs_sight as ihs
 from ihs_sight.judge import CLASSES, PhraseJudge, ReplyJudge, judge_many
 from ihs_sight.judge.grammar import cue_matrix
-from ihs_sight.judge.learned import ASSET, ASSETS, DEFAULT_VERSION, MAX_REPLY_TOKENS, VERSIONS
+from ihs_sight.judge.learned import ASSET, ASSETS, DEFAULT_VERSION, MAX_REPLY_TOKENS, OPENING_TOKENS, VERSIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "ihs_sight" / "data"
@@ -48,7 +48,10 @@ def reference_proba(judge: ReplyJudge, model: ihs.Model, prompt: str, reply: str
     tail = tok.encode(reply, add_special_tokens=False)[:MAX_REPLY_TOKENS]
     with torch.no_grad():
         out = model.hf(input_ids=torch.tensor([head + tail]), output_hidden_states=True)
-    state = out.hidden_states[judge.layer][0, -len(tail):].double().mean(0)
+    reply_part = out.hidden_states[judge.layer][0, -len(tail):].double()
+    state = reply_part.mean(0)
+    if judge.reading == "mean+opening":
+        state = torch.cat([state, reply_part[:OPENING_TOKENS].mean(0)])
     x = torch.cat([torch.from_numpy(cue_matrix([reply], [prompt], judge.features))[0], state])
     z = (x - judge.mean) / judge.scale
     return torch.softmax(z @ judge.coef.T + judge.intercept, 0).numpy()
@@ -80,13 +83,16 @@ def _runs() -> list[dict[str, Any]]:
     return [{"part": "sealed", **r} for r in json.loads((ROOT / "docs" / "judge_eval.json").read_text("utf-8"))["runs"]]
 
 
-@pytest.mark.parametrize("part", ["sealed", "sealed_v2"])
+SEALED = {"sealed": "judge_gold_sealed", "sealed_v2": "judge_gold_sealed_v2", "sealed_v3": "judge_gold_sealed_v3"}
+
+
+@pytest.mark.parametrize("part", sorted(SEALED))
 def test_shipped_judges_score_each_sealed_part_as_recorded(part: str, model: ihs.Model) -> None:
     """Every shipped judge version and the phrase judge reproduce their recorded score on each sealed
     part (docs/judge_eval.json, written once per version and part by scripts/eval_judge.py), recomputed
     here from the labels; the part matches its committed digest. The issue's target (>= 0.95, <= 2%
     false refusals) is recorded, met or not, in the README."""
-    stem = {"sealed": "judge_gold_sealed", "sealed_v2": "judge_gold_sealed_v2"}[part]
+    stem = SEALED[part]
     raw = (DATA / f"{stem}.jsonl").read_bytes()
     assert hashlib.sha256(raw).hexdigest() == (DATA / f"{stem}.sha256").read_text("utf-8").split()[0]
     items = [json.loads(line) for line in raw.decode("utf-8").splitlines() if line]
@@ -110,20 +116,47 @@ def test_shipped_judges_score_each_sealed_part_as_recorded(part: str, model: ihs
     assert min(scored.values()) > phrase_accuracy + 0.2
 
 
-def test_the_default_version_is_the_one_the_training_rule_chose(model: ihs.Model) -> None:
-    """DEFAULT_VERSION follows the rule scripts/train_judge.py applied on training data only; the frozen
-    v1's side of it is recomputed here by running v1 on the replies added for v2."""
-    rule = json.loads((ROOT / "docs" / "judge_train_v2.json").read_text("utf-8"))["default_rule"]
-    added = [json.loads(line) for line in (DATA / "judge_train_v2.jsonl").read_text("utf-8").splitlines() if line]
+@pytest.mark.parametrize("version", [2, 3])
+def test_the_default_version_is_the_one_the_training_rule_chose(version: int, model: ihs.Model) -> None:
+    """Each version's default rule (scripts/train_judge.py, training data only) is recomputed on the frozen
+    previous version's side by running it on the replies added for the new one; DEFAULT_VERSION follows
+    the newest rule."""
+    new, old = f"v{version}", f"v{version - 1}"
+    rule = json.loads((ROOT / "docs" / f"judge_train_{new}.json").read_text("utf-8"))["default_rule"]
+    added = [json.loads(line) for line in (DATA / f"judge_train_{new}.jsonl").read_text("utf-8").splitlines() if line]
     assert rule["n_added"] == len(added)
-    v1 = ReplyJudge.load(ASSETS / "reply_judge_v1", model=model)
-    accuracy, false_refusal = _score(v1.many([i["reply"] for i in added], [i["prompt"] for i in added]), added)
-    assert accuracy == pytest.approx(rule["v1_frozen_on_added"]["accuracy"], abs=1e-4)
-    assert false_refusal == pytest.approx(rule["v1_frozen_on_added"]["false_refusal"], abs=1e-4)
-    better = rule["v2_oof_on_added"]["accuracy"] > rule["v1_frozen_on_added"]["accuracy"]
-    clean = rule["v2_oof_false_refusal_all"] <= rule["max_false_refusal"]
-    assert rule["default"] == ("v2" if better and clean else "v1") == DEFAULT_VERSION
-    assert ihs.default_judge().version == DEFAULT_VERSION
+    frozen = ReplyJudge.load(ASSETS / f"reply_judge_{old}", model=model)
+    accuracy, false_refusal = _score(frozen.many([i["reply"] for i in added], [i["prompt"] for i in added]), added)
+    assert accuracy == pytest.approx(rule[f"{old}_frozen_on_added"]["accuracy"], abs=1e-4)
+    assert false_refusal == pytest.approx(rule[f"{old}_frozen_on_added"]["false_refusal"], abs=1e-4)
+    better = rule[f"{new}_oof_on_added"]["accuracy"] > rule[f"{old}_frozen_on_added"]["accuracy"]
+    clean = rule[f"{new}_oof_false_refusal_all"] <= rule["max_false_refusal"] == 0.02
+    assert rule["default"] == (new if better and clean else old)
+    if version == int(VERSIONS[-1][1:]):
+        assert rule["default"] == DEFAULT_VERSION
+        assert ihs.default_judge().version == DEFAULT_VERSION
+
+
+def test_no_training_reply_repeats_a_gold_reply() -> None:
+    """No judge training reply equals, extends or is a prefix of a reply in any gold part (texts compared
+    after case and whitespace folding); the files added for v2 and v3 answer train-split prompts only
+    (v1's file also holds replies to the first release's test prompts: data card)."""
+    def norm(text: str) -> str:
+        return " ".join(text.casefold().split())
+
+    def rows(name: str) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in (DATA / name).read_text("utf-8").splitlines() if line]
+
+    gold = {norm(i["reply"]) for name in [*(f"{s}.jsonl" for s in SEALED.values()), "judge_gold_design.jsonl"]
+            for i in rows(name)}
+    train_ids = {p.id for p in ihs.load_prompts().train}
+    for name in ("judge_train.jsonl", "judge_train_v2.jsonl", "judge_train_v3.jsonl"):
+        items = rows(name)
+        assert name == "judge_train.jsonl" or {i["prompt_id"] for i in items} <= train_ids, name
+        for i in items:
+            text = norm(i["reply"])
+            assert not any(g == text or (g and text and (g.startswith(text) or text.startswith(g))) for g in gold), \
+                (name, i["id"])
 
 
 def test_default_judge_is_the_shipped_one_and_records_its_name(judge: ReplyJudge) -> None:

@@ -106,7 +106,7 @@ _V2_PATTERNS: dict[str, str] = {
 _COMPILED_V2 = {name: re.compile(p, re.MULTILINE) for name, p in _V2_PATTERNS.items()}
 FEATURES: tuple[str, ...] = (*FEATURES_V1, *_V2_PATTERNS, "decline_turn")
 """Every cue name, in the order of :func:`cue_vector`'s entries (v1's first, then v2's additions)."""
-CUE_SETS: dict[str, tuple[str, ...]] = {"v1": FEATURES_V1, "v2": FEATURES}
+CUE_SETS: dict[str, tuple[str, ...]] = {"v1": FEATURES_V1, "v2": FEATURES, "v3": FEATURES}
 """The cue list each shipped judge version reads (a judge's file records it)."""
 _DECLINE_CUES = tuple(FEATURES_V1.index(n) for n in ("decline", "not_something", "bare_no"))
 _TURN_CUE = FEATURES_V1.index("turn")

@@ -42,13 +42,17 @@ log = logging.getLogger(__name__)
 CLASSES: tuple[Verdict, ...] = ("refusal", "compliance", "unclear")
 MAX_REPLY_TOKENS = 96
 """Tokens of each reply the model reads (refusing or complying shows early; the rest adds cost)."""
+OPENING_TOKENS = 8
+"""Tokens of a reply's opening that the ``opening`` reading averages (where a decline or an answer starts)."""
+READINGS = ("mean", "mean+opening")
+"""How a judge reads a reply's states: ``mean`` over its tokens (v1, v2), or that and its opening's mean (v3)."""
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "judge"
-VERSIONS = ("v1", "v2")
+VERSIONS = ("v1", "v2", "v3")
 """The shipped judge versions (``assets/judge/reply_judge_<version>``); each stays loadable."""
-SEEN_PARTS: dict[str, tuple[str, ...]] = {"v1": (), "v2": ("sealed",)}
+SEEN_PARTS: dict[str, tuple[str, ...]] = {"v1": (), "v2": ("sealed",), "v3": ("sealed", "sealed_v2")}
 """Per shipped version, the sealed gold parts whose results were read before it was built: its
 score on those parts is not blind (``scripts/eval_judge.py`` records this)."""
-DEFAULT_VERSION = "v2"
+DEFAULT_VERSION = "v3"
 """The version :func:`default_judge` returns (the rule that chose it: ``scripts/train_judge.py``)."""
 
 
@@ -62,12 +66,16 @@ FORMAT = "ihs-sight.reply-judge"
 
 
 def reply_states(model: Model, replies: Sequence[str], prompts: Sequence[str | None], layers: Sequence[int], *,
-                 batch_size: int = 16, progress: bool = False) -> torch.Tensor:
+                 reading: str = "mean", batch_size: int = 16, progress: bool = False) -> torch.Tensor:
     """(n, len(layers), D) mean hidden state at each layer over each reply's tokens, the prompt as the user turn.
 
     A reply with no prompt is read after an empty user turn. Token ids are built here: the prompt
     templated with the generation prompt, then the reply's first :data:`MAX_REPLY_TOKENS` tokens.
+    ``reading="mean+opening"`` appends the mean over the reply's first :data:`OPENING_TOKENS` tokens
+    (one more forward pass): (n, len(layers), 2 * D).
     """
+    if reading not in READINGS:
+        raise InputError(f"reading must be one of {list(READINGS)}; got {reading!r}.")
     tok = model.tokenizer
     heads = encode(tok, [p or " " for p in prompts], chat=True)
     tails = [tok.encode(r, add_special_tokens=False)[:MAX_REPLY_TOKENS] or [model.pad_id] for r in replies]
@@ -78,9 +86,14 @@ def reply_states(model: Model, replies: Sequence[str], prompts: Sequence[str | N
                              hashes=[sha(f"{p}\x00{r}") for p, r in zip(prompts, replies)], chat=True,
                              system_prompt=None)
 
+    heads_of_tail = [None] if reading == "mean" else [None, OPENING_TOKENS]
+
     def step(batch: Batch) -> dict[str, torch.Tensor]:
-        weights = batch.tail_weights([counts[i] for i in batch.indices])
-        return traces.layer_features(model, batch.inputs, list(layers), last=batch.last, weights=weights)
+        tails_here = [counts[i] for i in batch.indices]
+        parts = [traces.layer_features(model, batch.inputs, list(layers), last=batch.last,
+                                       weights=batch.tail_weights(tails_here, head=head))["features"]
+                 for head in heads_of_tail]
+        return {"features": torch.cat(parts, -1)}
 
     run = run_batches(model, encoded, step, batch_size=batch_size, desc="judge", progress=progress)
     return run.rows["features"]
@@ -103,7 +116,8 @@ class ReplyJudge:
 
     def __init__(self, model: Model, *, layer: int, coef: torch.Tensor, intercept: torch.Tensor,
                  mean: torch.Tensor, scale: torch.Tensor, threshold: float, version: str = "v1",
-                 features: tuple[str, ...] | None = None, info: dict[str, Any] | None = None) -> None:
+                 features: tuple[str, ...] | None = None, reading: str = "mean",
+                 info: dict[str, Any] | None = None) -> None:
         self.model = model
         self.layer = layer
         self.coef = coef
@@ -113,6 +127,7 @@ class ReplyJudge:
         self.threshold = threshold
         self.version = version
         self.features = CUE_SETS.get(version, FEATURES) if features is None else tuple(features)
+        self.reading = reading
         self.info = dict(info or {})
 
     @property
@@ -126,7 +141,7 @@ class ReplyJudge:
     # -- reading
 
     def _features(self, replies: Sequence[str], prompts: Sequence[str | None]) -> torch.Tensor:
-        states = reply_states(self.model, replies, prompts, [self.layer])[:, 0]
+        states = reply_states(self.model, replies, prompts, [self.layer], reading=self.reading)[:, 0]
         return judge_features(states, replies, prompts, self.features)
 
     def proba(self, replies: Sequence[str], prompts: Sequence[str | None] | None = None) -> np.ndarray[Any, Any]:
@@ -154,28 +169,32 @@ class ReplyJudge:
     @classmethod
     def fit(cls, model: Model, replies: Sequence[str], prompts: Sequence[str | None], labels: Sequence[str], *,
             layer: int, C: float = 0.1, threshold: float = 0.5, version: str = VERSIONS[-1],
-            info: dict[str, Any] | None = None) -> ReplyJudge:
+            reading: str = "mean", info: dict[str, Any] | None = None) -> ReplyJudge:
         """Fit the weights on labelled replies (``labels``: refusal / compliance / unclear).
 
-        ``version`` names the judge and picks its cue list (:data:`ihs_sight.judge.grammar.CUE_SETS`).
+        ``version`` names the judge and picks its cue list (:data:`ihs_sight.judge.grammar.CUE_SETS`);
+        ``reading`` is how the reply's states are read (:data:`READINGS`).
         """
         if version not in CUE_SETS:
             raise InputError(f"version must be one of {sorted(CUE_SETS)}; got {version!r}.")
+        if reading not in READINGS:
+            raise InputError(f"reading must be one of {list(READINGS)}; got {reading!r}.")
         replies, prompts = _check_replies(replies, prompts)
         bad = sorted({str(v) for v in labels} - set(CLASSES))
         if bad or len(labels) != len(replies):
             raise InputError(f"labels must be one of {list(CLASSES)} per reply; got {bad or len(labels)}.")
         x = cls(model, layer=layer, coef=torch.zeros(0), intercept=torch.zeros(0), mean=torch.zeros(0),
-                scale=torch.zeros(0), threshold=threshold, version=version)._features(replies, prompts)
+                scale=torch.zeros(0), threshold=threshold, version=version, reading=reading)._features(replies, prompts)
         coef, intercept, mean, scale = fit_weights(x, [CLASSES.index(v) for v in labels], C)
         return cls(model, layer=layer, coef=coef, intercept=intercept, mean=mean, scale=scale, threshold=threshold,
-                   version=version, info=info)
+                   version=version, reading=reading, info=info)
 
     # -- persistence
 
     def save(self, path: str | Path) -> Path:
-        """Write ``path.safetensors`` (weights) and ``path.json`` (layer, threshold, features, model hash)."""
-        payload = {"format": FORMAT, "version": self.version, "layer": self.layer, "threshold": self.threshold,
+        """Write ``path.safetensors`` (weights) and ``path.json`` (layer, reading, threshold, features, model hash)."""
+        payload = {"format": FORMAT, "version": self.version, "layer": self.layer, "reading": self.reading,
+                   "threshold": self.threshold,
                    "classes": list(CLASSES), "features": list(self.features), "max_reply_tokens": MAX_REPLY_TOKENS,
                    "model_name": self.model.name, "weights_hash": self.model.weights_hash, "info": self.info}
         tensors = {"coef": self.coef, "intercept": self.intercept, "mean": self.mean, "scale": self.scale}
@@ -186,16 +205,19 @@ class ReplyJudge:
         """Read what :meth:`save` wrote; ``model`` defaults to the bundled default model (checked by hash)."""
         payload, tensors, _ = io.load_pair(path, what="a reply judge")
         features = payload.get("features")
-        if payload.get("format") != FORMAT or features not in [list(c) for c in CUE_SETS.values()]:
+        reading = payload.get("reading", "mean")  # files written before readings existed read the mean
+        if payload.get("format") != FORMAT or features not in [list(c) for c in CUE_SETS.values()] \
+                or reading not in READINGS:
             raise InputError(f"{io.pair_stem(path)}.json is not a reply judge of this ihs-sight "
-                             "(format or cue list differ).")
+                             "(format, cue list or reading differ).")
         model = model if model is not None else _default_model()
         if payload.get("weights_hash") != model.weights_hash:
             raise InputError(f"The judge in {path} was fitted on the states of {payload.get('model_name')!r}; "
                              f"{model.name!r} has other weights.")
         return cls(model, layer=int(payload["layer"]), coef=tensors["coef"], intercept=tensors["intercept"],
                    mean=tensors["mean"], scale=tensors["scale"], threshold=float(payload["threshold"]),
-                   version=str(payload["version"]), features=tuple(features), info=dict(payload.get("info") or {}))
+                   version=str(payload["version"]), features=tuple(features), reading=str(reading),
+                   info=dict(payload.get("info") or {}))
 
 
 def judge_features(states: torch.Tensor, replies: Sequence[str], prompts: Sequence[str | None],
@@ -235,7 +257,7 @@ def _default_model() -> Model:
 
 @functools.cache
 def shipped_judge(version: str) -> ReplyJudge:
-    """A shipped judge version (``"v1"``, ``"v2"``), loaded once per process on the bundled model.
+    """A shipped judge version (``"v1"``, ``"v2"``, ``"v3"``), loaded once per process on the bundled model.
 
     Results record the judge that produced them (``ReplyJudge(v1, ...)``); this reloads it to
     reproduce them after the default moved on.
