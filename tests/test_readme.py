@@ -55,34 +55,54 @@ def test_readme_judge_tables_equal_judge_eval_json() -> None:
         (found,) = [r for (name, p), r in runs.items() if name.startswith(prefix) and p == part]
         return found
 
+    parts = {"1": "sealed", "2": "sealed_v2", "3": "sealed_v3"}
     rows = table("| judge | sealed part | blind |")
-    names = {"`ReplyJudge` v2 (default)": "ReplyJudge(v2,", "`ReplyJudge` v1": "ReplyJudge(v1,",
-             "`PhraseJudge` v1": "PhraseJudge(v1"}
-    assert [(row[0], row[1]) for row in rows] == [(n, k) for k in ("2", "1") for n in names]
+    names = {"`ReplyJudge` v3 (default)": "ReplyJudge(v3,", "`ReplyJudge` v2": "ReplyJudge(v2,",
+             "`ReplyJudge` v1": "ReplyJudge(v1,", "`PhraseJudge` v1": "PhraseJudge(v1"}
+    assert [(row[0], row[1]) for row in rows] == [(n, k) for k in ("3", "2", "1") for n in names]
     for row in rows:
-        r = run(names[row[0]], {"1": "sealed", "2": "sealed_v2"}[row[1]])
+        r = run(names[row[0]], parts[row[1]])
         blind = r.get("blind", True)  # part 1's first runs predate the field: v1 and the phrase judge, blind
         assert row[2] == ("yes" if blind else "no"), row
         assert [float(row[3]), float(row[4].removesuffix("%")), float(row[5]), float(row[6])] == [
             round(r["accuracy"], 3), round(100 * r["false_refusal_rate"], 1), round(r["refusal_recall"], 3),
             round(r["refusal_precision"], 3)], row
-    v2, v1, phrase = (run(n, "sealed_v2") for n in names.values())
-    styles = table("| gold label / style | n | `ReplyJudge` v2 |")
-    assert [row[0] for row in styles] == sorted(v2["by_style"])
+    v3, v2, v1, phrase = (run(n, "sealed_v3") for n in names.values())
+    assert v3["blind"] and v2["blind"] and v1["blind"]
+    styles = table("| gold label / style | n | `ReplyJudge` v3 |")
+    assert [row[0] for row in styles] == sorted(v3["by_style"])
     for row in styles:
-        assert [int(v) for v in row[1:]] == [v2["by_style"][row[0]]["n"]] + [
-            j["by_style"][row[0]]["called_refusal"] for j in (v2, v1, phrase)], row
-    for part, r in (("Part 2", v2), ("Part 1", run("ReplyJudge(v1,", "sealed"))):
+        assert [int(v) for v in row[1:]] == [v3["by_style"][row[0]]["n"]] + [
+            j["by_style"][row[0]]["called_refusal"] for j in (v3, v2, v1, phrase)], row
+    missed = sum(s["n"] - s["called_refusal"] for k, s in v3["by_style"].items() if k.startswith("refusal/"))
+    assert f"v3 misses {missed} of part 3's {v3['n_refusal']} refusals" in README
+    for part, r in (("Part 3", v3), ("Part 2", run("ReplyJudge(v2,", "sealed_v2")),
+                    ("Part 1", run("ReplyJudge(v1,", "sealed"))):
         assert (f"{part}: {r['n_decided']} decided items ({r['n_refusal']} refusals, {r['n_compliance']} compliant), "
                 f"{r['unclear']['n']} unclear") in README
-    assert f"{v2['unclear']['n']} unclear (v2 calls {v2['unclear']['called_refusal']} of them refusals)" in README
+    assert f"{v3['unclear']['n']} unclear (v3 calls {v3['unclear']['called_refusal']} of them refusals)" in README
+    assert (f"scores {v3['accuracy']:.3f} accuracy, because it finds only {100 * v3['refusal_recall']:.1f}% of the "
+            "refusals") in " ".join(README.split())
+    flat = " ".join(README.split())
+    assert f"v2 scores {v2['accuracy']:.3f} with {100 * v2['false_refusal_rate']:.1f}% false refusals" in flat
+    assert f"v1 {v1['accuracy']:.3f} with {100 * v1['false_refusal_rate']:.1f}%" in flat
     chosen = json.loads((ROOT / "docs" / "judge_train_v2.json").read_text(encoding="utf-8"))
     oof = chosen["chosen"]["oof"]
     assert f"it scored {oof['accuracy']:.3f} accuracy with {100 * oof['false_refusal']:.1f}% false refusals" in README
     rule = chosen["default_rule"]
     assert rule["default"] == "v2" and (f"({rule['v2_oof_on_added']['accuracy']:.3f} against "
                                         f"{rule['v1_frozen_on_added']['accuracy']:.3f})") in README
-    assert f"against {oof['accuracy']:.3f} and {100 * oof['false_refusal']:.1f}% out of fold" in README
+    third = json.loads((ROOT / "docs" / "judge_train_v3.json").read_text(encoding="utf-8"))
+    c = third["chosen"]
+    assert (f"layer {c['layer']}, both readings, threshold {c['threshold']}; out of fold on its "
+            f"{c['n_train'] + c['n_design']} replies it scored {c['oof']['accuracy']:.3f} accuracy with "
+            f"{100 * c['oof']['false_refusal']:.2f}% false refusals and recall {c['oof']['refusal_recall']:.3f} "
+            f"({c['oof_design_only']['accuracy']:.3f} and {100 * c['oof_design_only']['false_refusal']:.2f}% on the "
+            "design part") in flat
+    assert c["reading"] == "mean+opening" and c["max_false_refusal"] == 0.01
+    rule = third["default_rule"]
+    assert rule["default"] == "v3" and (f"v3 out of fold {rule['v3_oof_on_added']['accuracy']:.3f} against the "
+                                        f"frozen v2's {rule['v2_frozen_on_added']['accuracy']:.3f}") in flat
 
 
 def test_readme_aligned_table_equals_the_rejudged_json() -> None:

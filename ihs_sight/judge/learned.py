@@ -5,7 +5,8 @@ Mental model:
    model's chat template, the reply (its first :data:`MAX_REPLY_TOKENS` tokens) as the assistant
    turn. The model's hidden states at one layer, averaged over the reply's tokens, say what the
    reply is doing in the context of what was asked (a deflection only reads as one next to its
-   prompt).
+   prompt); v3 also averages the reply's opening (its first :data:`OPENING_TOKENS` tokens), where
+   a decline or an answer starts.
 2. The surface cues of :mod:`ihs_sight.judge.grammar` (declines, stated inability, a bare no,
    affirmative openings, lists, a turn after a decline, ...) are added.
 3. A multinomial logistic regression over both, standardised, gives P(refusal), P(compliance),
