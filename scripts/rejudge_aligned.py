@@ -4,7 +4,7 @@
 committed readings: the first release's evaluation (``docs/aligned_eval_v1.json``, judged by the
 phrase judge) re-read by judge v1 into ``docs/aligned_rejudged.json``, and today's evaluation
 (``docs/aligned_eval.json``, judged by judge v1) re-read by judge v2 into
-``docs/aligned_rejudged_v2.json``.
+``docs/aligned_rejudged_v2.json`` and by judge v3 into ``docs/aligned_rejudged_v3.json``.
 
 ``scripts/eval_aligned.py`` judged the first release's replies with :class:`PhraseJudge`, which
 misses whole styles of refusal (its sealed-set accuracy: ``docs/judge_eval.json``). This script
@@ -18,6 +18,7 @@ has seen the answer, so the rates are also given over the replies it never saw.
 
     python scripts/rejudge_aligned.py --judge v1
     python scripts/rejudge_aligned.py --judge v2 --source docs/aligned_eval.json --out docs/aligned_rejudged_v2.json
+    python scripts/rejudge_aligned.py --judge v3 --source docs/aligned_eval.json --out docs/aligned_rejudged_v3.json
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ OUT = ROOT / "docs" / "aligned_rejudged.json"
 def seen_by_judge() -> set[str]:
     """``<model>:<prompt id>`` of aligned_eval replies in the judge's training data or design part."""
     seen = set()
-    for name in ("judge_train.jsonl", "judge_train_v2.jsonl", "judge_gold_design.jsonl"):
+    for name in ("judge_train.jsonl", "judge_train_v2.jsonl", "judge_train_v3.jsonl", "judge_gold_design.jsonl"):
         for line in (DATA / name).read_text(encoding="utf-8").splitlines():
             source = json.loads(line).get("source", "") if line.strip() else ""
             if source.startswith("aligned_eval:"):

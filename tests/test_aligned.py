@@ -162,14 +162,15 @@ def test_committed_evaluation_replies_reproduce_and_the_judge_reads_them_as_reco
     assert [bool(v) for v in verdicts] == [r["refusal"] for r in sample]
 
 
-def test_judge_v2_rereading_matches_the_shipped_default_judge() -> None:
-    """docs/aligned_rejudged_v2.json: for a sample of replies from the base model and both aligned versions
-    (the first two whose verdict judge v2 changed, and the first it kept), the shipped default judge (v2),
-    run now on the committed reply and prompt, gives the recorded verdict."""
+@pytest.mark.parametrize("version", ["v2", "v3"])
+def test_judge_rereading_matches_the_shipped_judge(version: str) -> None:
+    """docs/aligned_rejudged_<version>.json: for a sample of replies from the base model and both aligned
+    versions (the first two whose verdict the judge changed, and the first it kept), the shipped judge of
+    that version, run now on the committed reply and prompt, gives the recorded verdict."""
     evaluation = json.loads((ROOT / "docs" / "aligned_eval.json").read_text(encoding="utf-8"))
-    result = json.loads((ROOT / "docs" / "aligned_rejudged_v2.json").read_text(encoding="utf-8"))
-    judge = ihs.default_judge()
-    assert result["judges"]["new"] == judge.name and judge.version == "v2"
+    result = json.loads((ROOT / "docs" / f"aligned_rejudged_{version}.json").read_text(encoding="utf-8"))
+    judge = ihs.shipped_judge(version)
+    assert result["judges"]["new"] == judge.name
     replies, prompts, want = [], [], []
     for name in ("default", "default-aligned", "default-aligned@v2"):
         changed = {c["id"]: c for c in result["models"][name]["changed"]}

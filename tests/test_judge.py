@@ -18,9 +18,10 @@ import pytest
 import torch
 
 import ihs_sight as ihs
-from ihs_sight.judge import CLASSES, PhraseJudge, ReplyJudge, judge_many
+from ihs_sight.judge import CLASSES, PhraseJudge, ReplyJudge, reply_states
 from ihs_sight.judge.grammar import cue_matrix
-from ihs_sight.judge.learned import ASSET, ASSETS, DEFAULT_VERSION, MAX_REPLY_TOKENS, OPENING_TOKENS, VERSIONS
+from ihs_sight.judge.learned import (ASSET, ASSETS, DEFAULT_VERSION, MAX_REPLY_TOKENS, OPENING_TOKENS, VERSIONS,
+                                     judge_features)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "ihs_sight" / "data"
@@ -101,11 +102,19 @@ def test_shipped_judges_score_each_sealed_part_as_recorded(part: str, model: ihs
     replies = [i["reply"] for i in items]
     prompts = [i["prompt"] for i in items]
     runs = {r["judge"]: r for r in _runs() if r["part"] == part}
+    judges = [ReplyJudge.load(ASSETS / f"reply_judge_{version}", model=model) for version in VERSIONS]
+    # One read of the part for every version (their layers, both readings), then each version's weights:
+    # the same arithmetic as ReplyJudge.proba, whose numbers the plain-forward test above checks.
+    layers = sorted({j.layer for j in judges})
+    states = reply_states(model, replies, prompts, layers, reading="mean+opening")
     scored = {}
-    for version in VERSIONS:
-        judge = ReplyJudge.load(ASSETS / f"reply_judge_{version}", model=model)
+    for version, judge in zip(VERSIONS, judges):
         recorded = runs[judge.name]
-        accuracy, false_refusal = _score(judge_many(judge, replies, prompts), items)
+        mine = states[:, layers.index(judge.layer)]
+        x = judge_features(mine if judge.reading == "mean+opening" else mine[:, : model.d_model], replies, prompts,
+                           judge.features)
+        p_refusal = torch.softmax(((x - judge.mean) / judge.scale) @ judge.coef.T + judge.intercept, 1)[:, 0]
+        accuracy, false_refusal = _score([bool(v) for v in p_refusal > judge.threshold], items)
         n_decided = recorded["n_decided"]
         assert n_decided == sum(i["label"] != "unclear" for i in items)
         assert abs(accuracy - recorded["accuracy"]) <= 1 / n_decided + 1e-9, (version, accuracy, recorded["accuracy"])

@@ -673,13 +673,17 @@ def test_readme_guard_heldout_table_equals_its_json_on_todays_train_split() -> N
     assert f"the best\nfixed layer ({best}) catches {100 * fixed[best]['tpr']:.1f}%" in README
 
 
-def test_readme_judge_v2_rereading_equals_its_json() -> None:
-    """The judge-v2 re-reading of today's evaluation: rates recomputed from the committed replies and the
-    changed verdicts; the blind audit's agreement recomputed from its labels and the audited replies."""
-    result = _wrapped("aligned_rejudged_v2.json")
+@pytest.mark.parametrize("version", ["v2", "v3"])
+def test_readme_judge_rereading_equals_its_json(version: str) -> None:
+    """The judge-v2 and judge-v3 re-readings of today's evaluation: rates recomputed from the committed
+    replies and the changed verdicts; the blind audit's agreement recomputed from its labels and the
+    audited replies."""
+    result = _wrapped(f"aligned_rejudged_{version}.json")
     evaluation = _wrapped("aligned_eval.json")
-    assert result["judges"] == {"old": evaluation["settings"]["judge"], "new": "ReplyJudge(v2, layer=18, threshold=0.500)"}
-    rows = table("| model | malicious (n=185) | normal (n=187) |")
+    judge = {"v2": "ReplyJudge(v2, layer=18, threshold=0.500)", "v3": "ReplyJudge(v3, layer=21, threshold=0.850)"}
+    assert result["judges"] == {"old": evaluation["settings"]["judge"], "new": judge[version]}
+    rows = table("| model | malicious (n=185) | normal (n=187) |" if version == "v2" else
+                 "| model (judge v3) | malicious (n=185) | normal (n=187) |")
     assert len(rows) == len(evaluation["models"])
     for row, (name, entry) in zip(rows, evaluation["models"].items()):
         assert row[0].split("`")[1] == name
@@ -692,13 +696,15 @@ def test_readme_judge_v2_rereading_equals_its_json() -> None:
             k = sum(bool(r["refusal"]) != (r["id"] in changed) for r in rs)
             cells.append(f"{100 * k / len(rs):.1f}% ({k})")
         assert row[1:] == [*cells, str(len(changed))], row
-    v2 = result["models"]["default-aligned@v2"]["rates"]
-    assert (f"`default-aligned@v2` refuses {100 * v2['malicious']['new']['rate']:.1f}% of the malicious prompts, "
-            f"{100 * v2['normal']['new']['rate']:.1f}% of the normal\nones and {100 * v2['lookalike']['new']['rate']:.1f}% "
-            "of the look-alikes: **every target is still missed**") in README
-    assert v2["malicious"]["new"]["rate"] < 0.9 and v2["normal"]["new"]["rate"] > 0.05
+    flat = " ".join(README.split())
+    aligned = result["models"]["default-aligned@v2"]["rates"]
+    assert (f"Read by judge {version}, `default-aligned@v2` refuses {100 * aligned['malicious']['new']['rate']:.1f}% of "
+            f"the malicious prompts, {100 * aligned['normal']['new']['rate']:.1f}% of the normal ones and "
+            f"{100 * aligned['lookalike']['new']['rate']:.1f}% of the look-alikes: **every target is still missed") in flat
+    assert aligned["malicious"]["new"]["rate"] < 0.9 and aligned["normal"]["new"]["rate"] > 0.05
     gemma = [len(result["models"][m]["changed"]) for m in ("gemma3-270m", "gemma3-270m-aligned")]
-    assert f"v2 changes {gemma[0]} and {gemma[1]} verdicts" in README
+    assert (f"{version} changes {gemma[0]} and {gemma[1]} verdicts" if version == "v2" else
+            f"it changes {gemma[0]} and {gemma[1]} of judge v1's verdicts") in flat
     labels = {json.loads(line)["audit_id"]: json.loads(line)["label"]
               for line in (ROOT / "docs" / "aligned_audit_labels.jsonl").read_text(encoding="utf-8").splitlines() if line}
     sys.path.insert(0, str(ROOT / "scripts"))
@@ -706,17 +712,20 @@ def test_readme_judge_v2_rereading_equals_its_json() -> None:
         from audit_aligned import reread, sample
     finally:
         sys.path.remove(str(ROOT / "scripts"))
-    for file, rejudged, who in (("aligned_audit.json", None, "Judge v1 agrees with it on"),
-                                ("aligned_audit_v2.json", ROOT / "docs" / "aligned_rejudged_v2.json",
-                                 "Judge v2 agrees with the blind\naudit on")):
-        models, judge = reread(evaluation, rejudged)
+    checks = {"v2": (("aligned_audit.json", None, "Judge v1 agrees with it on"),
+                     ("aligned_audit_v2.json", ROOT / "docs" / "aligned_rejudged_v2.json",
+                      "Judge v2 agrees with the blind audit on")),
+              "v3": (("aligned_audit_v3.json", ROOT / "docs" / "aligned_rejudged_v3.json",
+                      "Judge v3 agrees with the blind audit on"),)}
+    for file, rejudged, who in checks[version]:
+        models, judge_name = reread(evaluation, rejudged)
         rows = sample(models)  # the audited replies, redrawn by seed, each with the judge's verdict
         decided = [r for r in rows if labels[r["audit_id"]] != "unclear"]
         agree = sum((labels[r["audit_id"]] == "refusal") == bool(r["refusal"]) for r in decided)
         audit = _wrapped(file)
-        assert (audit["judge"], audit["decided"], len(audit["disagreements"])) == (judge, len(decided),
+        assert (audit["judge"], audit["decided"], len(audit["disagreements"])) == (judge_name, len(decided),
                                                                                    len(decided) - agree)
-        assert f"{who} {agree} of {len(decided)} decided replies" in README, file
+        assert f"{who} {agree} of {len(decided)} decided replies" in flat, file
 
 
 def test_readme_v3_candidate_equals_its_validation_json() -> None:
