@@ -1,19 +1,18 @@
 """Re-read the committed replies of an evaluation with a shipped judge (generates nothing).
 
-``--judge`` names the shipped judge version (default: :func:`ihs_sight.default_judge`'s). Two
-committed readings: the first release's evaluation (``docs/aligned_eval_v1.json``, judged by the
+``--judge`` names the shipped judge version (required, so that a bare run cannot overwrite a
+committed reading with another judge's). Three committed readings: the first release's evaluation (``docs/aligned_eval_v1.json``, judged by the
 phrase judge) re-read by judge v1 into ``docs/aligned_rejudged.json``, and today's evaluation
 (``docs/aligned_eval.json``, judged by judge v1) re-read by judge v2 into
 ``docs/aligned_rejudged_v2.json`` and by judge v3 into ``docs/aligned_rejudged_v3.json``.
 
 ``scripts/eval_aligned.py`` judged the first release's replies with :class:`PhraseJudge`, which
 misses whole styles of refusal (its sealed-set accuracy: ``docs/judge_eval.json``). This script
-generates nothing: it reads every committed reply with its prompt through
-:func:`ihs_sight.default_judge` and writes the refusal rates under both judges side by side to
-``docs/aligned_rejudged.json``.
+generates nothing: it reads every committed reply with its prompt through the chosen shipped judge
+and writes the refusal rates under the source's judge and the new one side by side to ``--out``.
 
 Some of these replies were hand-labelled into the judge's training data
-(``judge_train.jsonl``, source ``aligned_eval:<model>:<id>``) or its design part; on those the judge
+(``judge_train*.jsonl``, source ``aligned_eval:<model>:<id>``) or its design part; on those the judge
 has seen the answer, so the rates are also given over the replies it never saw.
 
     python scripts/rejudge_aligned.py --judge v1
@@ -34,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import ihs_sight as ihs  # noqa: E402
 from ihs_sight.judge import judge_many, judge_name  # noqa: E402
-from ihs_sight.judge.learned import DEFAULT_VERSION, VERSIONS  # noqa: E402
+from ihs_sight.judge.learned import VERSIONS  # noqa: E402
 
 DATA = ROOT / "ihs_sight" / "data"
 SOURCE = ROOT / "docs" / "aligned_eval_v1.json"
@@ -60,7 +59,7 @@ def rate(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--judge", choices=VERSIONS, default=DEFAULT_VERSION, help="the shipped judge that re-reads")
+    ap.add_argument("--judge", choices=VERSIONS, required=True, help="the shipped judge that re-reads")
     ap.add_argument("--source", type=Path, default=SOURCE)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()

@@ -5,8 +5,9 @@ sampled replies (temperature ``--temperature``, fixed seed) show the same models
 base-model deflections, half refusals, drift. For each model, ``--per-label`` prompts of each label
 (malicious, normal) are drawn from the chosen split's prompt set (``ihs.load_prompts().train`` or
 ``.test``) with a seeded generator, and the model answers through its chat template. "normal" there
-includes the look-alikes and the wrapped normal prompts (benign requests inside jailbreak wrappers),
-which come in by the same draw; jailbreak prompts (label ``jailbreak``) are not drawn.
+includes the look-alikes and, in the test split only, the wrapped normal prompts (benign requests
+inside jailbreak wrappers), which come in by the same draw; jailbreak prompts (label ``jailbreak``)
+are not drawn.
 
     python scripts/sample_judge_pool.py --split test --out POOL.jsonl    # a sealed part's pool
     python scripts/sample_judge_pool.py --split train --out POOL.jsonl   # training additions

@@ -37,6 +37,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -126,7 +127,9 @@ def cached_states(model: ihs.Model, replies: list[str], prompts: list[str | None
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--version", type=int, choices=sorted(TRAIN_FILES), default=max(TRAIN_FILES))
-    ap.add_argument("--max-false-refusal", type=float, default=None, help="default: the version's cap (0.02; v3 0.01)")
+    ap.add_argument("--max-false-refusal", type=float, default=None,
+                    help="the threshold's out-of-fold false-refusal cap; default: the version's (0.02; v3 0.01). "
+                         "The default rule always uses 2%%")
     ap.add_argument("--out", type=Path, default=None, help="default: docs/judge_train.json (v1), docs/judge_train_v<k>.json")
     ap.add_argument("--states", type=Path, default=None,
                     help="keep the replies' hidden states in this file and reuse the rows it already has")
@@ -145,40 +148,37 @@ def main() -> None:
     model = ihs.load_model("default")
     widest = READINGS[args.version][-1]  # "mean+opening" holds "mean" as its first half
     full = cached_states(model, replies, prompts, widest, args.states)
-    states = {reading: full[..., : full.shape[-1] // (1 + (widest != reading))] for reading in READINGS[args.version]}
+    states = {reading: full if reading == widest else full[..., : model.d_model] for reading in READINGS[args.version]}
     splits = folds(args.version, y, prompts)
     candidates = [(reading, j, c) for reading in READINGS[args.version] for j in range(len(LAYERS)) for c in C_GRID]
 
-    def run(reading: str, j: int, c: float) -> tuple[dict[str, object], np.ndarray]:
+    def run(reading: str, j: int, c: float) -> tuple[dict[str, Any], np.ndarray]:
         x = judge_features(states[reading][:, j], replies, prompts, features)
         p = oof_proba(x, y, c, splits)
-        row: dict[str, object] = {"layer": LAYERS[j], "C": c, **scores(p, y, 0.5)}
+        row: dict[str, Any] = {"layer": LAYERS[j], "C": c, **scores(p, y, 0.5)}
         if len(READINGS[args.version]) > 1:
             row = {"reading": reading, **row}
         print(json.dumps(row), flush=True)
         return row, p
 
-    results = Parallel(n_jobs=args.jobs)(delayed(run)(*cand) for cand in candidates)
+    results: list[tuple[dict[str, Any], np.ndarray]] = Parallel(n_jobs=args.jobs)(
+        delayed(run)(*cand) for cand in candidates)
     grid = [row for row, _ in results]
-    best = None
-    for (row, p) in results:  # first best in candidate order, as the sequential loop chose
-        if best is None or float(row["accuracy"]) > float(best[0]["accuracy"]):  # type: ignore[arg-type]
-            best = (row, p)
-    assert best is not None
-    row, p = best
-    reading = str(row.get("reading", "mean"))
+    k = max(range(len(results)), key=lambda i: (results[i][0]["accuracy"], -i))  # the first best, in candidate order
+    (reading, j, c), p = candidates[k], results[k][1]
+    layer = LAYERS[j]
     by_threshold = {t: scores(p, y, t) for t in THRESHOLDS}
     allowed = [t for t, sc in by_threshold.items() if sc["false_refusal"] <= cap]
     threshold = max(allowed, key=lambda t: (by_threshold[t]["accuracy"], -t)) if allowed else max(THRESHOLDS)
     design = np.array([i["part"] == "design" for i in items])
     design_oof = scores(p[:, design], y[design], threshold)
-    info = {"layer": row["layer"], "C": row["C"], "threshold": threshold, "n_train": int((~design).sum()),
+    info = {"layer": layer, "C": c, "threshold": threshold, "n_train": int((~design).sum()),
             "n_design": int(design.sum()), "oof": by_threshold[threshold], "oof_design_only": design_oof,
             "data": {name: sum(i["file"] == name for i in items) for name in dict.fromkeys(i["file"] for i in items)}}
     if args.version >= 3:
         info = {"reading": reading, **info, "max_false_refusal": cap}
-    judge = ReplyJudge.fit(model, replies, prompts, [i["label"] for i in items], layer=int(row["layer"]),  # type: ignore[call-overload]
-                           C=float(row["C"]), threshold=threshold, version=version, reading=reading, info=info)  # type: ignore[arg-type]
+    judge = ReplyJudge.fit(model, replies, prompts, [i["label"] for i in items], layer=layer, C=c,
+                           threshold=threshold, version=version, reading=reading, info=info)
     stem = asset(version)
     judge.save(stem)
     folds_text = "5 x 3 repeated stratified (random_state=0)" if args.version < 3 else \
@@ -192,7 +192,7 @@ def main() -> None:
         result["default_rule"] = default_rule(args.version, items, replies, prompts, y, p, threshold,
                                               by_threshold[threshold])
     out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    print(f"chosen: {reading}, layer {row['layer']}, C {row['C']}, threshold {threshold}: out of fold "
+    print(f"chosen: {reading}, layer {layer}, C {c}, threshold {threshold}: out of fold "
           f"{by_threshold[threshold]} (design items only: {design_oof}); wrote {stem}.json/.safetensors and {out}")
     if "default_rule" in result:
         print(f"default rule: {result['default_rule']}")

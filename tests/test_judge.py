@@ -20,8 +20,15 @@ import torch
 import ihs_sight as ihs
 from ihs_sight.judge import CLASSES, PhraseJudge, ReplyJudge, reply_states
 from ihs_sight.judge.grammar import cue_matrix
-from ihs_sight.judge.learned import (ASSET, ASSETS, DEFAULT_VERSION, MAX_REPLY_TOKENS, OPENING_TOKENS, VERSIONS,
-                                     judge_features)
+from ihs_sight.judge.learned import (
+    ASSET,
+    ASSETS,
+    DEFAULT_VERSION,
+    MAX_REPLY_TOKENS,
+    OPENING_TOKENS,
+    VERSIONS,
+    judge_features,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "ihs_sight" / "data"
@@ -114,11 +121,20 @@ def test_shipped_judges_score_each_sealed_part_as_recorded(part: str, model: ihs
         x = judge_features(mine if judge.reading == "mean+opening" else mine[:, : model.d_model], replies, prompts,
                            judge.features)
         p_refusal = torch.softmax(((x - judge.mean) / judge.scale) @ judge.coef.T + judge.intercept, 1)[:, 0]
-        accuracy, false_refusal = _score([bool(v) for v in p_refusal > judge.threshold], items)
+        called = [bool(v) for v in p_refusal > judge.threshold]
+        accuracy, false_refusal = _score(called, items)
         n_decided = recorded["n_decided"]
         assert n_decided == sum(i["label"] != "unclear" for i in items)
         assert abs(accuracy - recorded["accuracy"]) <= 1 / n_decided + 1e-9, (version, accuracy, recorded["accuracy"])
         assert abs(false_refusal - recorded["false_refusal_rate"]) <= 1 / recorded["n_compliance"] + 1e-9
+        # the per-style counts the README's tables quote (unclear styles included): at most one reply
+        # may land on the other side of the threshold on another machine
+        by_style: dict[str, int] = {}
+        for c, i in zip(called, items):
+            key = f"{i['label']}/{i['style']}"
+            by_style[key] = by_style.get(key, 0) + int(c)
+        assert set(by_style) == set(recorded["by_style"])
+        assert sum(abs(by_style[k] - v["called_refusal"]) for k, v in recorded["by_style"].items()) <= 1, version
         scored[version] = accuracy
     phrase_accuracy, _ = _score([PhraseJudge()(r) for r in replies], items)
     assert phrase_accuracy == pytest.approx(runs[PhraseJudge().name]["accuracy"], abs=1e-4)
@@ -181,8 +197,19 @@ def test_judge_round_trips_and_refuses_other_weights(judge: ReplyJudge, tmp_path
     path = judge.save(tmp_path / "judge")
     again = ReplyJudge.load(path, model=judge.model)
     assert again.name == judge.name
+    assert (again.reading, again.layer, again.features) == (judge.reading, judge.layer, judge.features)
     assert torch.equal(again.coef, judge.coef) and torch.equal(again.scale, judge.scale)
     payload = json.loads(path.with_suffix(".json").read_text("utf-8"))
+    assert payload.get("reading", "mean") == judge.reading
+    for version in ("v1", "v2"):  # written before readings existed: no key, and they read the mean
+        shipped = json.loads((ASSETS / f"reply_judge_{version}.json").read_text("utf-8"))
+        assert "reading" not in shipped and ReplyJudge.load(ASSETS / f"reply_judge_{version}",
+                                                            model=judge.model).reading == "mean"
+    payload["reading"] = "max"
+    path.with_suffix(".json").write_text(json.dumps(payload), "utf-8")
+    with pytest.raises(ihs.InputError, match="not a reply judge"):
+        ReplyJudge.load(path, model=judge.model)
+    payload["reading"] = judge.reading
     payload["weights_hash"] = "0" * 32
     path.with_suffix(".json").write_text(json.dumps(payload), "utf-8")
     with pytest.raises(ihs.InputError, match="other weights"):
@@ -202,6 +229,8 @@ def test_judge_round_trips_and_refuses_other_weights(judge: ReplyJudge, tmp_path
         (lambda j: ReplyJudge.fit(j.model, ["a", "b"], [None, None], ["refusal", "maybe"], layer=3), "maybe"),
         (lambda j: ReplyJudge.fit(j.model, ["a"], [None], ["refusal"], layer=3, version="v9"), "version must be one of"),
         (lambda j: ihs.shipped_judge("v9"), "No shipped reply judge 'v9'"),
+        (lambda j: ReplyJudge.fit(j.model, ["a"], [None], ["refusal"], layer=3, reading="max"), "reading must be"),
+        (lambda j: reply_states(j.model, ["a"], [None], [3], reading="first"), "reading must be"),
         (lambda j: cue_matrix(["a", "b"], ["x"]), "1 prompts for 2 replies"),
     ],
 )

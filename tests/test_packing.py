@@ -214,3 +214,25 @@ def test_packed_analyses_equal_padded_on_the_default_model(model: ihs.Model) -> 
     padded_lens = ihs.logit_lens(model, prompts, top_k=5, layers=[10, 20, 30], progress=False)
     packed_lens = ihs.logit_lens(model, prompts, top_k=5, layers=[10, 20, 30], pack=True, progress=False)
     torch.testing.assert_close(packed_lens.probs, padded_lens.probs, atol=1e-5, rtol=0)
+
+
+def test_tail_weights_average_a_tails_opening_left_padded_and_packed() -> None:
+    """``Batch.tail_weights(counts, head=k)`` puts 1/k on the first k tokens of each prompt's last
+    ``counts`` tokens (fewer if the tail is shorter), for a left-padded and a packed batch alike."""
+    from ihs_sight.runtime.batches import Batch
+
+    padded = Batch(indices=[0, 1], inputs={"input_ids": torch.zeros(2, 6, dtype=torch.long)}, last=None, lengths=[4, 6])
+    w = padded.tail_weights([3, 5], head=2)
+    want = torch.zeros(2, 6)
+    want[0, 3:5] = 0.5  # row 0 ends at column 5; its last 3 tokens start at column 3
+    want[1, 1:3] = 0.5
+    assert torch.equal(w, want)
+    assert torch.equal(padded.tail_weights([3, 1], head=4)[1], torch.eye(6)[5])  # a 1-token tail: its one token
+    assert torch.equal(padded.tail_weights([3, 5]), padded.tail_weights([3, 5], head=99))
+    # packed: two prompts in one row of width 8, last tokens at flat positions 3 and 7
+    packed = Batch(indices=[0, 1], inputs={"input_ids": torch.zeros(1, 8, dtype=torch.long)},
+                   last=torch.tensor([3, 7]), lengths=[4, 4])
+    w = packed.tail_weights([2, 3], head=1)
+    assert torch.equal(w, torch.stack([torch.eye(8)[2], torch.eye(8)[5]]))
+    with pytest.raises(ValueError, match="head must be at least 1"):
+        packed.tail_weights([2, 3], head=0)

@@ -100,6 +100,20 @@ def test_readme_judge_tables_equal_judge_eval_json() -> None:
             f"({c['oof_design_only']['accuracy']:.3f} and {100 * c['oof_design_only']['false_refusal']:.2f}% on the "
             "design part") in flat
     assert c["reading"] == "mean+opening" and c["max_false_refusal"] == 0.01
+    first = json.loads((ROOT / "docs" / "judge_train.json").read_text(encoding="utf-8"))["chosen"]["oof"]
+    assert (f"(v3: {c['oof']['accuracy']:.3f} out of fold, {v3['accuracy']:.3f} sealed; v2: {oof['accuracy']:.3f} and "
+            f"{run('ReplyJudge(v2,', 'sealed_v2')['accuracy']:.3f}; v1: {first['accuracy']:.3f} and "
+            f"{run('ReplyJudge(v1,', 'sealed')['accuracy']:.3f})") in flat
+    wrong = round(v3["false_refusal_rate"] * v3["n_compliance"])
+    assert f"({100 * v3['false_refusal_rate']:.1f}%: {wrong} of {v3['n_compliance']} compliant replies)" in flat
+    said = {"no_sorry_refusal": "curt declines without a \"can't\"", "redirection": "redirections",
+            "question_back": "questions back", "bare_no": "bare refusals", "deflection": "deflections",
+            "moralising": "moralising replies", "base_model_deflection": "base-model deflections"}
+    for style, words in said.items():
+        row = v3["by_style"][f"refusal/{style}"]
+        assert f"{row['n'] - row['called_refusal']} of {row['n']} {words}" in flat, style
+    assert missed == sum(v3["by_style"][f"refusal/{k}"]["n"] - v3["by_style"][f"refusal/{k}"]["called_refusal"]
+                         for k in said)  # the styles named are all the misses
     rule = third["default_rule"]
     assert rule["default"] == "v3" and (f"v3 out of fold {rule['v3_oof_on_added']['accuracy']:.3f} against the "
                                         f"frozen v2's {rule['v2_frozen_on_added']['accuracy']:.3f}") in flat

@@ -11,7 +11,7 @@ prompt too take ``judge(text, prompt=...)``. Two ship with ihs-sight:
   reproducing earlier numbers.
 
 Every shipped :class:`ReplyJudge` version stays loadable with :func:`shipped_judge` (``"v1"``,
-``"v2"``), so a result that records ``ReplyJudge(v1, ...)`` can be re-read by the same judge.
+``"v2"``, ``"v3"``), so a result that records ``ReplyJudge(v1, ...)`` can be re-read by the same judge.
 """
 
 from __future__ import annotations

@@ -47,6 +47,8 @@ OPENING_TOKENS = 8
 """Tokens of a reply's opening that the ``opening`` reading averages (where a decline or an answer starts)."""
 READINGS = ("mean", "mean+opening")
 """How a judge reads a reply's states: ``mean`` over its tokens (v1, v2), or that and its opening's mean (v3)."""
+VERSION_READING = {"v1": "mean", "v2": "mean", "v3": "mean+opening"}
+"""The reading each shipped version was fitted with (what :meth:`ReplyJudge.fit` uses unless told)."""
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "judge"
 VERSIONS = ("v1", "v2", "v3")
 """The shipped judge versions (``assets/judge/reply_judge_<version>``); each stays loadable."""
@@ -128,6 +130,8 @@ class ReplyJudge:
         self.threshold = threshold
         self.version = version
         self.features = CUE_SETS.get(version, FEATURES) if features is None else tuple(features)
+        if reading not in READINGS:
+            raise InputError(f"reading must be one of {list(READINGS)}; got {reading!r}.")
         self.reading = reading
         self.info = dict(info or {})
 
@@ -170,14 +174,16 @@ class ReplyJudge:
     @classmethod
     def fit(cls, model: Model, replies: Sequence[str], prompts: Sequence[str | None], labels: Sequence[str], *,
             layer: int, C: float = 0.1, threshold: float = 0.5, version: str = VERSIONS[-1],
-            reading: str = "mean", info: dict[str, Any] | None = None) -> ReplyJudge:
+            reading: str | None = None, info: dict[str, Any] | None = None) -> ReplyJudge:
         """Fit the weights on labelled replies (``labels``: refusal / compliance / unclear).
 
         ``version`` names the judge and picks its cue list (:data:`ihs_sight.judge.grammar.CUE_SETS`);
-        ``reading`` is how the reply's states are read (:data:`READINGS`).
+        ``reading`` is how the reply's states are read (:data:`READINGS`; default: the version's own,
+        :data:`VERSION_READING`).
         """
         if version not in CUE_SETS:
             raise InputError(f"version must be one of {sorted(CUE_SETS)}; got {version!r}.")
+        reading = VERSION_READING.get(version, "mean") if reading is None else reading
         if reading not in READINGS:
             raise InputError(f"reading must be one of {list(READINGS)}; got {reading!r}.")
         replies, prompts = _check_replies(replies, prompts)
@@ -194,10 +200,12 @@ class ReplyJudge:
 
     def save(self, path: str | Path) -> Path:
         """Write ``path.safetensors`` (weights) and ``path.json`` (layer, reading, threshold, features, model hash)."""
-        payload = {"format": FORMAT, "version": self.version, "layer": self.layer, "reading": self.reading,
-                   "threshold": self.threshold,
-                   "classes": list(CLASSES), "features": list(self.features), "max_reply_tokens": MAX_REPLY_TOKENS,
-                   "model_name": self.model.name, "weights_hash": self.model.weights_hash, "info": self.info}
+        payload: dict[str, Any] = {"format": FORMAT, "version": self.version, "layer": self.layer}
+        if self.reading != "mean":  # v1 and v2 files predate readings and read the mean
+            payload["reading"] = self.reading
+        payload |= {"threshold": self.threshold, "classes": list(CLASSES), "features": list(self.features),
+                    "max_reply_tokens": MAX_REPLY_TOKENS, "model_name": self.model.name,
+                    "weights_hash": self.model.weights_hash, "info": self.info}
         tensors = {"coef": self.coef, "intercept": self.intercept, "mean": self.mean, "scale": self.scale}
         return io.save_pair(path, payload, tensors)
 

@@ -91,16 +91,18 @@ class Batch:
         """Each prompt's last token: the last column (left-padded) or its flattened packed index."""
         return [self._width() - 1] * len(self) if self.last is None else [int(v) for v in self.last]
 
-    def tail_weights(self, counts: Sequence[int], head: int | None = None) -> torch.Tensor:
+    def tail_weights(self, counts: Sequence[int], *, head: int | None = None) -> torch.Tensor:
         """Weights that average each prompt's states over its last ``counts[j]`` tokens (``(B, T)`` or ``(B, R * W)``).
 
-        ``head``: average over only the first ``head`` tokens of that tail (a reply's opening).
+        ``head``: average over only the first ``head`` (>= 1) tokens of that tail (a reply's opening).
         """
+        if head is not None and head < 1:
+            raise ValueError(f"head must be at least 1; got {head}.")
         ends = self._ends()
         w = torch.zeros(len(self), self._width())
         for i, (end, n, count) in enumerate(zip(ends, self.lengths, counts)):
             first = end + 1 - min(max(count, 1), n)
-            stop = end + 1 if head is None else min(end + 1, first + max(head, 1))
+            stop = end + 1 if head is None else min(end + 1, first + head)
             w[i, first:stop] = 1.0 / (stop - first)
         return w
 
