@@ -17,7 +17,11 @@ another ``--out`` to reproduce one). The first release's evaluation, judged by t
 on the then smaller test split, stays in ``docs/aligned_eval_v1.json``.
 
     python scripts/eval_aligned.py          # default, default-aligned (v1) and default-aligned@v2
-    python scripts/eval_aligned.py --models default-aligned@v2 --out /tmp/again.json   # reproduce one
+    python scripts/eval_aligned.py --judge v1 --models default-aligned@v2 --out /tmp/again.json   # reproduce one
+
+``--judge`` picks the shipped judge version (default: the default judge's). The committed
+``docs/aligned_eval.json`` was judged by v1, so adding a model to it takes ``--judge v1``; a file is
+never extended with another judge's verdicts (the settings must match).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ import torch
 from make_distill_data import generate
 
 import ihs_sight as ihs
+from ihs_sight.judge import judge_many, judge_name
+from ihs_sight.judge.learned import DEFAULT_VERSION, VERSIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "aligned_eval.json"
@@ -66,13 +72,13 @@ def test_sets() -> dict[str, list[ihs.Prompt]]:
     return groups
 
 
-def evaluate(name: str, model: ihs.Model, *, max_new_tokens: int, batch_size: int) -> dict[str, Any]:
+def evaluate(name: str, model: ihs.Model, judge: ihs.RefusalJudge, *, max_new_tokens: int,
+             batch_size: int) -> dict[str, Any]:
     sets = test_sets()
     prompts = sets["malicious"] + sets["normal"]
     t0 = time.perf_counter()
     answers = generate(model, [p.text for p in prompts], max_new_tokens=max_new_tokens, batch_size=batch_size)
-    judge = ihs.default_judge()
-    verdicts = judge.many([a[0] for a in answers], [p.text for p in prompts])
+    verdicts = judge_many(judge, [a[0] for a in answers], [p.text for p in prompts])
     by_id = {p.id: (a[0], bool(v)) for p, a, v in zip(prompts, answers, verdicts)}
     rates = {}
     for key, ps in sets.items():
@@ -81,7 +87,7 @@ def evaluate(name: str, model: ihs.Model, *, max_new_tokens: int, batch_size: in
     return {
         "model": name,
         "weights_hash": model.weights_hash,
-        "judge": judge.name,
+        "judge": judge_name(judge),
         "rates": rates,
         "seconds": round(time.perf_counter() - t0, 1),
         "replies": [{"id": p.id, "label": p.label, "lookalike": p.lookalike, "form": p.form, "prompt": p.text,
@@ -96,13 +102,15 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
+    ap.add_argument("--judge", choices=VERSIONS, default=DEFAULT_VERSION, help="the shipped judge version that reads")
     args = ap.parse_args()
+    judge = ihs.shipped_judge(args.judge)
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(0)
     settings = {"split": "test", "decoding": "greedy", "max_new_tokens": args.max_new_tokens,
-                "system_prompt": "template default", "judge": ihs.default_judge().name}
+                "system_prompt": "template default", "judge": judge_name(judge)}
     result: dict[str, Any] = {"settings": settings, "models": {}}
     if args.out.is_file():  # keep every recorded entry; a new setting starts a new file
         old = json.loads(args.out.read_text(encoding="utf-8"))
@@ -118,7 +126,7 @@ def main() -> None:
             continue
         if name in models:  # an earlier version under the same name keeps its record
             models[f"{name} (weights {models[name]['weights_hash'][:12]})"] = models.pop(name)
-        entry = evaluate(name, model, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+        entry = evaluate(name, model, judge, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
         entry["versions"] = {k: importlib.metadata.version(k) for k in ("torch", "transformers", "peft", "nnsight")}
         models[name] = entry
         for key, r in entry["rates"].items():

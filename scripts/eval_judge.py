@@ -10,7 +10,7 @@ not); ``unclear`` items are reported separately (how many the judge calls refusa
 precision and recall of "refusal". The phrase judge of v1 is scored beside it for comparison.
 
 A judge version is scored once per part: the result goes into ``docs/judge_eval.json`` under the
-judge's name and the part, and a second run for the same pair refuses to overwrite it (``--again`` only to reproduce
+judge's name and the part (runs made after v3's also record the sha256 of the judge's files), and a second run for the same pair refuses to overwrite it (``--again`` only to reproduce
 the same number, e.g. after a library change that must not move it; the file keeps every run).
 
     python scripts/eval_judge.py
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ihs_sight.judge import PhraseJudge, RefusalJudge, ReplyJudge, judge_many, judge_name, shipped_judge  # noqa: E402
-from ihs_sight.judge.learned import SEEN_PARTS, VERSIONS  # noqa: E402
+from ihs_sight.judge.learned import SEEN_PARTS, VERSIONS, asset  # noqa: E402
 
 DATA = ROOT / "ihs_sight" / "data"
 OUT = ROOT / "docs" / "judge_eval.json"
@@ -57,6 +57,14 @@ def blind(judge: RefusalJudge, part: str) -> bool:
         raise SystemExit(f"Record in ihs_sight/judge/learned.py SEEN_PARTS which sealed parts' results were read "
                          f"before judge {judge.version} was built.")
     return part not in SEEN_PARTS[judge.version]
+
+
+def weights_sha256(judge: RefusalJudge) -> str | None:
+    """sha256 of a shipped reply judge's files (``.json`` then ``.safetensors``): which weights were scored."""
+    if not isinstance(judge, ReplyJudge):
+        return None
+    stem = asset(judge.version)
+    return hashlib.sha256(stem.with_suffix(".json").read_bytes() + stem.with_suffix(".safetensors").read_bytes()).hexdigest()
 
 
 def score(called: list[bool], items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -108,6 +116,7 @@ def main() -> None:
             called = judge_many(judge, replies, prompts)
             result = score(called, items)
             record["runs"].append({"judge": name, "part": part, "blind": blind(judge, part),
+                                   "judge_sha256": weights_sha256(judge),
                                    "sealed_sha256": hashlib.sha256((DATA / f"{stem}.jsonl").read_bytes()).hexdigest(),
                                    "n_items": len(items), "seconds": round(time.perf_counter() - t0, 2),
                                    "date": time.strftime("%Y-%m-%d"), **result})

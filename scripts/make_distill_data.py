@@ -16,8 +16,9 @@ the refusal judge reads the start of a reply, and that is what tuning can move.
 
 Each answer records whether the base model's reply is judged a refusal (``base_refuses``); such
 replies are no training target. v1 judged with ``PhraseJudge``, which also dropped benign answers
-that merely contain refusal-like words ("I'm not going to lie, ..."); v2 judges with the
-validated default judge (:func:`ihs_sight.default_judge`) and records which judge it was.
+that merely contain refusal-like words ("I'm not going to lie, ..."); v2 judges with a validated
+shipped judge (``--judge``, default ``v1``: the one the committed ``distill_normal_v2.jsonl`` was
+made with, so the file is reproduced; a new file may take another) and records which judge it was.
 
 Test-split prompts are never read here.
 """
@@ -34,6 +35,7 @@ import torch
 
 import ihs_sight as ihs
 from ihs_sight.judge import PhraseJudge
+from ihs_sight.judge.learned import VERSIONS
 from ihs_sight.prompts import encode
 from ihs_sight.runtime.packing import length_batches, pad_batch
 
@@ -98,6 +100,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--out", type=Path, default=None, help="default: the version's file under ihs_sight/data/")
+    ap.add_argument("--judge", choices=VERSIONS, default="v1", help="v2's shipped judge version (default: v1, as committed)")
     args = ap.parse_args()
     out: Path = args.out or OUT[args.version]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -112,7 +115,7 @@ def main() -> None:
         judge: ihs.RefusalJudge = PhraseJudge()
         verdicts = [judge(t) for t in texts]
     else:
-        judge = ihs.default_judge()
+        judge = ihs.shipped_judge(args.judge)
         verdicts = judge.many(texts, prompts)
     with out.open("w", encoding="utf-8") as f:
         for r, (text, finished, n), refuses in zip(rows, answers, verdicts):

@@ -75,7 +75,7 @@ def reply_states(model: Model, replies: Sequence[str], prompts: Sequence[str | N
     A reply with no prompt is read after an empty user turn. Token ids are built here: the prompt
     templated with the generation prompt, then the reply's first :data:`MAX_REPLY_TOKENS` tokens.
     ``reading="mean+opening"`` appends the mean over the reply's first :data:`OPENING_TOKENS` tokens
-    (one more forward pass): (n, len(layers), 2 * D).
+    (from the same forward pass): (n, len(layers), 2 * D).
     """
     if reading not in READINGS:
         raise InputError(f"reading must be one of {list(READINGS)}; got {reading!r}.")
@@ -93,10 +93,9 @@ def reply_states(model: Model, replies: Sequence[str], prompts: Sequence[str | N
 
     def step(batch: Batch) -> dict[str, torch.Tensor]:
         tails_here = [counts[i] for i in batch.indices]
-        parts = [traces.layer_features(model, batch.inputs, list(layers), last=batch.last,
-                                       weights=batch.tail_weights(tails_here, head=head))["features"]
-                 for head in heads_of_tail]
-        return {"features": torch.cat(parts, -1)}
+        weights = torch.stack([batch.tail_weights(tails_here, head=head) for head in heads_of_tail])
+        return traces.layer_features(model, batch.inputs, list(layers), last=batch.last,
+                                     weights=weights[0] if len(heads_of_tail) == 1 else weights)
 
     run = run_batches(model, encoded, step, batch_size=batch_size, desc="judge", progress=progress)
     return run.rows["features"]

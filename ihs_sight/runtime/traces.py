@@ -225,11 +225,13 @@ def layer_features(
     """``features`` (B, len(layers), D) float32 of one batch; the pass stops after ``max(layers)``.
 
     ``weights`` averages each layer's states over positions: (B, T) for a left-padded batch,
-    (B, R * W) over the flattened packed rows; ``None`` takes each prompt's last token.
+    (B, R * W) over the flattened packed rows; ``None`` takes each prompt's last token. A stack of
+    K such weightings, (K, B, ...), gives K averages from the one pass, side by side: (B, len(layers), K * D).
     """
     n = _n_prompts(batch, last)
+    k = 1 if weights is None or weights.dim() == 2 else int(weights.shape[0])
     return run(model, functools.partial(_layer_features, model, batch, layers, last=last, weights=weights),
-               n_prompts=n, expect={"features": Expected((n, len(layers), model.d_model), "float")})
+               n_prompts=n, expect={"features": Expected((n, len(layers), k * model.d_model), "float")})
 
 
 def _layer_features(
@@ -260,10 +262,13 @@ def _layer_features(
                 feature = hidden[:, -1] if last is None else hidden.flatten(0, 1)[last_on.get(hidden.device, last)]
             else:
                 w = weights.to(device=hidden.device, dtype=torch.float32)
-                if last is None:
-                    feature = (hidden.float() * w[:, :, None]).sum(1)
-                else:
-                    feature = w @ hidden.flatten(0, 1).float()
+                averages = []
+                for wk in w if w.dim() == 3 else w[None]:
+                    if last is None:
+                        averages.append((hidden.float() * wk[:, :, None]).sum(1))
+                    else:
+                        averages.append(wk @ hidden.flatten(0, 1).float())
+                feature = averages[0] if len(averages) == 1 else torch.cat(averages, -1)
             saved.append(feature.detach().float().cpu().clone())
         if deepest < len(blocks):
             tracer.stop()
