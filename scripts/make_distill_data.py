@@ -30,6 +30,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -67,19 +68,23 @@ def benign_prompts(version: int = 2) -> list[dict[str, object]]:
 
 
 @torch.no_grad()
-def generate(model: ihs.Model, prompts: list[str], *, max_new_tokens: int, batch_size: int) -> list[tuple[str, bool, int]]:
-    """Greedy answers: (text, finished before the limit, number of new tokens)."""
+def generate(model: ihs.Model, prompts: list[str], *, max_new_tokens: int, batch_size: int,
+             temperature: float | None = None) -> list[tuple[str, bool, int]]:
+    """Greedy answers (or, with ``temperature``, sampled ones, top-p 0.95, from torch's current seed):
+    (text, finished before the limit, number of new tokens)."""
     tok = model.tokenizer
     ids = encode(tok, prompts)
     eos = sorted(model.eos_ids)  # SmolLM2: <|im_end|>; Gemma: <eos> and <end_of_turn>
     out: list[tuple[str, bool, int]] = [("", False, 0)] * len(prompts)
     batches = length_batches([len(r) for r in ids], batch_size)
+    decoding: dict[str, Any] = {"do_sample": False} if temperature is None else {
+        "do_sample": True, "temperature": temperature, "top_p": 0.95}
     for b, idx in enumerate(batches):
         t0 = time.perf_counter()
         batch = pad_batch([ids[i] for i in idx], tok.pad_token_id)
         gen = model.hf.generate(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=max_new_tokens,
-            do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=eos,
+            pad_token_id=tok.pad_token_id, eos_token_id=eos, **decoding,
         )
         width = batch["input_ids"].shape[1]
         for row, i in enumerate(idx):

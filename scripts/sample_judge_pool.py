@@ -32,34 +32,19 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from make_distill_data import generate  # noqa: E402
+
 import ihs_sight as ihs  # noqa: E402
-from ihs_sight.prompts import encode  # noqa: E402
-from ihs_sight.runtime.packing import length_batches, pad_batch  # noqa: E402
 
 MODELS = ("default", "default-aligned@v2", "gemma3-270m", "gemma3-270m-aligned")
 
 
-@torch.no_grad()
 def sample(model: ihs.Model, prompts: list[str], *, max_new_tokens: int, temperature: float, seed: int,
            batch_size: int = 16) -> list[str]:
-    """One sampled reply per prompt (stops at the model's end of turn)."""
-    tok = model.tokenizer
-    ids = encode(tok, prompts)
-    eos = sorted(model.eos_ids)
-    out = [""] * len(prompts)
+    """One sampled reply per prompt (stops at the model's end of turn), seeded."""
     torch.manual_seed(seed)
-    for idx in length_batches([len(r) for r in ids], batch_size):
-        batch = pad_batch([ids[i] for i in idx], tok.pad_token_id)
-        gen = model.hf.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_p=0.95,
-                                pad_token_id=tok.pad_token_id, eos_token_id=eos)
-        width = batch["input_ids"].shape[1]
-        for row, i in enumerate(idx):
-            new = gen[row, width:].tolist()
-            stops = [j for j, t in enumerate(new) if t in eos]
-            new = [t for t in (new[: stops[0]] if stops else new) if t != tok.pad_token_id]
-            out[i] = tok.decode(new, skip_special_tokens=True)
-    return out
+    answers = generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature)
+    return [text for text, _, _ in answers]
 
 
 def main() -> None:
