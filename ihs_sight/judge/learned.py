@@ -94,8 +94,7 @@ def reply_states(model: Model, replies: Sequence[str], prompts: Sequence[str | N
     def step(batch: Batch) -> dict[str, torch.Tensor]:
         tails_here = [counts[i] for i in batch.indices]
         weights = torch.stack([batch.tail_weights(tails_here, head=head) for head in heads_of_tail])
-        return traces.layer_features(model, batch.inputs, list(layers), last=batch.last,
-                                     weights=weights[0] if len(heads_of_tail) == 1 else weights)
+        return traces.layer_features(model, batch.inputs, list(layers), last=batch.last, weights=weights)
 
     run = run_batches(model, encoded, step, batch_size=batch_size, desc="judge", progress=progress)
     return run.rows["features"]
