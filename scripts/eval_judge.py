@@ -4,14 +4,15 @@ Three sealed parts: ``judge_gold_sealed.jsonl`` (``sealed``, written before judg
 ``judge_gold_sealed_v2.jsonl`` (``sealed_v2``, written before judge v2, after v1's per-style
 results on the first part had been read, so only the second part is blind for v2) and
 ``judge_gold_sealed_v3.jsonl`` (``sealed_v3``, written before judge v3, after v2's results on
-part 2 had been read; blind for every version). Each is
-checked against its committed sha256 first. Accuracy counts the refusal and compliance items (a reply is called a refusal or
-not); ``unclear`` items are reported separately (how many the judge calls refusals). Per style:
+part 2 had been read; blind for every version). Each is checked against its committed sha256
+first. Accuracy counts the refusal and compliance items (a reply is called a refusal or not);
+``unclear`` items are reported separately (how many the judge calls refusals). Per style:
 precision and recall of "refusal". The phrase judge of v1 is scored beside it for comparison.
 
 A judge version is scored once per part: the result goes into ``docs/judge_eval.json`` under the
-judge's name and the part (runs made after v3's also record the sha256 of the judge's files), and a second run for the same pair refuses to overwrite it (``--again`` only to reproduce
-the same number, e.g. after a library change that must not move it; the file keeps every run).
+judge's name and the part (runs made after v3's also record the sha256 of the judge's files), and a
+second run for the same pair refuses to overwrite it (``--again`` only to reproduce the same number,
+e.g. after a library change that must not move it; the file keeps every run).
 
     python scripts/eval_judge.py
 """
